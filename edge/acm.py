@@ -1,0 +1,173 @@
+"""Adaptive Computation Module (Wojcik et al., arXiv 2312.10193): N ordered learners whose outputs
+add up, plus a per-token gate that chooses how many of them (k in 0..N) run for each token."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edge.errors import EdgeError
+from edge.registry import Registry
+
+ACTIVATIONS: Registry[type] = Registry("activation")
+ACTIVATIONS.register("gelu")(lambda: nn.GELU())
+ACTIVATIONS.register("gelu_tanh")(lambda: nn.GELU(approximate="tanh"))
+ACTIVATIONS.register("relu")(lambda: nn.ReLU())
+ACTIVATIONS.register("silu")(lambda: nn.SiLU())
+
+INITS = ("slices", "random")
+
+
+@dataclass(frozen=True)
+class AcmConfig:
+    """What an ACMized model looks like and what compute it should spend.
+
+    budget: target average compute of each ACM, as a fraction of the original FFN FLOPs
+      (executed learners + gate), in (0, 1].
+    learners: N, the number of ordered learners per module; the original FFN hidden units are split
+      evenly among them, so running all N costs what the original FFN did.
+    gate_hidden: hidden width of the per-token gate MLP.
+    init: "slices" (learners start as disjoint, importance-ordered slices of the original FFN, so all
+      N together reproduce it exactly) or "random".
+    """
+
+    budget: float = 0.5
+    learners: int = 4
+    gate_hidden: int = 64
+    init: str = "slices"
+
+    def __post_init__(self):
+        if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget <= 1.0):
+            raise EdgeError(f"AcmConfig.budget must be in (0, 1], got {self.budget!r}")
+        if not (isinstance(self.learners, int) and self.learners >= 1):
+            raise EdgeError(f"AcmConfig.learners (N) must be an integer >= 1, got {self.learners!r}")
+        if not (isinstance(self.gate_hidden, int) and self.gate_hidden >= 1):
+            raise EdgeError(f"AcmConfig.gate_hidden must be an integer >= 1, got {self.gate_hidden!r}")
+        if self.init not in INITS:
+            raise EdgeError(f"AcmConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AcmConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise EdgeError(f"unknown AcmConfig keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+class ACM(nn.Module):
+    """Drop-in replacement of an FFN  x -> W2 act(W1 x + b1) + b2  on (..., d) inputs.
+
+    Learner j (0-based) is  x -> w2[j]^T act(w1[j] x + b1[j]) + b2[j]  with hidden width h = F / N.
+    The gate maps x to N+1 logits; token choice k = argmax(logits - gate_bias * [0..N]). gate_bias is
+    the budget knob: larger values push tokens to fewer learners.
+
+    Two forward forms that agree: `dense` (training: every learner runs on every token and a mask
+    drops the ones not chosen; gradients flow to the gate through a straight-through estimator) and
+    the skipping form (inference: tokens are grouped by k and each group runs only its k learners).
+    """
+
+    def __init__(self, d: int, ffn_hidden: int, config: AcmConfig, act: str):
+        super().__init__()
+        n = config.learners
+        if ffn_hidden % n:
+            raise EdgeError(f"FFN hidden size {ffn_hidden} is not divisible by learners={n}; pick a divisor")
+        self.d, self.n, self.h, self.act_name = d, n, ffn_hidden // n, act
+        self.act = ACTIVATIONS.get(act)()
+        h = self.h
+        self.w1 = nn.Parameter(torch.empty(n, h, d))  # up-projection of each learner
+        self.b1 = nn.Parameter(torch.zeros(n, h))
+        self.w2 = nn.Parameter(torch.empty(n, h, d))  # down-projection, stored (in, out) per learner
+        self.b2 = nn.Parameter(torch.zeros(n, d))
+        self.gate = nn.Sequential(nn.Linear(d, config.gate_hidden), nn.GELU(), nn.Linear(config.gate_hidden, n + 1))
+        self.register_buffer("gate_bias", torch.zeros(()))
+        self.dense = False  # set by edge.distill during training
+        self.forced_k: int | None = None  # run every token with exactly k learners (static baseline)
+        self.last_k: torch.Tensor | None = None  # (...,) choices of the last forward, for accounting
+        self.last_gate: torch.Tensor | None = None  # (..., N+1) soft/ST one-hot of the last dense forward
+        nn.init.normal_(self.w1, std=1 / math.sqrt(d))
+        nn.init.normal_(self.w2, std=1 / math.sqrt(ffn_hidden))
+
+    # --- gate -----------------------------------------------------------------------------------
+    def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x)  # (..., N+1)
+
+    def biased(self, logits: torch.Tensor) -> torch.Tensor:
+        ks = torch.arange(self.n + 1, device=logits.device, dtype=logits.dtype)
+        return logits - self.gate_bias * ks  # (..., N+1)
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.forced_k is not None:
+            return torch.full(logits.shape[:-1], self.forced_k, dtype=torch.long, device=logits.device)
+        return self.biased(logits).argmax(-1)  # (...,)
+
+    # --- learners -------------------------------------------------------------------------------
+    def learner_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Every learner on every token: (..., d) -> (..., N, d)."""
+        a = self.act(torch.einsum("...d,nhd->...nh", x, self.w1) + self.b1)  # (..., N, h)
+        return torch.einsum("...nh,nhd->...nd", a, self.w2) + self.b2
+
+    def run_prefix(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """The first k learners as one FFN of hidden width k*h: (M, d) -> (M, d)."""
+        hk = k * self.h
+        a = self.act(F.linear(x, self.w1.view(-1, self.d)[:hk], self.b1.view(-1)[:hk]))  # (M, k*h)
+        return a @ self.w2.view(-1, self.d)[:hk] + self.b2[:k].sum(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.gate_logits(x)
+        if self.dense:
+            return self._forward_dense(x, logits)
+        k = self.choose(logits)
+        self.last_k = k
+        return self._forward_skipping(x, k)
+
+    def _forward_dense(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        hard = F.one_hot(self.choose(logits), self.n + 1).to(x.dtype)
+        soft = self.biased(logits).softmax(-1)
+        g = hard + soft - soft.detach()  # straight-through: forward is hard, gradient is soft's
+        self.last_gate, self.last_k = g, hard.argmax(-1)
+        # m_j = P(k > j) = sum_{k=j+1..N} g_k   (..., N)
+        m = g[..., 1:].flip(-1).cumsum(-1).flip(-1)
+        return masked_sum(self.learner_outputs(x), m)
+
+    def _forward_skipping(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x, k = x.reshape(-1, self.d), k.reshape(-1)  # (M, d), (M,)
+        y = x.new_zeros(x.shape)
+        order = torch.argsort(k, descending=True, stable=True)
+        counts = torch.bincount(k, minlength=self.n + 1).tolist()  # tokens per choice k
+        start = 0
+        for kk in range(self.n, 0, -1):  # tokens sorted by k descending: one contiguous group per k
+            c = counts[kk]
+            if c:
+                idx = order[start : start + c]
+                y[idx] = self.run_prefix(x[idx], kk)
+                start += c
+        return y.reshape(shape)
+
+    def load_ffn_(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                  importance: torch.Tensor | None = None) -> None:
+        """Initialize the learners as disjoint slices of an FFN (w1: (F, d), w2: (d, F)), most
+        important hidden units first, so that all N learners together reproduce it exactly."""
+        order = torch.argsort(importance, descending=True) if importance is not None else torch.arange(w1.shape[0])
+        with torch.no_grad():
+            self.w1.copy_(w1[order].view(self.n, self.h, self.d))
+            self.b1.copy_(b1[order].view(self.n, self.h))
+            self.w2.copy_(w2.t()[order].view(self.n, self.h, self.d))
+            self.b2.zero_()
+            self.b2[0].copy_(b2)
+
+
+def masked_sum(outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(..., N, d) learner outputs, (..., N) mask -> (..., d)."""
+    return (outputs * mask.unsqueeze(-1)).sum(-2)
+
+
+def acm_modules(model: nn.Module) -> list[ACM]:
+    return [m for m in model.modules() if isinstance(m, ACM)]

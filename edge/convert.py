@@ -1,0 +1,305 @@
+"""`acmize`: turn a pretrained transformer's FFNs into ACMs by distillation in the paper's 3 phases.
+
+  1. representation distillation: every prefix of learners regresses its frozen FFN's output (MSE);
+     all modules train in parallel from hooks on the original model;
+  2. gate pre-training: each gate learns the smallest k whose error is close to the next one's
+     (err_k / err_{k+1} < ratio);
+  3. end-to-end: hard gates (straight-through) and learners train to reproduce the original model's
+     final output with a budget loss pulling the average compute towards the target;
+then the budget knob (ACM.gate_bias) is calibrated so the average compute on calibration data meets
+the target.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from edge.acm import ACM, AcmConfig, acm_modules
+from edge.arch import Arch, arch_for
+from edge.errors import EdgeError
+from edge.flops import BudgetMeter, ffn_flops, gate_flops, learner_flops
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """How long and how hard each phase trains. Steps count batches."""
+
+    repr_steps: int = 300
+    gate_steps: int = 100
+    e2e_steps: int = 200
+    lr: float = 1e-3
+    e2e_lr: float = 3e-4
+    gate_ratio: float = 1.2
+    budget_weight: float = 4.0
+    hidden_weight: float = 1.0
+    calib_iters: int = 14
+    seed: int = 0
+
+    def __post_init__(self):
+        for f in ("repr_steps", "gate_steps", "e2e_steps", "calib_iters"):
+            v = getattr(self, f)
+            if not (isinstance(v, int) and v >= 0):
+                raise EdgeError(f"DistillConfig.{f} must be an integer >= 0, got {v!r}")
+        if not (isinstance(self.hidden_weight, (int, float)) and self.hidden_weight >= 0):
+            raise EdgeError(f"DistillConfig.hidden_weight must be >= 0, got {self.hidden_weight!r}")
+        for f in ("lr", "e2e_lr", "budget_weight"):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and v > 0):
+                raise EdgeError(f"DistillConfig.{f} must be > 0, got {v!r}")
+        if not self.gate_ratio > 1.0:
+            raise EdgeError(f"DistillConfig.gate_ratio must be > 1, got {self.gate_ratio!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def install_acms(model: nn.Module, config: AcmConfig) -> list[ACM]:
+    """Replace every FFN of `model` (in place) by an ACM of the same width; weights uninitialized."""
+    arch = arch_for(model)
+    acms = []
+    for layer in arch.layers(model):
+        ffn = arch.ffn(layer, model.config)
+        acm = ACM(ffn.fc1.in_features, ffn.fc1.out_features, config, ffn.act)
+        arch.install(layer, acm)
+        acms.append(acm)
+    model.acm_config = config
+    return acms
+
+
+def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[dict] | None = None,
+           distill: DistillConfig = DistillConfig(), progress: bool = True) -> nn.Module:
+    """Return an ACMized copy of `model`, distilled on `data` (a list of input batches).
+
+    >>> import edge
+    >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
+    >>> acm = edge.acmize(model, edge.AcmConfig(budget=0.5, learners=2),
+    ...                   [batch], distill=edge.DistillConfig(repr_steps=2, gate_steps=2, e2e_steps=2),
+    ...                   progress=False)
+    >>> len(edge.acm_modules(acm))
+    2
+    """
+    arch = arch_for(model)
+    if not data:
+        raise EdgeError("acmize needs at least one batch of calibration/training data")
+    torch.manual_seed(distill.seed)
+    rng = random.Random(distill.seed)
+    teacher = model.eval().requires_grad_(False)
+    ffns = [arch.ffn(layer, teacher.config) for layer in arch.layers(teacher)]
+    student = copy.deepcopy(teacher)
+    acms = install_acms(student, config)
+    if config.init == "slices":
+        importance = _hidden_importance(teacher, arch, ffns, data[: max(1, min(4, len(data)))])
+        for acm, ffn, imp in zip(acms, ffns, importance):
+            acm.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, imp)
+    stream = _cycle(data, rng)
+    _train_representations(teacher, arch, ffns, acms, stream, distill, progress)
+    _train_gates(teacher, arch, ffns, acms, stream, distill, progress)
+    _train_end_to_end(student, teacher, arch, acms, config.budget, stream, distill, progress)
+    calibrate_budget_(student, calib or data[: max(1, min(8, len(data)))], config.budget, distill.calib_iters)
+    return student.eval().requires_grad_(False)
+
+
+# --- hooks on the original model ----------------------------------------------------------------
+@contextmanager
+def _capture(ffns):
+    """Record each FFN's input and output (as (B, T, d) tensors) during a forward of the original."""
+    store: list[list] = [[None, None] for _ in ffns]
+    handles = []
+    for i, f in enumerate(ffns):
+        handles.append(f.fc1.register_forward_hook(lambda m, a, o, i=i: store[i].__setitem__(0, a[0])))
+        handles.append(f.fc2.register_forward_hook(lambda m, a, o, i=i: store[i].__setitem__(1, o)))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _layer_outputs(layers):
+    """Collect each layer's output hidden states (B, T, d) during a forward."""
+    store: list[torch.Tensor] = []
+    hook = lambda m, a, o: store.append(o[0] if isinstance(o, tuple) else o)  # noqa: E731
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _ffn_pairs(teacher, arch: Arch, ffns, batch):
+    """[(x, y)] per FFN over the batch's real tokens: x (M, d) inputs, y (M, d) outputs."""
+    with torch.no_grad(), _capture(ffns) as store:
+        arch.output(teacher, batch)
+    pairs = []
+    for x, y in store:
+        mask = arch.token_mask(batch, x.shape)
+        pairs.append((x[mask], y[mask]))
+    return pairs
+
+
+def _hidden_importance(teacher, arch, ffns, batches) -> list[torch.Tensor]:
+    """Per hidden unit: mean |activation| times the norm of its output weights (slice ordering)."""
+    sums = [torch.zeros(f.fc1.out_features) for f in ffns]
+    for b in batches:
+        for s, f, (x, _) in zip(sums, ffns, _ffn_pairs(teacher, arch, ffns, b)):
+            act = _act_fn(f.act)(F.linear(x, f.fc1.weight, f.fc1.bias))
+            s += act.abs().mean(0)
+    return [s * f.fc2.weight.norm(dim=0) for s, f in zip(sums, ffns)]
+
+
+def _act_fn(name):
+    from edge.acm import ACTIVATIONS
+
+    return ACTIVATIONS.get(name)()
+
+
+def _cycle(data, rng):
+    while True:
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        for i in order:
+            yield data[i]
+
+
+def prefix_errors(acm: ACM, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(M, N+1) squared error of each prefix k = 0..N of learners against the FFN output y."""
+    prefix = acm.learner_outputs(x).cumsum(-2)  # (M, N, d)
+    err = (prefix - y.unsqueeze(-2)).pow(2).mean(-1)  # (M, N)
+    return torch.cat([y.pow(2).mean(-1, keepdim=True), err], -1)
+
+
+def _train_representations(teacher, arch, ffns, acms, stream, cfg: DistillConfig, progress):
+    if not cfg.repr_steps:
+        return
+    params = [p for a in acms for p in (a.w1, a.b1, a.w2, a.b2)]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.repr_steps)
+    bar = tqdm(range(cfg.repr_steps), desc="phase 1/3 learners", disable=not progress)
+    for _ in bar:
+        pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
+        # every prefix k = 1..N regresses the original output, normalized by its variance
+        loss = sum(prefix_errors(a, x, y)[:, 1:].mean() / y.var() for a, (x, y) in zip(acms, pairs)) / len(acms)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(nmse=f"{loss.item():.4f}")
+
+
+def gate_labels(errors: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Smallest k with err_k / err_{k+1} < ratio (the next learner no longer helps much), else N."""
+    n = errors.shape[-1] - 1
+    close = errors[:, :-1] < ratio * errors[:, 1:]  # (M, N): is k good enough?
+    close = torch.cat([close, torch.ones_like(close[:, :1])], -1)  # k = N always qualifies
+    return close.float().argmax(-1)  # first True
+
+
+def _train_gates(teacher, arch, ffns, acms, stream, cfg: DistillConfig, progress):
+    if not cfg.gate_steps:
+        return
+    opt = torch.optim.Adam([p for a in acms for p in a.gate.parameters()], lr=cfg.lr)
+    bar = tqdm(range(cfg.gate_steps), desc="phase 2/3 gates", disable=not progress)
+    for _ in bar:
+        pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
+        loss = 0.0
+        for a, (x, y) in zip(acms, pairs):
+            with torch.no_grad():
+                labels = gate_labels(prefix_errors(a, x, y), cfg.gate_ratio)
+            loss = loss + F.cross_entropy(a.gate_logits(x), labels)
+        loss = loss / len(acms)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.set_postfix(ce=f"{loss.item():.3f}")
+
+
+def expected_fraction(acms: list[ACM], token_mask: torch.Tensor) -> torch.Tensor:
+    """Differentiable average compute of the ACMs (fraction of original FFN FLOPs) on real tokens."""
+    num, den = 0.0, 0.0
+    for a in acms:
+        ks = torch.arange(a.n + 1, dtype=a.last_gate.dtype)
+        k = (a.last_gate * ks).sum(-1)[token_mask]  # straight-through expected k per token
+        num = num + (gate_flops(a) + learner_flops(a) * k.mean())
+        den += ffn_flops(a)
+    return num / den
+
+
+def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: DistillConfig, progress):
+    if not cfg.e2e_steps:
+        return
+    for a in acms:
+        a.dense = True
+    student.train()
+    params = [p for a in acms for p in a.parameters()]
+    student.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=cfg.e2e_lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.e2e_steps)
+    bar = tqdm(range(cfg.e2e_steps), desc="phase 3/3 end-to-end", disable=not progress)
+    try:
+        for _ in bar:
+            batch = next(stream)
+            with torch.no_grad(), _layer_outputs(arch.layers(teacher)) as t_hidden:
+                target = arch.output(teacher, batch)
+            with _layer_outputs(arch.layers(student)) as s_hidden:
+                out = arch.output(student, batch)
+            mask = arch.token_mask(batch, acms[0].last_k.shape)
+            distil = (1 - F.cosine_similarity(out, target, dim=-1)).mean()
+            # every layer's output too: a denser signal than the final output alone
+            hidden = sum(((s - t)[mask].pow(2).mean() / t[mask].var()) for s, t in zip(s_hidden, t_hidden))
+            frac = expected_fraction(acms, mask)
+            loss = distil + cfg.hidden_weight * hidden / len(acms) + cfg.budget_weight * (frac - budget) ** 2
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(cos=f"{1 - distil.item():.4f}", frac=f"{frac.item():.3f}")
+    finally:
+        for a in acms:
+            a.dense, a.last_gate = False, None
+        student.eval()
+
+
+def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
+    """Run `model` on `batches` (inference form) and return the accumulated gate choices."""
+    arch = arch_for(model)
+    meter = BudgetMeter(acm_modules(model))
+    with torch.no_grad():
+        for b in batches:
+            arch.output(model, b)
+            meter.update(arch.token_mask(b, meter.modules[0].last_k.shape))
+    return meter
+
+
+def set_gate_bias_(model: nn.Module, bias: float) -> None:
+    for a in acm_modules(model):
+        a.gate_bias.fill_(bias)
+
+
+def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iters: int = 14) -> float:
+    """Set the gate bias (the budget knob) so the average FFN compute on `batches` is at most
+    `budget` and as close to it as bisection in `iters` steps gets. Returns the bias."""
+    lo, hi = -30.0, 30.0  # larger bias -> fewer learners per token
+    set_gate_bias_(model, lo)
+    if measure_budget(model, batches).ffn_fraction() <= budget:
+        return lo  # within budget even with the most generous bias
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        set_gate_bias_(model, mid)
+        if measure_budget(model, batches).ffn_fraction() > budget:
+            lo = mid
+        else:
+            hi = mid
+    set_gate_bias_(model, hi)
+    return hi

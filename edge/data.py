@@ -1,0 +1,140 @@
+"""Real text, offline: Jane Austen's six novels from Debian's r-cran-janeaustenr, in fixed splits.
+
+`fetch_austen` downloads the Debian package with `apt-get download`, unpacks it with `dpkg -x` and
+reads R's lazy-load database with the `rdata` package; the novels are cached as JSON in the data
+directory ($EDGE_DATA, default ~/.cache/edge). Passages are split into train / calib / probe / test
+by blocks of consecutive passages; test is never seen by any training step.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import EdgeError
+
+PACKAGE = "r-cran-janeaustenr"
+NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
+SPLITS = {"train": range(0, 12), "calib": range(12, 14), "probe": range(14, 17), "test": range(17, 20)}
+BLOCK = 8  # passages per block; blocks cycle through the splits by index mod 20
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("EDGE_DATA", Path.home() / ".cache" / "edge"))
+
+
+def austen_path() -> Path:
+    return data_dir() / "austen.json"
+
+
+def fetch_austen(force: bool = False) -> Path:
+    """Make sure the novels are cached; returns the JSON path. Needs apt-get and dpkg (Debian)."""
+    out = austen_path()
+    if out.exists() and not force:
+        return out
+    from edge.io import write_json_atomic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _run(["apt-get", "download", PACKAGE], tmp,
+             f"could not download {PACKAGE} with apt-get; run `apt-get update` and retry, "
+             "or pass your own text with --text FILE")
+        deb = next(Path(tmp).glob(f"{PACKAGE}_*.deb"))
+        _run(["dpkg", "-x", str(deb), str(Path(tmp) / "x")], tmp, f"dpkg could not unpack {deb.name}")
+        rdb = next((Path(tmp) / "x").rglob("janeaustenr/data/Rdata.rdb"))
+        novels = _read_rdb(rdb)
+    write_json_atomic(out, novels)
+    return out
+
+
+def _run(cmd: list[str], cwd: str, why: str) -> None:
+    if shutil.which(cmd[0]) is None:
+        raise EdgeError(f"{cmd[0]} not found; {why}")
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise EdgeError(f"{why} ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode})")
+
+
+def _read_rdb(rdb: Path) -> dict[str, list[str]]:
+    """R lazy-load database: the .rdx index (gzip) maps names to (offset, length) in the .rdb,
+    whose records are a 4-byte length followed by a zlib stream of an R serialization."""
+    import rdata
+
+    def parse(raw: bytes):
+        return rdata.conversion.convert(rdata.parser.parse_data(raw))
+
+    index = parse(gzip.decompress(rdb.with_suffix(".rdx").read_bytes()))
+    blob = rdb.read_bytes()
+    novels = {}
+    for name, (off, length) in index["variables"].items():
+        if str(name) in NOVELS:
+            lines = parse(zlib.decompress(blob[int(off) + 4: int(off) + int(length)]))
+            novels[str(name)] = [str(s) for s in lines]
+    if set(novels) != set(NOVELS):
+        raise EdgeError(f"{rdb} does not hold the six novels (found {sorted(novels)})")
+    return novels
+
+
+@dataclass(frozen=True)
+class Passages:
+    texts: list[str]
+    labels: list[int] | None  # novel index, when known
+    label_names: tuple[str, ...] = ()
+
+    def split(self, name: str) -> "Passages":
+        """One of train / calib / probe / test: blocks of BLOCK consecutive passages, index mod 20."""
+        if name not in SPLITS:
+            raise EdgeError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
+        keep = [i for i in range(len(self.texts)) if (i // BLOCK) % 20 in SPLITS[name]]
+        labels = [self.labels[i] for i in keep] if self.labels is not None else None
+        return Passages([self.texts[i] for i in keep], labels, self.label_names)
+
+    def head(self, n: int) -> "Passages":
+        return Passages(self.texts[:n], self.labels[:n] if self.labels else None, self.label_names)
+
+
+def austen_passages(words: int = 40) -> Passages:
+    """The six novels as passages of `words` words, labelled with their novel."""
+    path = austen_path()
+    if not path.exists():
+        raise EdgeError(f"{path} is missing; run `edge data` (or the README's setup command) first")
+    try:
+        novels = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise EdgeError(f"{path} is corrupt; run `edge data --force` to fetch it again") from None
+    texts, labels = [], []
+    for label, name in enumerate(NOVELS):
+        stream = " ".join(novels[name]).split()
+        for i in range(0, len(stream) - words + 1, words):
+            texts.append(" ".join(stream[i: i + words]))
+            labels.append(label)
+    return Passages(texts, labels, NOVELS)
+
+
+def text_file_passages(path: str | Path) -> Passages:
+    """A user's own text: one passage per non-empty line (UTF-8)."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"text file {path} not found; pass a UTF-8 file with one passage per line")
+    try:
+        texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    except UnicodeDecodeError:
+        raise EdgeError(f"{path} is not UTF-8 text") from None
+    if len(texts) < 20:
+        raise EdgeError(f"{path} has {len(texts)} non-empty lines; at least 20 are needed for the splits")
+    return Passages(texts, None)
+
+
+def batches(tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[dict]:
+    """Tokenize `texts` into padded batches, in order."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i: i + batch_size], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+    return out

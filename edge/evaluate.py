@@ -1,0 +1,109 @@
+"""What an ACMized model keeps and what it costs: cosine to the original output, downstream
+accuracy through a linear probe fitted on the ORIGINAL model's outputs, and achieved compute."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edge.acm import acm_modules
+from edge.arch import arch_for
+from edge.flops import BudgetMeter, count_flops
+
+
+def outputs(model: nn.Module, batches: list[dict]) -> tuple[torch.Tensor, BudgetMeter | None]:
+    """Final outputs (N, D) over `batches`, and the ACM choices if the model has ACMs."""
+    arch = arch_for(model)
+    acms = acm_modules(model)
+    meter = BudgetMeter(acms) if acms else None
+    outs = []
+    with torch.no_grad():
+        for b in batches:
+            outs.append(arch.output(model, b))
+            if meter:
+                meter.update(arch.token_mask(b, acms[0].last_k.shape))
+    return torch.cat(outs), meter
+
+
+class LinearProbe:
+    """Multinomial logistic regression (L2-regularized, LBFGS) on fixed features."""
+
+    def __init__(self, l2: float = 1e-4):
+        self.l2 = l2
+
+    def fit(self, x: torch.Tensor, y: torch.Tensor) -> "LinearProbe":
+        torch.manual_seed(0)
+        self.mean = x.mean(0)
+        self.std = x.std(0) + 1e-6
+        x = (x - self.mean) / self.std
+        n_cls = int(y.max()) + 1
+        self.lin = nn.Linear(x.shape[1], n_cls)
+        opt = torch.optim.LBFGS(self.lin.parameters(), lr=1, max_iter=500, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(self.lin(x), y) + self.l2 * self.lin.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return self
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.lin((x - self.mean) / self.std).argmax(-1)
+
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float((self.predict(x) == y).float().mean())
+
+
+def ffn_share_of_model(model: nn.Module, batch: dict) -> float:
+    """Share of the ORIGINAL model's FLOPs (counted by torch on `batch`) that its FFNs take."""
+    arch = arch_for(model)
+    ffns = [arch.ffn(layer, model.config) for layer in arch.layers(model)]
+    seen = []  # positions each FFN processes (padding included, as torch counts it)
+    hook = ffns[0].fc1.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[:-1].numel()))
+    try:
+        total = count_flops(arch.output, model, batch)
+    finally:
+        hook.remove()
+    return sum(4 * f.fc1.in_features * f.fc1.out_features for f in ffns) * seen[0] / total
+
+
+def compare(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict], ffn_share: float | None = None) -> dict:
+    """Cosine of the student's outputs to the teacher's, and the student's achieved compute."""
+    out, meter = outputs(student, batches)
+    cos = F.cosine_similarity(out, teacher_out, dim=-1)
+    report = {"cos_mean": float(cos.mean()), "cos_p5": float(torch.quantile(cos, 0.05)), "n": len(cos)}
+    if meter is not None:
+        report.update(meter.report(ffn_share))
+    return report, out
+
+
+def evaluate(student: nn.Module, teacher: nn.Module, tokenizer, passages, limit: int | None = None,
+             batch_size: int = 64) -> dict:
+    """Held-out report: cosine to the original outputs and achieved compute on the test split, and,
+    for labelled passages, the accuracy of a linear probe fitted on the ORIGINAL model's outputs of
+    the probe split, applied unchanged to both models.
+
+    >>> import edge
+    >>> model, tok = edge.load_pretrained()
+    >>> # evaluate(acm_model, model, tok, edge.austen_passages())
+    """
+    from edge.data import batches
+
+    test = passages.split("test")
+    if limit:
+        test = test.head(limit)
+    test_b = batches(tokenizer, test.texts, batch_size)
+    teacher_out, _ = outputs(teacher, test_b)
+    report, student_out = compare(student, teacher_out, test_b, ffn_share_of_model(teacher, test_b[0]))
+    if passages.labels is not None:
+        probe_p = passages.split("probe")
+        probe_out, _ = outputs(teacher, batches(tokenizer, probe_p.texts, batch_size))
+        probe = LinearProbe().fit(probe_out, torch.tensor(probe_p.labels))
+        y = torch.tensor(test.labels)
+        report["acc_teacher"] = probe.accuracy(teacher_out, y)
+        report["acc"] = probe.accuracy(student_out, y)
+        report["probe"] = probe
+    return report

@@ -1,0 +1,92 @@
+"""Exact FLOP accounting for ACM models.
+
+Convention (the one torch.utils.flop_counter uses): a matrix multiply of (M, K) by (K, N) costs
+2*M*K*N FLOPs; bias adds, activations, softmax and norms are not counted. Under it, per token:
+  original FFN          4 * d * F
+  ACM gate              2 * d * g + 2 * g * (N + 1)
+  k learners of width h 4 * d * h * k
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from edge.acm import ACM
+
+
+def ffn_flops(acm: ACM) -> int:
+    """FLOPs per token of the FFN the ACM replaced (hidden F = N * h)."""
+    return 4 * acm.d * acm.n * acm.h
+
+
+def gate_flops(acm: ACM) -> int:
+    g = acm.gate[0].out_features
+    return 2 * acm.d * g + 2 * g * (acm.n + 1)
+
+
+def learner_flops(acm: ACM) -> int:
+    return 4 * acm.d * acm.h
+
+
+def acm_flops(acm: ACM, k: torch.Tensor) -> torch.Tensor:
+    """FLOPs per token for choices k (any shape)."""
+    return gate_flops(acm) + learner_flops(acm) * k
+
+
+def count_flops(fn, *args, **kwargs) -> int:
+    """Total FLOPs torch counts for one call (used for the whole-model figure and to cross-check)."""
+    with FlopCounterMode(display=False) as counter:
+        fn(*args, **kwargs)
+    return counter.get_total_flops()
+
+
+@dataclass
+class BudgetMeter:
+    """Accumulates the gate choices of every ACM over batches of real tokens."""
+
+    modules: list[ACM]
+
+    def __post_init__(self):
+        self.k_sum = [0.0] * len(self.modules)
+        self.k_hist = [torch.zeros(m.n + 1, dtype=torch.long) for m in self.modules]
+        self.tokens = 0
+
+    def update(self, token_mask: torch.Tensor) -> None:
+        """Record the last forward's choices, counting only positions where token_mask is True."""
+        for i, m in enumerate(self.modules):
+            k = m.last_k.reshape(token_mask.shape)[token_mask]
+            self.k_sum[i] += float(k.sum())
+            self.k_hist[i] += torch.bincount(k, minlength=m.n + 1)
+        self.tokens += int(token_mask.sum())
+
+    def per_module(self) -> list[float]:
+        """Average compute of each ACM as a fraction of its original FFN."""
+        return [(gate_flops(m) + learner_flops(m) * s / max(self.tokens, 1)) / ffn_flops(m)
+                for m, s in zip(self.modules, self.k_sum)]
+
+    def ffn_fraction(self) -> float:
+        """Average ACM compute over all modules, as a fraction of the original FFNs' FLOPs."""
+        total = sum(ffn_flops(m) for m in self.modules)
+        return sum(f * ffn_flops(m) for f, m in zip(self.per_module(), self.modules)) / total
+
+    def model_fraction(self, ffn_share: float) -> float:
+        """Whole-model fraction, given the FFNs' share of the original model's FLOPs."""
+        return 1.0 - ffn_share + ffn_share * self.ffn_fraction()
+
+    def report(self, ffn_share: float | None = None) -> dict:
+        out = {"tokens": self.tokens, "ffn_fraction": self.ffn_fraction(),
+               "per_module_ffn_fraction": self.per_module(),
+               "k_histogram": [h.tolist() for h in self.k_hist]}
+        if ffn_share is not None:
+            out["ffn_share_of_model"] = ffn_share
+            out["model_fraction"] = self.model_fraction(ffn_share)
+        return out
+
+
+def ffn_share(model: nn.Module, output_fn, batch: dict, n_ffn: int, ffn_token_flops: int, tokens: int) -> float:
+    """Share of the original model's FLOPs spent in its FFNs on `batch` (counted by torch)."""
+    total = count_flops(output_fn, model, batch)
+    return n_ffn * ffn_token_flops * tokens / total

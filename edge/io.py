@@ -1,0 +1,136 @@
+"""Save and load ACMized models: safetensors weights + JSON configs. Loading never unpickles."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch.nn as nn
+
+from edge.acm import AcmConfig
+from edge.errors import EdgeError
+
+FORMAT = "edge-acm"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+META = "edge.json"
+
+
+@contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = False):
+    """Yield a temporary directory beside `path`; on success it is renamed to `path`, on failure
+    removed, so a reader never sees a half-written output directory."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise EdgeError(f"{path} already exists; choose another output directory or pass --overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(model: nn.Module, path: str | Path, tokenizer=None, extra: dict | None = None,
+         overwrite: bool = False) -> Path:
+    """Write an ACMized model to directory `path` (atomically).
+
+    >>> import edge, tempfile
+    >>> m, _ = edge.ARCHS.get("bert").tiny("bert")
+    >>> _ = edge.install_acms(m, edge.AcmConfig(learners=2))
+    >>> d = edge.save(m, tempfile.mkdtemp() + "/acm")
+    >>> type(edge.load(d)).__name__
+    'BertModel'
+    """
+    from safetensors.torch import save_file
+
+    import edge
+
+    config = getattr(model, "acm_config", None)
+    if not isinstance(config, AcmConfig):
+        raise EdgeError("this model has no ACMs to save; run edge.acmize first")
+    cls = type(model)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "edge_version": edge.__version__,
+            "model_module": cls.__module__, "model_class": cls.__name__, "acm": config.to_dict(),
+            **(extra or {})}
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_dir(path, overwrite) as tmp:
+        save_file(state, str(tmp / WEIGHTS))
+        model.config.to_json_file(str(tmp / "config.json"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(tmp / META, meta)
+    return Path(path)
+
+
+def read_meta(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_dir():
+        raise EdgeError(f"{path} is not a directory; pass a directory written by `edge acmize`")
+    try:
+        meta = json.loads((path / META).read_text())
+    except FileNotFoundError:
+        raise EdgeError(f"{path} has no {META}; it was not written by `edge acmize`") from None
+    except json.JSONDecodeError as e:
+        raise EdgeError(f"{path / META} is corrupt ({e}); re-run `edge acmize`") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise EdgeError(f"{path / META} is not an {FORMAT} v{FORMAT_VERSION} file")
+    return meta
+
+
+def load(path: str | Path) -> nn.Module:
+    """Load a model written by `save`: rebuild the architecture, install ACMs, load the weights."""
+    from safetensors import SafetensorsError
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from edge.convert import install_acms
+
+    path = Path(path)
+    meta = read_meta(path)
+    if not str(meta.get("model_module", "")).startswith("transformers."):
+        raise EdgeError(f"{path / META}: model_module must be a transformers module")
+    try:
+        cls = getattr(importlib.import_module(meta["model_module"]), meta["model_class"])
+        hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (ImportError, AttributeError, KeyError, OSError, ValueError) as e:
+        raise EdgeError(f"cannot rebuild the model described in {path}: {e}") from None
+    model = cls(hf_config)
+    install_acms(model, AcmConfig.from_dict(meta["acm"]))
+    try:
+        state = load_file(str(path / WEIGHTS))
+    except FileNotFoundError:
+        raise EdgeError(f"{path / WEIGHTS} is missing; re-run `edge acmize`") from None
+    except (SafetensorsError, OSError, ValueError) as e:
+        raise EdgeError(f"{path / WEIGHTS} is corrupt ({e}); re-run `edge acmize`") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise EdgeError(f"{path / WEIGHTS} does not match its config: {str(e).splitlines()[0]}") from None
+    return model.eval().requires_grad_(False)

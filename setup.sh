@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up edge on a fresh machine: a virtual environment in .venv with the pinned dependencies,
+# and the real text data (Jane Austen's novels from Debian's r-cran-janeaustenr) in the data cache.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+"$PY" -c 'import sys; assert sys.version_info[:2] == (3, 11), "edge needs Python 3.11"'
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.edge-setup
+want=$(sha256sum pyproject.toml setup.sh | sha256sum | cut -c1-16)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[export,plot,dev]'
+  echo "$want" > "$stamp"
+fi
+if ! .venv/bin/edge data >/dev/null 2>&1; then
+  # apt-get download needs package lists; refresh them once if we may
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq; else sudo -n apt-get update -qq || true; fi
+  .venv/bin/edge data
+fi
+echo "edge is set up: .venv/bin/edge --help" >&2

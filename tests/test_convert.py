@@ -1,0 +1,52 @@
+"""Distillation on tiny models: the phases train what they should and the budget knob holds."""
+import pytest
+import torch
+
+import edge
+from edge.convert import gate_labels, prefix_errors
+from tests.conftest import CASES
+
+FEW = edge.DistillConfig(repr_steps=3, gate_steps=3, e2e_steps=3, calib_iters=10)
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_acmize_returns_new_model_within_budget(name, mt):
+    arch = edge.ARCHS.get(name)
+    model, batch = arch.tiny(mt)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    acm = edge.acmize(model, edge.AcmConfig(budget=0.6, learners=2, gate_hidden=4), [batch], distill=FEW,
+                      progress=False)
+    assert acm is not model and not edge.acm_modules(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the original was modified"
+    assert len(edge.acm_modules(acm)) == len(arch.layers(model))
+    assert edge.measure_budget(acm, [batch]).ffn_fraction() <= 0.6
+
+
+def test_gate_labels_follow_the_ratio_rule():
+    # err_k for k = 0..3; label = smallest k with err_k < 1.2 * err_{k+1}
+    errors = torch.tensor([[8.0, 4.0, 3.9, 1.0],   # 4 -> 3.9 is close: k = 1
+                           [8.0, 4.0, 2.0, 1.0],   # always halves: k = N = 3
+                           [1.0, 0.95, 0.5, 0.1]])  # 1 -> 0.95 close already: k = 0
+    assert gate_labels(errors, 1.2).tolist() == [1, 3, 0]
+
+
+def test_prefix_errors_shape_and_k0():
+    acm = edge.ACM(8, 16, edge.AcmConfig(learners=4, gate_hidden=4), "relu")
+    x, y = torch.randn(5, 8), torch.randn(5, 8)
+    err = prefix_errors(acm, x, y)
+    assert err.shape == (5, 5)
+    torch.testing.assert_close(err[:, 0], y.pow(2).mean(-1))
+
+
+def test_calibration_moves_the_knob_monotonically():
+    arch = edge.ARCHS.get("bert")
+    model, batch = arch.tiny("bert")
+    acms = edge.install_acms(model, edge.AcmConfig(learners=4, gate_hidden=4))
+    for a in acms:
+        a.gate[-1].weight.data.mul_(20)
+    fracs = []
+    for budget in (0.9, 0.6, 0.3):
+        edge.calibrate_budget_(model, [batch], budget)
+        fracs.append(edge.measure_budget(model, [batch]).ffn_fraction())
+        assert fracs[-1] <= budget
+    assert fracs[0] > fracs[1] > fracs[2]
