@@ -147,7 +147,7 @@ class VitFamily(Arch):
         torch.manual_seed(seed)
         cfg = ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64)
-        return ViTModel(cfg, add_pooling_layer=False).eval(), {"pixel_values": torch.randn(2, 1, 16, 16)}
+        return ViTModel(cfg).eval(), {"pixel_values": torch.randn(2, 1, 16, 16)}
 
 
 class WhisperEncoderFamily(Arch):

@@ -137,8 +137,18 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _quiet_third_party() -> None:
+    # transformers imports torchao when it is installed, and torchao logs warnings about optional
+    # GPU kernels; they are noise to a CLI user and would bury a one-line error.
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    _quiet_third_party()
     try:
         args.fn(args)
     except EdgeError as e:

@@ -106,7 +106,7 @@ def read_meta(path: str | Path) -> dict:
 
 def load(path: str | Path) -> nn.Module:
     """Load a model written by `save`: rebuild the architecture, install ACMs, load the weights."""
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     from transformers import AutoConfig
 
@@ -127,10 +127,10 @@ def load(path: str | Path) -> nn.Module:
         state = load_file(str(path / WEIGHTS))
     except FileNotFoundError:
         raise EdgeError(f"{path / WEIGHTS} is missing; re-run `edge acmize`") from None
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise EdgeError(f"{path / WEIGHTS} is corrupt ({e}); re-run `edge acmize`") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise EdgeError(f"{path / WEIGHTS} does not match its config: {str(e).splitlines()[0]}") from None
+        raise EdgeError(f"{path / WEIGHTS} does not match its config: {' '.join(str(e).split())[:300]}") from None
     return model.eval().requires_grad_(False)

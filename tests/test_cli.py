@@ -1,0 +1,77 @@
+"""The `edge` command end to end, on the real MiniLM and real Austen text, and its user errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+FEW = ["--repr-steps", "2", "--gate-steps", "2", "--e2e-steps", "2", "--train-limit", "64",
+       "--eval-limit", "64", "--quiet"]
+
+
+def edge_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edge", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def assert_user_error(r, *needles):
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edge: error:"), r.stderr
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_acmize_then_eval_on_the_real_model(tmp_path):
+    out = tmp_path / "acm"
+    r = edge_cli("acmize", "-o", out, "--budget", "0.75", *FEW)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["ffn_fraction"] <= 0.75 + 0.05  # calibrated on calib data, measured on held-out
+    assert 0 < report["model_fraction"] < 1 and 0.5 < report["ffn_share_of_model"] < 0.8
+    assert -1 <= report["cos_p5"] <= report["cos_mean"] <= 1
+    assert 0 <= report["acc"] <= 1 and 0 <= report["acc_teacher"] <= 1
+    r = edge_cli("eval", out, "--limit", "64", "--json")
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout.strip().splitlines()[-1])
+    assert again["cos_mean"] == pytest.approx(report["cos_mean"], abs=1e-5)
+    # an existing output is never overwritten by accident
+    r = edge_cli("acmize", "-o", out, *FEW)
+    assert_user_error(r, "already exists")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--budget", "1.5"], "budget must be in (0, 1]"),
+    (["--budget", "0"], "budget must be in (0, 1]"),
+    (["--learners", "0"], "learners (N) must be an integer >= 1"),
+    (["--text", "/nonexistent/passages.txt"], "not found"),
+    (["/nonexistent/model"], "not found"),
+])
+def test_acmize_bad_input(tmp_path, args, needle):
+    out = tmp_path / "acm"
+    r = edge_cli("acmize", "-o", out, *args, *FEW)
+    assert_user_error(r, needle)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_architecture(tmp_path):
+    d = tmp_path / "gpt2"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2}))
+    r = edge_cli("acmize", d, "-o", tmp_path / "out", *FEW)
+    assert_user_error(r, "unsupported architecture 'gpt2'", "supported: bert")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_checkpoint(tmp_path):
+    import edge
+    from tests.test_acm import tiny_acm_model
+
+    _, model, _, _ = tiny_acm_model("bert", "bert")
+    path = edge.save(model, tmp_path / "acm")
+    (path / "model.safetensors").write_bytes(b"\x00" * 10)
+    r = edge_cli("eval", path, "--limit", "8")
+    assert_user_error(r, "corrupt")
+    r = edge_cli("eval", tmp_path / "missing")
+    assert_user_error(r, "not a directory")

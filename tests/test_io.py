@@ -1,0 +1,82 @@
+"""Save/load round trips and what happens to bad files."""
+import json
+
+import pytest
+import torch
+
+import edge
+from edge.io import atomic_dir
+from tests.conftest import CASES
+from tests.test_acm import tiny_acm_model
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_round_trip_is_exact(tmp_path, name, mt):
+    arch, model, batch, acms = tiny_acm_model(name, mt)
+    for a in acms:
+        a.gate_bias.fill_(0.25)
+    path = edge.save(model, tmp_path / "acm")
+    loaded = edge.load(path)
+    assert type(loaded) is type(model)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(arch.output(model, batch), arch.output(loaded, batch))
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "edge.json", "model.safetensors"]
+
+
+def saved(tmp_path):
+    _, model, _, _ = tiny_acm_model("bert", "bert")
+    return edge.save(model, tmp_path / "acm")
+
+
+def test_truncated_weights_are_a_clear_error(tmp_path):
+    path = saved(tmp_path)
+    w = path / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(edge.EdgeError, match="corrupt"):
+        edge.load(path)
+
+
+def test_weights_of_another_shape_are_a_clear_error(tmp_path):
+    path = saved(tmp_path)
+    meta = json.loads((path / "edge.json").read_text())
+    meta["acm"]["learners"] = 4
+    (path / "edge.json").write_text(json.dumps(meta))
+    with pytest.raises(edge.EdgeError, match="does not match"):
+        edge.load(path)
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "other"})])
+def test_bad_meta_is_a_clear_error(tmp_path, content):
+    path = saved(tmp_path)
+    (path / "edge.json").write_text(content)
+    with pytest.raises(edge.EdgeError):
+        edge.load(path)
+
+
+def test_loading_never_imports_outside_transformers(tmp_path):
+    path = saved(tmp_path)
+    meta = json.loads((path / "edge.json").read_text())
+    meta["model_module"] = "os"
+    (path / "edge.json").write_text(json.dumps(meta))
+    with pytest.raises(edge.EdgeError, match="transformers"):
+        edge.load(path)
+
+
+def test_save_refuses_to_overwrite_and_leaves_no_partial_dir(tmp_path):
+    path = saved(tmp_path)
+    before = (path / "model.safetensors").read_bytes()
+    _, other, _, _ = tiny_acm_model("bert", "bert")
+    with pytest.raises(edge.EdgeError, match="already exists"):
+        edge.save(other, path)
+    assert (path / "model.safetensors").read_bytes() == before
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "half"):
+            raise RuntimeError("killed mid-write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["acm"]
+
+
+def test_save_without_acms_is_refused(tmp_path):
+    model, _ = edge.ARCHS.get("bert").tiny("bert")
+    with pytest.raises(edge.EdgeError, match="no ACMs"):
+        edge.save(model, tmp_path / "x")
