@@ -19,6 +19,11 @@ ACTIVATIONS.register("relu")(lambda: nn.ReLU())
 ACTIVATIONS.register("silu")(lambda: nn.SiLU())
 
 INITS = ("slices", "random")
+# How the gate's N+1 outputs are read (and how phase 2 trains them):
+#   "error": predicted log of each prefix's normalized error; the choice minimizes
+#            error_k + gate_bias * k (a price per learner), so gate_bias is a Lagrange multiplier;
+#   "ratio": class logits for the paper's labels (smallest k with err_k / err_{k+1} < 1.2).
+GATE_SCORES = {"error": lambda raw: -raw.clamp(max=30).exp(), "ratio": lambda raw: raw}
 
 
 @dataclass(frozen=True)
@@ -32,12 +37,14 @@ class AcmConfig:
     gate_hidden: hidden width of the per-token gate MLP.
     init: "slices" (learners start as disjoint, importance-ordered slices of the original FFN, so all
       N together reproduce it exactly) or "random".
+    gate: "error" or "ratio", see GATE_SCORES.
     """
 
     budget: float = 0.5
     learners: int = 4
     gate_hidden: int = 64
     init: str = "slices"
+    gate: str = "error"
 
     def __post_init__(self):
         if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget <= 1.0):
@@ -48,6 +55,8 @@ class AcmConfig:
             raise EdgeError(f"AcmConfig.gate_hidden must be an integer >= 1, got {self.gate_hidden!r}")
         if self.init not in INITS:
             raise EdgeError(f"AcmConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.gate not in GATE_SCORES:
+            raise EdgeError(f"AcmConfig.gate must be one of {', '.join(GATE_SCORES)}, got {self.gate!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +74,7 @@ class ACM(nn.Module):
     """Drop-in replacement of an FFN  x -> W2 act(W1 x + b1) + b2  on (..., d) inputs.
 
     Learner j (0-based) is  x -> w2[j]^T act(w1[j] x + b1[j]) + b2[j]  with hidden width h = F / N.
-    The gate maps x to N+1 logits; token choice k = argmax(logits - gate_bias * [0..N]). gate_bias is
+    The gate maps x to N+1 scores; token choice k = argmax(scores - gate_bias * [0..N]). gate_bias is
     the budget knob: larger values push tokens to fewer learners.
 
     Two forward forms that agree: `dense` (training: every learner runs on every token and a mask
@@ -86,6 +95,7 @@ class ACM(nn.Module):
         self.w2 = nn.Parameter(torch.empty(n, h, d))  # down-projection, stored (in, out) per learner
         self.b2 = nn.Parameter(torch.zeros(n, d))
         self.gate = nn.Sequential(nn.Linear(d, config.gate_hidden), nn.GELU(), nn.Linear(config.gate_hidden, n + 1))
+        self.gate_kind = config.gate
         self.register_buffer("gate_bias", torch.zeros(()))
         self.dense = False  # set by edge.distill during training
         self.forced_k: int | None = None  # run every token with exactly k learners (static baseline)
@@ -96,7 +106,7 @@ class ACM(nn.Module):
 
     # --- gate -----------------------------------------------------------------------------------
     def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gate(x)  # (..., N+1)
+        return GATE_SCORES[self.gate_kind](self.gate(x))  # (..., N+1)
 
     def biased(self, logits: torch.Tensor) -> torch.Tensor:
         ks = torch.arange(self.n + 1, device=logits.device, dtype=logits.dtype)

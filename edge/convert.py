@@ -15,7 +15,7 @@ import copy
 import math
 import random
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -35,12 +35,13 @@ class DistillConfig:
     repr_steps: int = 300
     gate_steps: int = 100
     e2e_steps: int = 200
-    lr: float = 1e-3
-    e2e_lr: float = 3e-4
+    lr: float = 3e-4
+    gate_lr: float = 1e-3
+    e2e_lr: float = 3e-5
     gate_ratio: float = 1.2
     budget_weight: float = 4.0
     hidden_weight: float = 1.0
-    calib_iters: int = 14
+    calib_iters: int = 30
     seed: int = 0
 
     def __post_init__(self):
@@ -50,7 +51,7 @@ class DistillConfig:
                 raise EdgeError(f"DistillConfig.{f} must be an integer >= 0, got {v!r}")
         if not (isinstance(self.hidden_weight, (int, float)) and self.hidden_weight >= 0):
             raise EdgeError(f"DistillConfig.hidden_weight must be >= 0, got {self.hidden_weight!r}")
-        for f in ("lr", "e2e_lr", "budget_weight"):
+        for f in ("lr", "gate_lr", "e2e_lr", "budget_weight"):
             v = getattr(self, f)
             if not (isinstance(v, (int, float)) and v > 0):
                 raise EdgeError(f"DistillConfig.{f} must be > 0, got {v!r}")
@@ -102,8 +103,40 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
     stream = _cycle(data, rng)
     _train_representations(teacher, arch, ffns, acms, stream, distill, progress)
     _train_gates(teacher, arch, ffns, acms, stream, distill, progress)
-    _train_end_to_end(student, teacher, arch, acms, config.budget, stream, distill, progress)
-    calibrate_budget_(student, calib or data[: max(1, min(8, len(data)))], config.budget, distill.calib_iters)
+    return _retarget_(student, teacher, config.budget, stream, calib or data[:8], distill, progress)
+
+
+def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[dict],
+             calib: list[dict] | None = None, distill: DistillConfig = DistillConfig(),
+             progress: bool = True) -> nn.Module:
+    """Return a copy of an ACMized model moved to another budget: phase 3 (end-to-end against the
+    original `model`) and calibration only, since phases 1 and 2 do not depend on the budget.
+
+    >>> import edge
+    >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
+    >>> few = edge.DistillConfig(repr_steps=2, gate_steps=2, e2e_steps=2)
+    >>> acm = edge.acmize(model, edge.AcmConfig(budget=0.9, learners=2), [batch], distill=few, progress=False)
+    >>> edge.retarget(acm, model, 0.6, [batch], distill=few, progress=False).acm_config.budget
+    0.6
+    """
+    AcmConfig(budget=budget)  # validates the budget
+    if not data:
+        raise EdgeError("retarget needs at least one batch of training data")
+    torch.manual_seed(distill.seed)
+    stream = _cycle(data, random.Random(distill.seed))
+    student = copy.deepcopy(acm_model)
+    return _retarget_(student, model.eval().requires_grad_(False), budget, stream, calib or data[:8], distill,
+                      progress)
+
+
+def _retarget_(student, teacher, budget, stream, calib, distill: DistillConfig, progress) -> nn.Module:
+    if not acm_modules(student):
+        raise EdgeError("this model has no ACMs; run edge.acmize first")
+    if distill.e2e_steps:  # start the end-to-end phase at the target budget
+        calibrate_budget_(student, calib, budget, distill.calib_iters)
+    _train_end_to_end(student, teacher, arch_for(teacher), acm_modules(student), budget, stream, distill, progress)
+    calibrate_budget_(student, calib, budget, distill.calib_iters)
+    student.acm_config = replace(student.acm_config, budget=budget)
     return student.eval().requires_grad_(False)
 
 
@@ -207,20 +240,30 @@ def gate_labels(errors: torch.Tensor, ratio: float) -> torch.Tensor:
 def _train_gates(teacher, arch, ffns, acms, stream, cfg: DistillConfig, progress):
     if not cfg.gate_steps:
         return
-    opt = torch.optim.Adam([p for a in acms for p in a.gate.parameters()], lr=cfg.lr)
+    opt = torch.optim.Adam([p for a in acms for p in a.gate.parameters()], lr=cfg.gate_lr)
     bar = tqdm(range(cfg.gate_steps), desc="phase 2/3 gates", disable=not progress)
     for _ in bar:
         pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
         loss = 0.0
         for a, (x, y) in zip(acms, pairs):
             with torch.no_grad():
-                labels = gate_labels(prefix_errors(a, x, y), cfg.gate_ratio)
-            loss = loss + F.cross_entropy(a.gate_logits(x), labels)
+                err = prefix_errors(a, x, y)
+            loss = loss + GATE_LOSSES[a.gate_kind](a.gate(x), err, y, cfg)
         loss = loss / len(acms)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        bar.set_postfix(ce=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+# phase 2 objective per gate kind (edge.acm.GATE_SCORES says how the outputs are read)
+GATE_LOSSES = {
+    # regress the log of each prefix's error, normalized by the module's output variance so that one
+    # price per learner (the gate bias) means the same in every layer
+    "error": lambda raw, err, y, cfg: F.mse_loss(raw, (err / y.var() + 1e-6).log()),
+    # the paper's labels, as classes
+    "ratio": lambda raw, err, y, cfg: F.cross_entropy(raw, gate_labels(err, cfg.gate_ratio)),
+}
 
 
 def expected_fraction(acms: list[ACM], token_mask: torch.Tensor) -> torch.Tensor:
@@ -239,12 +282,14 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
         return
     for a in acms:
         a.dense = True
-    student.train()
-    params = [p for a in acms for p in a.parameters()]
+    student.eval()  # no dropout: the student must match the teacher's deterministic outputs
+    learners = [p for a in acms for p in (a.w1, a.b1, a.w2, a.b2)]
+    gates = [p for a in acms for p in a.gate.parameters()]
     student.requires_grad_(False)
-    for p in params:
+    for p in learners + gates:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=cfg.e2e_lr)
+    # pretrained-scale learners move little (fine-tuning rates); the gates are small and new
+    opt = torch.optim.Adam([{"params": learners, "lr": cfg.e2e_lr}, {"params": gates, "lr": cfg.gate_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.e2e_steps)
     bar = tqdm(range(cfg.e2e_steps), desc="phase 3/3 end-to-end", disable=not progress)
     try:
@@ -268,7 +313,6 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
     finally:
         for a in acms:
             a.dense, a.last_gate = False, None
-        student.eval()
 
 
 def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
@@ -282,24 +326,44 @@ def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
     return meter
 
 
-def set_gate_bias_(model: nn.Module, bias: float) -> None:
-    for a in acm_modules(model):
-        a.gate_bias.fill_(bias)
+def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iters: int = 30) -> list[float]:
+    """Set each ACM's gate bias (the budget knob) so that its average compute on the real tokens of
+    `batches` is at most `budget` of its FFN, as close as bisection in `iters` steps gets.
+
+    Every layer gets the same budget and spends it where its gate predicts the most benefit, so an
+    adaptive model is never worse placed than the static one that gives each token the same k.
+    Layers are calibrated in order, each on its inputs under the already calibrated earlier layers:
+    one forward pass per layer, then bisection on the gate scores alone. Returns the biases."""
+    arch = arch_for(model)
+    biases = []
+    for acm in acm_modules(model):
+        scores = _gate_scores(model, arch, acm, batches)  # (M, N+1) over real tokens
+        ks = torch.arange(acm.n + 1, dtype=scores.dtype)
+
+        def fraction(bias: float) -> float:
+            k = (scores - bias * ks).argmax(-1).float().mean()
+            return float(gate_flops(acm) + learner_flops(acm) * k) / ffn_flops(acm)
+
+        lo, hi = -4.1, 4.1  # bias = sinh(t): fine steps near 0 (error scores), reach +-30 (logits)
+        if fraction(math.sinh(lo)) <= budget:
+            hi = lo
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if fraction(math.sinh(mid)) > budget else (lo, mid)
+        acm.gate_bias.fill_(math.sinh(hi))
+        biases.append(math.sinh(hi))
+    return biases
 
 
-def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iters: int = 14) -> float:
-    """Set the gate bias (the budget knob) so the average FFN compute on `batches` is at most
-    `budget` and as close to it as bisection in `iters` steps gets. Returns the bias."""
-    lo, hi = -30.0, 30.0  # larger bias -> fewer learners per token
-    set_gate_bias_(model, lo)
-    if measure_budget(model, batches).ffn_fraction() <= budget:
-        return lo  # within budget even with the most generous bias
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        set_gate_bias_(model, mid)
-        if measure_budget(model, batches).ffn_fraction() > budget:
-            lo = mid
-        else:
-            hi = mid
-    set_gate_bias_(model, hi)
-    return hi
+def _gate_scores(model, arch, acm: ACM, batches) -> torch.Tensor:
+    inputs = []
+    hook = acm.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+    try:
+        with torch.no_grad():
+            for b in batches:
+                arch.output(model, b)
+                inputs[-1] = inputs[-1][arch.token_mask(b, inputs[-1].shape)]
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        return acm.gate_logits(torch.cat(inputs))

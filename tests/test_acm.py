@@ -98,7 +98,7 @@ def test_budget_meter_counts_only_real_tokens():
 
 @pytest.mark.parametrize("bad", [
     dict(budget=0.0), dict(budget=1.01), dict(budget=-0.5), dict(learners=0), dict(learners=1.5),
-    dict(gate_hidden=0), dict(init="zeros")])
+    dict(gate_hidden=0), dict(init="zeros"), dict(gate="softmax")])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(edge.EdgeError) as e:
         AcmConfig(**bad)

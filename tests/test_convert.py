@@ -3,19 +3,21 @@ import pytest
 import torch
 
 import edge
+from edge.acm import GATE_SCORES
 from edge.convert import gate_labels, prefix_errors
 from tests.conftest import CASES
 
 FEW = edge.DistillConfig(repr_steps=3, gate_steps=3, e2e_steps=3, calib_iters=10)
 
 
+@pytest.mark.parametrize("gate", GATE_SCORES)
 @pytest.mark.parametrize("name,mt", CASES)
-def test_acmize_returns_new_model_within_budget(name, mt):
+def test_acmize_returns_new_model_within_budget(name, mt, gate):
     arch = edge.ARCHS.get(name)
     model, batch = arch.tiny(mt)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    acm = edge.acmize(model, edge.AcmConfig(budget=0.6, learners=2, gate_hidden=4), [batch], distill=FEW,
-                      progress=False)
+    acm = edge.acmize(model, edge.AcmConfig(budget=0.6, learners=2, gate_hidden=4, gate=gate), [batch],
+                      distill=FEW, progress=False)
     assert acm is not model and not edge.acm_modules(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()), "the original was modified"
     assert len(edge.acm_modules(acm)) == len(arch.layers(model))
@@ -38,10 +40,11 @@ def test_prefix_errors_shape_and_k0():
     torch.testing.assert_close(err[:, 0], y.pow(2).mean(-1))
 
 
-def test_calibration_moves_the_knob_monotonically():
+@pytest.mark.parametrize("gate", GATE_SCORES)
+def test_calibration_moves_the_knob_monotonically(gate):
     arch = edge.ARCHS.get("bert")
     model, batch = arch.tiny("bert")
-    acms = edge.install_acms(model, edge.AcmConfig(learners=4, gate_hidden=4))
+    acms = edge.install_acms(model, edge.AcmConfig(learners=4, gate_hidden=4, gate=gate))
     for a in acms:
         a.gate[-1].weight.data.mul_(20)
     fracs = []

@@ -1,0 +1,135 @@
+"""ACM fidelity on all-MiniLM-L6-v2 and real held-out text (Jane Austen), one run, side by side.
+
+For target budgets 1.0, 0.75, 0.5, 0.25 of the FFN FLOPs: the achieved budget, the cosine of the
+sentence embedding to the original model's (mean and 5th percentile), the accuracy of a linear probe
+(which novel a passage comes from) fitted on the ORIGINAL model's embeddings and applied unchanged,
+and the static baseline at equal FLOPs (every token of a layer runs the same number of learners; the
+better of the phase-1-only learners and the fine-tuned ones). Also: conversion wall time at 0.5 and
+the eager speed-up of the 0.5 model over the 1.0 model (batch 1, interleaved runs, ratio of medians).
+
+    .venv/bin/python bench/acm_fidelity.py            # about 30 minutes on 2 cores
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+import edge
+from edge.acm import acm_modules
+from edge.arch import arch_for
+from edge.evaluate import LinearProbe, compare, ffn_share_of_model, outputs
+from edge.flops import learner_flops, ffn_flops
+
+BUDGETS = (1.0, 0.75, 0.5, 0.25)
+
+
+def set_static_(model, fraction: float) -> None:
+    """Every token of module i runs k_i learners; sum of k_i matches `fraction` of the FFN FLOPs."""
+    acms = acm_modules(model)
+    units = round(fraction * sum(ffn_flops(a) for a in acms) / learner_flops(acms[0]))
+    base, extra = divmod(units, len(acms))
+    for i, a in enumerate(acms):
+        a.forced_k = min(a.n, base + (i < extra))
+
+
+def clear_static_(model) -> None:
+    for a in acm_modules(model):
+        a.forced_k = None
+
+
+def eager_times(models: dict, batches: list[dict], repeats: int = 3) -> dict:
+    """Median seconds per batch for each model, runs interleaved so that noise hits all alike."""
+    times = {k: [] for k in models}
+    with torch.no_grad():
+        for _ in range(repeats):
+            for b in batches:
+                for name, m in models.items():
+                    arch = arch_for(m)
+                    t = time.perf_counter()
+                    arch.output(m, b)
+                    times[name].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
+    ap.add_argument("--test-limit", type=int, default=None)
+    ap.add_argument("--repr-steps", type=int, default=edge.DistillConfig.repr_steps)
+    ap.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps)
+    ap.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = edge.load_pretrained()
+    passages = edge.austen_passages()
+    train = edge.batches(tok, passages.split("train").texts, 32)
+    calib = edge.batches(tok, passages.split("calib").texts[:512], 64)
+    test = passages.split("test")
+    if args.test_limit:
+        test = test.head(args.test_limit)
+    test_b = edge.batches(tok, test.texts, 64)
+    probe_p = passages.split("probe")
+    teacher_out, _ = outputs(model, test_b)
+    probe = LinearProbe().fit(outputs(model, edge.batches(tok, probe_p.texts, 64))[0], torch.tensor(probe_p.labels))
+    y = torch.tensor(test.labels)
+    acc_teacher = probe.accuracy(teacher_out, y)
+    share = ffn_share_of_model(model, test_b[0])
+    print(f"original: probe accuracy {acc_teacher:.4f}; FFNs are {share:.3f} of the model FLOPs", flush=True)
+
+    distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps)
+    # phases 1 and 2 do not depend on the budget: run them once, then phase 3 + calibration per
+    # budget (edge.retarget). A budget's conversion time is the shared part plus its own part,
+    # which is exactly what `edge acmize --budget B` spends.
+    t0 = time.time()
+    shared = edge.acmize(model, edge.AcmConfig(budget=1.0), train, calib,
+                         edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=0),
+                         progress=True)
+    shared_seconds = time.time() - t0
+    phase1 = shared  # its learners are the phase-1 learners; the static baseline ignores its gates
+    rows, models, convert_seconds = [], {}, None
+    for budget in args.budgets:
+        t0 = time.time()
+        acm = edge.retarget(shared, model, budget, train, calib, distill, progress=True)
+        seconds = shared_seconds + time.time() - t0
+        if budget == 0.5:
+            convert_seconds = seconds
+        models[budget] = acm
+        rep, out = compare(acm, teacher_out, test_b, share)
+        static_accs = []
+        for learners in (phase1, acm):
+            set_static_(learners, rep["ffn_fraction"])
+            static_accs.append(probe.accuracy(outputs(learners, test_b)[0], y))
+            clear_static_(learners)
+        row = {"budget": budget, "achieved": rep["ffn_fraction"], "model_fraction": rep["model_fraction"],
+               "cos_mean": rep["cos_mean"], "cos_p5": rep["cos_p5"], "acc": probe.accuracy(out, y),
+               "acc_static": max(static_accs), "acc_static_phase1": static_accs[0],
+               "acc_static_finetuned": static_accs[1], "convert_seconds": seconds}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    speedup = None
+    if 0.5 in models and 1.0 in models:
+        single = edge.batches(tok, test.texts[:150], 1)
+        t = eager_times({"1.0": models[1.0], "0.5": models[0.5], "original": model}, single)
+        speedup = t["1.0"] / t["0.5"]
+        print(f"eager batch-1 medians: original {t['original'] * 1e3:.2f} ms, ACM@1.0 {t['1.0'] * 1e3:.2f} ms, "
+              f"ACM@0.5 {t['0.5'] * 1e3:.2f} ms", flush=True)
+
+    print(f"{'budget':>7} {'achieved':>8} {'cos':>7} {'cos_p5':>7} {'acc':>7} {'static':>7}   (original acc {acc_teacher:.4f})")
+    for r in rows:
+        print(f"{r['budget']:>7} {r['achieved']:>8.3f} {r['cos_mean']:>7.4f} {r['cos_p5']:>7.4f} {r['acc']:>7.4f} "
+              f"{r['acc_static']:>7.4f}")
+    print(json.dumps({"budgets": [r["budget"] for r in rows], "achieved": [r["achieved"] for r in rows],
+                      "cos_mean": [r["cos_mean"] for r in rows], "cos_p5": [r["cos_p5"] for r in rows],
+                      "acc": [r["acc"] for r in rows], "acc_static": [r["acc_static"] for r in rows],
+                      "acc_teacher": acc_teacher, "convert_seconds": convert_seconds,
+                      "eager_speedup_at_0.5": speedup}))
+
+
+if __name__ == "__main__":
+    main()
