@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge.convert import DistillConfig
 from edge.errors import EdgeError
 
 DEFAULT_OUT = "out/minilm-acm"
@@ -40,7 +41,6 @@ def cmd_data(args) -> None:
 
 def cmd_acmize(args) -> dict:
     import edge
-    from edge.convert import DistillConfig
     from edge.data import batches
     from edge.evaluate import evaluate
     from edge.io import atomic_dir, write_json_atomic
@@ -98,9 +98,9 @@ def _add_acmize_args(p, output_default=None):
                    help="output directory (written atomically)")
     p.add_argument("--budget", type=float, default=0.5, help="target FFN compute fraction in (0, 1]")
     p.add_argument("--learners", type=int, default=4, help="learners per ACM (N >= 1)")
-    p.add_argument("--repr-steps", type=int, default=300, help="phase 1 steps (batches)")
-    p.add_argument("--gate-steps", type=int, default=100, help="phase 2 steps")
-    p.add_argument("--e2e-steps", type=int, default=200, help="phase 3 steps")
+    p.add_argument("--repr-steps", type=int, default=DistillConfig.repr_steps, help="phase 1 steps (batches of 32)")
+    p.add_argument("--gate-steps", type=int, default=DistillConfig.gate_steps, help="phase 2 steps")
+    p.add_argument("--e2e-steps", type=int, default=DistillConfig.e2e_steps, help="phase 3 steps")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

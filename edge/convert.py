@@ -32,8 +32,8 @@ from edge.flops import BudgetMeter, ffn_flops, gate_flops, learner_flops
 class DistillConfig:
     """How long and how hard each phase trains. Steps count batches."""
 
-    repr_steps: int = 300
-    gate_steps: int = 100
+    repr_steps: int = 250
+    gate_steps: int = 80
     e2e_steps: int = 200
     lr: float = 3e-4
     gate_lr: float = 1e-3

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,9 @@ def _read_rdb(rdb: Path) -> dict[str, list[str]]:
     import rdata
 
     def parse(raw: bytes):
-        return rdata.conversion.convert(rdata.parser.parse_data(raw))
+        with warnings.catch_warnings():  # bare serializations are "assumed RDS", which they are
+            warnings.simplefilter("ignore")
+            return rdata.conversion.convert(rdata.parser.parse_data(raw))
 
     index = parse(gzip.decompress(rdb.with_suffix(".rdx").read_bytes()))
     blob = rdb.read_bytes()
@@ -85,17 +88,18 @@ class Passages:
     texts: list[str]
     labels: list[int] | None  # novel index, when known
     label_names: tuple[str, ...] = ()
+    block: int = BLOCK  # consecutive passages kept together in one split (neighbours share context)
 
     def split(self, name: str) -> "Passages":
-        """One of train / calib / probe / test: blocks of BLOCK consecutive passages, index mod 20."""
+        """One of train / calib / probe / test: blocks of `block` consecutive passages, index mod 20."""
         if name not in SPLITS:
             raise EdgeError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
-        keep = [i for i in range(len(self.texts)) if (i // BLOCK) % 20 in SPLITS[name]]
+        keep = [i for i in range(len(self.texts)) if (i // self.block) % 20 in SPLITS[name]]
         labels = [self.labels[i] for i in keep] if self.labels is not None else None
-        return Passages([self.texts[i] for i in keep], labels, self.label_names)
+        return Passages([self.texts[i] for i in keep], labels, self.label_names, self.block)
 
     def head(self, n: int) -> "Passages":
-        return Passages(self.texts[:n], self.labels[:n] if self.labels else None, self.label_names)
+        return Passages(self.texts[:n], self.labels[:n] if self.labels else None, self.label_names, self.block)
 
 
 def austen_passages(words: int = 40) -> Passages:
@@ -127,7 +131,7 @@ def text_file_passages(path: str | Path) -> Passages:
         raise EdgeError(f"{path} is not UTF-8 text") from None
     if len(texts) < 20:
         raise EdgeError(f"{path} has {len(texts)} non-empty lines; at least 20 are needed for the splits")
-    return Passages(texts, None)
+    return Passages(texts, None, block=1)  # lines of a user's file: split line by line
 
 
 def batches(tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[dict]:

@@ -53,3 +53,17 @@ def test_calibration_moves_the_knob_monotonically(gate):
         fracs.append(edge.measure_budget(model, [batch]).ffn_fraction())
         assert fracs[-1] <= budget
     assert fracs[0] > fracs[1] > fracs[2]
+
+
+def test_retarget_moves_the_budget_and_keeps_the_source():
+    arch = edge.ARCHS.get("bert")
+    model, batch = arch.tiny("bert")
+    cfg = edge.AcmConfig(budget=0.9, learners=4, gate_hidden=4)
+    acm = edge.acmize(model, cfg, [batch], distill=FEW, progress=False)
+    before = {k: v.clone() for k, v in acm.state_dict().items()}
+    low = edge.retarget(acm, model, 0.4, [batch], distill=FEW, progress=False)
+    assert low.acm_config.budget == 0.4 and acm.acm_config.budget == 0.9
+    assert edge.measure_budget(low, [batch]).ffn_fraction() <= 0.4
+    assert all(torch.equal(v, acm.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(edge.EdgeError, match="budget"):
+        edge.retarget(acm, model, 1.5, [batch], distill=FEW, progress=False)
