@@ -15,9 +15,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[export,plot,dev]'
   echo "$want" > "$stamp"
 fi
-if ! .venv/bin/edge data >/dev/null 2>&1; then
+if ! .venv/bin/edge data --fashion >/dev/null 2>&1; then
   # apt-get download needs package lists; refresh them once if we may
   if [ "$(id -u)" = 0 ]; then apt-get update -qq; else sudo -n apt-get update -qq || true; fi
-  .venv/bin/edge data
+  .venv/bin/edge data --fashion
 fi
 echo "edge is set up: .venv/bin/edge --help" >&2

@@ -46,7 +46,16 @@ class Arch:
         raise NotImplementedError
 
     def output(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """The model's final output that conversion must preserve, (B, D)."""
+        """The model's final output that conversion must preserve, (B, D). A model with exits or
+        skips runs through edge.depth.run, which really takes them."""
+        if hasattr(model, "edge_exits") or hasattr(model, "edge_routers"):
+            from edge.depth import run
+
+            return run(model, batch)[0]
+        return self.hf_output(model, batch)
+
+    def hf_output(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The output through the model's own (Hugging Face) forward."""
         raise NotImplementedError
 
     def token_mask(self, batch: dict, shape: torch.Size) -> torch.Tensor:
@@ -56,6 +65,47 @@ class Arch:
     def tiny(self, model_type: str, seed: int = 0) -> tuple[nn.Module, dict]:
         """A tiny random model of `model_type` (one of self.model_types) and an example batch."""
         raise NotImplementedError
+
+    # --- layer by layer (edge.depth runs exits and skips through these) ---------------------------
+    # A context `ctx` is a dict of per-sequence tensors (batch dimension first) that the layers need;
+    # it always holds "tokens": the (B, T) bool mask of real tokens.
+
+    def embed(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Hidden states entering the first layer (B, T, d) and the context."""
+        raise NotImplementedError
+
+    def attention(self, layer: nn.Module, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """The layer's attention sub-block, residual included: (B, T, d) -> (B, T, d)."""
+        raise NotImplementedError
+
+    def feed_forward(self, layer: nn.Module, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """The rest of the layer after attention (FFN or ACM, residual included)."""
+        raise NotImplementedError
+
+    def head(self, model: nn.Module, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """From the last layer's hidden states to the output that `output` returns, (B, D)."""
+        raise NotImplementedError
+
+    def pool(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """One vector per sequence (B, d) for exit heads and routers: the mean over real tokens."""
+        m = ctx["tokens"].unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    def output_kind(self, model: nn.Module) -> str:
+        """"logits" (a classifier: exits use softmax confidence) or "embedding" (compared by cosine)."""
+        return "embedding"
+
+    def unit_output(self, model: nn.Module) -> bool:
+        """Whether the output embedding is L2-normalized (exit heads then normalize too)."""
+        return False
+
+    def dims(self, model: nn.Module) -> tuple[int, int]:
+        """(d, F): hidden size and FFN width of the original layers."""
+        raise NotImplementedError
+
+    def fixed_flops(self, model: nn.Module, ctx: dict) -> float:
+        """FLOPs per sequence outside the layers (patch or conv embeddings, classifier)."""
+        return 0.0
 
 
 def act_name(hf_name) -> str:
@@ -97,7 +147,7 @@ class BertFamily(Arch):
         layer.intermediate = acm  # BertOutput then adds the residual and applies LayerNorm
         layer.output.dense = nn.Identity()
 
-    def output(self, model, batch):
+    def hf_output(self, model, batch):
         # sentence-transformers convention (all-MiniLM): mean pooling over real tokens, then L2 norm
         hidden = model(**batch).last_hidden_state  # (B, T, C)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -106,6 +156,29 @@ class BertFamily(Arch):
 
     def token_mask(self, batch, shape):
         return batch["attention_mask"].bool()
+
+    def embed(self, model, batch):
+        base = model.base_model
+        h = base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        tokens = batch["attention_mask"].bool()  # (B, T)
+        # additive mask over keys (B, 1, 1, T), the form every attention implementation accepts
+        bias = torch.zeros(tokens.shape, dtype=h.dtype).masked_fill(~tokens, torch.finfo(h.dtype).min)
+        return h, {"tokens": tokens, "mask": bias[:, None, None, :]}
+
+    def attention(self, layer, h, ctx):
+        return layer.attention(h, ctx["mask"])[0]  # post-LN: LayerNorm(h + attention(h))
+
+    def feed_forward(self, layer, h, ctx):
+        return layer.feed_forward_chunk(h)
+
+    def head(self, model, h, ctx):
+        return F.normalize(self.pool(h, ctx), dim=-1)
+
+    def unit_output(self, model):
+        return True
+
+    def dims(self, model):
+        return model.config.hidden_size, model.config.intermediate_size
 
     def tiny(self, model_type, seed=0):
         from transformers import AutoConfig, AutoModel
@@ -117,7 +190,10 @@ class BertFamily(Arch):
         ids = torch.randint(3, 100, (2, 12))
         mask = torch.ones_like(ids)
         mask[1, 8:] = 0  # one padded sequence
-        return AutoModel.from_config(cfg).eval(), {"input_ids": ids, "attention_mask": mask}
+        # eager attention and no pooler: torch's FLOP counter then sees exactly what edge counts
+        extra = {} if model_type == "electra" else {"add_pooling_layer": False}  # electra has no pooler
+        model = AutoModel.from_config(cfg, attn_implementation="eager", **extra)
+        return model.eval(), {"input_ids": ids, "attention_mask": mask}
 
 
 class VitFamily(Arch):
@@ -135,19 +211,50 @@ class VitFamily(Arch):
     def install(self, layer, acm):
         layer.mlp = acm
 
-    def output(self, model, batch):
+    def hf_output(self, model, batch):
         out = model(**batch)
         if getattr(out, "logits", None) is not None:
             return out.logits
         return out.last_hidden_state[:, 0]  # the CLS token
+
+    def embed(self, model, batch):
+        h = model.base_model.embeddings(batch["pixel_values"])
+        return h, {"tokens": torch.ones(h.shape[:2], dtype=torch.bool)}
+
+    def attention(self, layer, h, ctx):
+        return h + layer.attention(layer.layernorm_before(h))[0]
+
+    def feed_forward(self, layer, h, ctx):
+        return h + layer.mlp(layer.layernorm_after(h))
+
+    def head(self, model, h, ctx):
+        cls = model.base_model.layernorm(h)[:, 0]
+        return model.classifier(cls) if hasattr(model, "classifier") else cls
+
+    def pool(self, h, ctx):
+        return h[:, 0]  # the CLS token, as the classifier reads it
+
+    def output_kind(self, model):
+        return "logits" if hasattr(model, "classifier") else "embedding"
+
+    def dims(self, model):
+        return model.config.hidden_size, model.config.intermediate_size
+
+    def fixed_flops(self, model, ctx):
+        c = model.config
+        patches = (c.image_size // c.patch_size) ** 2
+        flops = 2 * c.num_channels * c.patch_size**2 * c.hidden_size * patches
+        if hasattr(model, "classifier"):
+            flops += 2 * c.hidden_size * model.classifier.out_features
+        return float(flops)
 
     def tiny(self, model_type, seed=0):
         from transformers import ViTConfig, ViTModel
 
         torch.manual_seed(seed)
         cfg = ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64)
-        return ViTModel(cfg).eval(), {"pixel_values": torch.randn(2, 1, 16, 16)}
+                        num_attention_heads=2, intermediate_size=64, attn_implementation="eager")
+        return ViTModel(cfg, add_pooling_layer=False).eval(), {"pixel_values": torch.randn(2, 1, 16, 16)}
 
 
 class WhisperEncoderFamily(Arch):
@@ -165,9 +272,34 @@ class WhisperEncoderFamily(Arch):
     def install(self, layer, acm):
         layer.fc1, layer.activation_fn, layer.fc2 = acm, nn.Identity(), nn.Identity()
 
-    def output(self, model, batch):
+    def hf_output(self, model, batch):
         enc = getattr(model, "encoder", model)
         return enc(**batch).last_hidden_state.mean(1)
+
+    def embed(self, model, batch):
+        enc = getattr(model, "encoder", model)
+        x = F.gelu(enc.conv2(F.gelu(enc.conv1(batch["input_features"])))).permute(0, 2, 1)  # (B, T, d)
+        h = x + enc.embed_positions.weight[: x.shape[1]]
+        return h, {"tokens": torch.ones(h.shape[:2], dtype=torch.bool)}
+
+    def attention(self, layer, h, ctx):
+        return h + layer.self_attn(hidden_states=layer.self_attn_layer_norm(h), attention_mask=None)[0]
+
+    def feed_forward(self, layer, h, ctx):
+        return h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
+
+    def head(self, model, h, ctx):
+        return getattr(model, "encoder", model).layer_norm(h).mean(1)
+
+    def dims(self, model):
+        return model.config.d_model, model.config.encoder_ffn_dim
+
+    def fixed_flops(self, model, ctx):
+        enc = getattr(model, "encoder", model)
+        t1 = enc.config.max_source_positions * enc.conv2.stride[0]  # frames after conv1 (stride 1)
+        t2 = enc.config.max_source_positions
+        d, mel = enc.config.d_model, enc.config.num_mel_bins
+        return float(2 * mel * 3 * d * t1 + 2 * d * 3 * d * t2)
 
     def tiny(self, model_type, seed=0):
         from transformers import WhisperConfig
@@ -176,7 +308,7 @@ class WhisperEncoderFamily(Arch):
         torch.manual_seed(seed)
         cfg = WhisperConfig(num_mel_bins=8, d_model=32, encoder_layers=2, encoder_attention_heads=2,
                             encoder_ffn_dim=64, max_source_positions=16, decoder_layers=1,
-                            decoder_attention_heads=2, decoder_ffn_dim=64)
+                            decoder_attention_heads=2, decoder_ffn_dim=64, attn_implementation="eager")
         return WhisperEncoder(cfg).eval(), {"input_features": torch.randn(2, 8, 32)}
 
 

@@ -34,9 +34,11 @@ def _public(report: dict) -> dict:
 
 
 def cmd_data(args) -> None:
-    from edge.data import fetch_austen
+    from edge.data import fetch_austen, fetch_fashion_mnist
 
     print(fetch_austen(force=args.force))
+    if args.fashion:
+        print(fetch_fashion_mnist(force=args.force))
 
 
 def cmd_acmize(args) -> dict:
@@ -109,8 +111,9 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge", description="Make pretrained transformers adaptive for edge devices.")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("data", help="fetch the real text data (Jane Austen, from Debian) into the cache")
+    p = sub.add_parser("data", help="fetch the real data (Jane Austen text; with --fashion, Fashion-MNIST) from Debian into the cache")
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
+    p.add_argument("--fashion", action="store_true", help="also fetch Fashion-MNIST (Debian dataset-fashion-mnist)")
     p.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("acmize", help="convert a model's FFNs into ACMs by distillation")

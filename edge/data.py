@@ -42,15 +42,68 @@ def fetch_austen(force: bool = False) -> Path:
     from edge.io import write_json_atomic
 
     with tempfile.TemporaryDirectory() as tmp:
-        _run(["apt-get", "download", PACKAGE], tmp,
-             f"could not download {PACKAGE} with apt-get; run `apt-get update` and retry, "
-             "or pass your own text with --text FILE")
-        deb = next(Path(tmp).glob(f"{PACKAGE}_*.deb"))
-        _run(["dpkg", "-x", str(deb), str(Path(tmp) / "x")], tmp, f"dpkg could not unpack {deb.name}")
-        rdb = next((Path(tmp) / "x").rglob("janeaustenr/data/Rdata.rdb"))
-        novels = _read_rdb(rdb)
+        root = _debian_unpack(PACKAGE, tmp, "or pass your own text with --text FILE")
+        novels = _read_rdb(next(root.rglob("janeaustenr/data/Rdata.rdb")))
     write_json_atomic(out, novels)
     return out
+
+
+def _debian_unpack(package: str, tmp: str, alternative: str) -> Path:
+    """Download a Debian package with apt-get and unpack it (no installation) under tmp; returns the root."""
+    _run(["apt-get", "download", package], tmp,
+         f"could not download {package} with apt-get; run `apt-get update` and retry, {alternative}")
+    deb = next(Path(tmp).glob(f"{package}_*.deb"))
+    _run(["dpkg", "-x", str(deb), str(Path(tmp) / "x")], tmp, f"dpkg could not unpack {deb.name}")
+    return Path(tmp) / "x"
+
+
+# --- Fashion-MNIST (Debian's dataset-fashion-mnist) ------------------------------------------------
+FASHION_PACKAGE = "dataset-fashion-mnist"
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def fashion_dir() -> Path:
+    return data_dir() / "fashion-mnist"
+
+
+def fetch_fashion_mnist(force: bool = False) -> Path:
+    """Make sure Fashion-MNIST's four idx files are cached; returns their directory."""
+    out = fashion_dir()
+    names = [n for pair in _FASHION_FILES.values() for n in pair]
+    if all((out / n).exists() for n in names) and not force:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _debian_unpack(FASHION_PACKAGE, tmp, "or skip the Fashion-MNIST parts")
+        for n in names:
+            src = next(root.rglob(n))
+            part = out / (n + ".part")
+            shutil.copyfile(src, part)
+            os.replace(part, out / n)
+    return out
+
+
+def fashion_mnist(split: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Images (N, 1, 28, 28) float in [0, 1] and labels (N,) of split "train" (60k) or "test" (10k)."""
+    import numpy as np
+    import torch
+
+    if split not in _FASHION_FILES:
+        raise EdgeError(f"unknown Fashion-MNIST split {split!r}; known: {', '.join(_FASHION_FILES)}")
+    d = fashion_dir()
+    img_f, lab_f = (d / n for n in _FASHION_FILES[split])
+    if not img_f.exists() or not lab_f.exists():
+        raise EdgeError(f"Fashion-MNIST is not in {d}; run `edge data --fashion` first")
+    try:
+        img = np.frombuffer(gzip.decompress(img_f.read_bytes()), dtype=np.uint8, offset=16)
+        lab = np.frombuffer(gzip.decompress(lab_f.read_bytes()), dtype=np.uint8, offset=8)
+        img = img.reshape(len(lab), 1, 28, 28)
+    except (OSError, EOFError, ValueError) as e:
+        raise EdgeError(f"Fashion-MNIST files in {d} are corrupt ({e}); run `edge data --fashion --force`") from None
+    return torch.from_numpy(img.astype(np.float32) / 255.0), torch.from_numpy(lab.astype(np.int64))
 
 
 def _run(cmd: list[str], cwd: str, why: str) -> None:

@@ -57,6 +57,10 @@ def write_json_atomic(path: str | Path, obj) -> None:
         raise
 
 
+# what an adaptive model may carry: edge.json key -> model attribute holding its config
+_PARTS = {"acm": "acm_config", "exits": "exit_config", "skips": "skip_config"}
+
+
 def save(model: nn.Module, path: str | Path, tokenizer=None, extra: dict | None = None,
          overwrite: bool = False) -> Path:
     """Write an ACMized model to directory `path` (atomically).
@@ -72,13 +76,14 @@ def save(model: nn.Module, path: str | Path, tokenizer=None, extra: dict | None 
 
     import edge
 
-    config = getattr(model, "acm_config", None)
-    if not isinstance(config, AcmConfig):
-        raise EdgeError("this model has no ACMs to save; run edge.acmize first")
+    parts = {key: getattr(model, attr).to_dict() for key, attr in _PARTS.items() if hasattr(model, attr)}
+    if not parts:
+        raise EdgeError("this model has nothing adaptive to save; run edge.acmize, add_exits or add_skips first")
     cls = type(model)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "edge_version": edge.__version__,
-            "model_module": cls.__module__, "model_class": cls.__name__, "acm": config.to_dict(),
-            **(extra or {})}
+            "model_module": cls.__module__, "model_class": cls.__name__, **parts, **(extra or {}),
+            "absent_modules": _absent_modules(model),
+            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_dir(path, overwrite) as tmp:
         save_file(state, str(tmp / WEIGHTS))
@@ -87,6 +92,12 @@ def save(model: nn.Module, path: str | Path, tokenizer=None, extra: dict | None 
             tokenizer.save_pretrained(str(tmp))
         write_json_atomic(tmp / META, meta)
     return Path(path)
+
+
+def _absent_modules(model: nn.Module) -> list[str]:
+    """Attributes that are None on `model`: `load` drops the submodules among them from the fresh
+    model it builds (e.g. a BERT made without its pooler), so that the weights match."""
+    return sorted(n for n, v in vars(model).items() if v is None and not n.startswith("_"))
 
 
 def read_meta(path: str | Path) -> dict:
@@ -121,8 +132,20 @@ def load(path: str | Path) -> nn.Module:
         hf_config = AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (ImportError, AttributeError, KeyError, OSError, ValueError) as e:
         raise EdgeError(f"cannot rebuild the model described in {path}: {e}") from None
+    from edge.depth import ExitConfig, SkipConfig, install_exits, install_skips
+
+    if meta.get("attn_implementation"):  # not kept in config.json; eager and sdpa differ in the last bits
+        hf_config._attn_implementation = meta["attn_implementation"]
     model = cls(hf_config)
-    install_acms(model, AcmConfig.from_dict(meta["acm"]))
+    for name in meta.get("absent_modules", []):
+        if name in model._modules:
+            setattr(model, name, None)
+    if "acm" in meta:
+        install_acms(model, AcmConfig.from_dict(meta["acm"]))
+    if "exits" in meta:
+        install_exits(model, ExitConfig.from_dict(meta["exits"]))
+    if "skips" in meta:
+        install_skips(model, SkipConfig.from_dict(meta["skips"]))
     try:
         state = load_file(str(path / WEIGHTS))
     except FileNotFoundError:

@@ -76,7 +76,7 @@ def test_save_refuses_to_overwrite_and_leaves_no_partial_dir(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acm"]
 
 
-def test_save_without_acms_is_refused(tmp_path):
+def test_save_without_anything_adaptive_is_refused(tmp_path):
     model, _ = edge.ARCHS.get("bert").tiny("bert")
-    with pytest.raises(edge.EdgeError, match="no ACMs"):
+    with pytest.raises(edge.EdgeError, match="nothing adaptive"):
         edge.save(model, tmp_path / "x")

@@ -1,0 +1,226 @@
+"""Exits and skips (edge.depth) on tiny random models of every registered architecture, plus a tiny
+ViT classifier (the "logits" kind of exit)."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import edge
+from edge.depth import exit_heads, routers, run
+from edge.errors import EdgeError
+from edge.flops import count_flops
+from tests.conftest import CASES
+
+
+def tiny_vit_classifier():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    cfg = ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=3,
+                    num_attention_heads=2, intermediate_size=64, num_labels=5, attn_implementation="eager")
+    return ViTForImageClassification(cfg).eval(), {"pixel_values": torch.randn(3, 1, 16, 16)}
+
+
+def _tiny(case):
+    if case == "vit-classifier":
+        return edge.ARCHS.get("vit"), *tiny_vit_classifier()
+    name, mt = case
+    arch = edge.ARCHS.get(name)
+    return arch, *arch.tiny(mt)
+
+
+ALL = CASES + ["vit-classifier"]
+FEW = dict(progress=False)
+
+
+def _hidden_states(model, batch):
+    """Every layer's output through the model's own (Hugging Face) forward: [embeddings, layer 1, ...]."""
+    inner = getattr(model, "base_model", model)
+    return inner(**batch, output_hidden_states=True).hidden_states
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_full_setting_equals_original(case):
+    arch, model, batch = _tiny(case)
+    m = edge.add_exits(model, edge.ExitConfig(after=[1], steps=3), [batch], **FEW)
+    m = edge.add_skips(m, edge.SkipConfig(samples=2, threshold=0.0), [batch], **FEW)
+    with torch.no_grad():
+        out, trace = run(m, batch)
+        ref = arch.hf_output(model, batch)
+    torch.testing.assert_close(out, ref)
+    assert trace.exit_layer.tolist() == [len(arch.layers(model))] * len(out)
+    assert not trace.skipped.any()
+    assert torch.allclose(trace.flops, trace.full_flops + sum(r.flops() for r in routers(m).values())
+                          + exit_heads(m)[1].flops())
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_forced_exit_equals_truncated_model(case):
+    arch, model, batch = _tiny(case)
+    n = len(arch.layers(model))
+    for after in range(1, n):
+        m = edge.add_exits(model, edge.ExitConfig(after=[after], steps=3, threshold=0.0), [batch], **FEW)
+        ran = set()  # which layers' sub-modules computed anything
+        hooks = [sub.register_forward_hook(lambda *a, i=i: ran.add(i))
+                 for i, layer in enumerate(arch.layers(m), 1) for sub in layer.modules() if sub is not layer]
+        with torch.no_grad():
+            out, trace = run(m, batch)
+            _, ctx = arch.embed(model, batch)
+            ref, _ = exit_heads(m)[after](arch.pool(_hidden_states(model, batch)[after], ctx))
+        for hk in hooks:
+            hk.remove()
+        torch.testing.assert_close(out, ref)
+        assert trace.exit_layer.tolist() == [after] * len(out)
+        assert ran == set(range(1, after + 1)), f"layers {sorted(ran)} ran for an exit after {after}"
+
+
+# how the original model looks with a layer's attention removed, per registered family
+def _drop_attention(name, layer):
+    class Identity(nn.Module):  # post-LN BERT: the attention block returns its input
+        def forward(self, h, *a, **k):
+            return h, None
+
+    class Zero(nn.Module):  # pre-LN: the attention adds nothing to the residual
+        def forward(self, h=None, *a, hidden_states=None, **k):
+            h = h if h is not None else hidden_states
+            return torch.zeros_like(h), None
+
+    if name == "bert":
+        layer.attention = Identity()
+    elif name == "vit":
+        layer.attention = Zero()
+    elif name == "whisper":
+        layer.self_attn = Zero()
+    else:
+        raise AssertionError(f"add how to drop {name}'s attention to this test")
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_forced_skip_equals_model_without_attention(case):
+    arch, model, batch = _tiny(case)
+    m = edge.add_skips(model, edge.SkipConfig(samples=2, threshold=1.0), [batch], **FEW)
+    calls = []
+    hooks = [layer.register_forward_hook(lambda *a: calls.append(1))
+             for layer in m.modules() if type(layer).__name__.endswith(("SelfAttention", "Attention"))]
+    ref_model = copy.deepcopy(model)
+    for layer in arch.layers(ref_model):
+        _drop_attention(arch.name, layer)
+    with torch.no_grad():
+        out, trace = run(m, batch)
+        ref = arch.hf_output(ref_model, batch)
+    for hk in hooks:
+        hk.remove()
+    torch.testing.assert_close(out, ref)
+    assert trace.skipped.all()
+    assert not calls, "a skipped attention was computed"
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_block_skip_and_earliest_exit(case):
+    arch, model, batch = _tiny(case)
+    m = edge.add_skips(model, edge.SkipConfig(target="block", samples=2, threshold=1.0), [batch], **FEW)
+    with torch.no_grad():
+        out, _ = run(m, batch)
+        h0, ctx = arch.embed(model, batch)
+        torch.testing.assert_close(out, arch.head(model, h0, ctx))  # no layer ran
+    n = len(arch.layers(model))
+    e = edge.add_exits(model, edge.ExitConfig(after=list(range(1, n)), steps=2, threshold=0.0), [batch], **FEW)
+    assert run(e, batch)[1].exit_layer.tolist() == [1] * len(out)  # threshold 0: the earliest exit
+
+
+def test_mixed_batch_takes_each_sequence_its_own_way():
+    arch, model, batch = _tiny(("bert", "bert"))
+    m = edge.add_skips(model, edge.SkipConfig(layers=[1], samples=2), [batch], **FEW)
+    r = routers(m)[1]
+    with torch.no_grad():
+        scores = r(arch.pool(arch.embed(m, batch)[0], arch.embed(m, batch)[1]))
+        m.skip_config = edge.SkipConfig(layers=[1], threshold=float(scores.mean()))  # between the two
+        out, trace = run(m, batch)
+        assert trace.skipped[:, 0].tolist() == (scores < scores.mean()).tolist()
+        for i in range(len(out)):  # each sequence alone gives the same answer as in the mixed batch
+            alone, _ = run(m, {k: v[i: i + 1] for k, v in batch.items()})
+            torch.testing.assert_close(alone[0], out[i], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_training_changes_only_heads_and_routers(case):
+    arch, model, batch = _tiny(case)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    e = edge.add_exits(model, edge.ExitConfig(after=[1], steps=5), [batch], **FEW)
+    s = edge.add_skips(model, edge.SkipConfig(samples=8, epochs=2), [batch], **FEW)
+    for trained, extra in ((e, "edge_exits."), (s, "edge_routers.")):
+        state = trained.state_dict()
+        for k, v in before.items():
+            assert torch.equal(state[k], v), f"backbone parameter {k} changed"
+        assert all(k in before or k.startswith(extra) for k in state)
+    fresh = edge.add_exits(model, edge.ExitConfig(after=[1], steps=0), [batch], **FEW)
+    assert not torch.equal(exit_heads(fresh)[1].proj.weight, exit_heads(e)[1].proj.weight), "heads did not train"
+    assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), before.values()))
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_flops_equal_torch_count(name, mt):
+    arch = edge.ARCHS.get(name)
+    model, batch = arch.tiny(mt)
+    one = {k: v[:1] for k, v in batch.items()}  # unpadded: torch counts what a device would run
+    m = edge.add_skips(model, edge.SkipConfig(samples=2), [batch], **FEW)
+    trace = run(m, one)[1]
+    assert float(trace.full_flops) == count_flops(arch.hf_output, model, one)
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_acm_exits_skips_together_one_budget(name, mt):
+    arch = edge.ARCHS.get(name)
+    model, batch = arch.tiny(mt)
+    few = edge.DistillConfig(repr_steps=2, gate_steps=2, e2e_steps=0)
+    m = edge.acmize(model, edge.AcmConfig(budget=1.0, learners=2, gate_hidden=8), [batch], distill=few, progress=False)
+    m = edge.add_exits(m, edge.ExitConfig(after=[1], steps=3), [batch], **FEW)
+    m = edge.add_skips(m, edge.SkipConfig(samples=2), [batch], **FEW)
+    result = edge.set_budget_(m, model, 0.8, [batch])
+    chosen = result["chosen"]
+    assert chosen["flops_frac"] <= 0.8
+    assert len(result["sweep"]) > 10
+    got = edge.depth.measure(m, [batch], [arch.hf_output(model, batch)])
+    assert got["flops_frac"] == pytest.approx(chosen["flops_frac"])
+    with pytest.raises(EdgeError, match="least compute"):
+        edge.set_budget_(m, model, 1e-4, [batch])
+
+
+@pytest.mark.parametrize("case", ALL)
+def test_save_load_round_trip(case, tmp_path):
+    arch, model, batch = _tiny(case)
+    m = edge.add_exits(model, edge.ExitConfig(after=[1], steps=3, threshold=0.3), [batch], **FEW)
+    m = edge.add_skips(m, edge.SkipConfig(samples=2, threshold=0.5), [batch], **FEW)
+    edge.save(m, tmp_path / "m")
+    back = edge.load(tmp_path / "m")
+    a, ta = run(m, batch)
+    b, tb = run(back, batch)
+    assert torch.equal(a, b) and torch.equal(ta.flops, tb.flops)
+    assert back.exit_config == m.exit_config and back.skip_config == m.skip_config
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(after=[0]), "do not exist"), (dict(after=[2]), "do not exist"), (dict(after=[7]), "do not exist"),
+    (dict(after=[]), "non-empty"), (dict(after=[1, 1]), "increasing"), (dict(threshold=1.5), r"\[0, 1\]"),
+    (dict(threshold=-0.1), r"\[0, 1\]"), (dict(steps=-1), "steps")])
+def test_bad_exit_configs(bad, match):
+    arch, model, batch = _tiny(("bert", "bert"))  # 2 layers: exits may sit after layer 1 only
+    with pytest.raises(EdgeError, match=match):
+        edge.add_exits(model, edge.ExitConfig(**{"after": [1], **bad}), [batch], **FEW)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(layers=[3]), "do not exist"), (dict(layers=[0]), "do not exist"), (dict(threshold=2.0), r"\[0, 1\]"),
+    (dict(skip_rate=-0.5), r"\[0, 1\]"), (dict(target="head"), "attention, block"), (dict(samples=0), "> 0")])
+def test_bad_skip_configs(bad, match):
+    arch, model, batch = _tiny(("bert", "bert"))
+    with pytest.raises(EdgeError, match=match):
+        edge.add_skips(model, edge.SkipConfig(**bad), [batch], **FEW)
+
+
+@pytest.mark.parametrize("budget", [0.0, 1.5, -1, "half"])
+def test_bad_budget(budget):
+    arch, model, batch = _tiny(("bert", "bert"))
+    m = edge.add_exits(model, edge.ExitConfig(after=[1], steps=1), [batch], **FEW)
+    with pytest.raises(EdgeError, match=r"budget must be in \(0, 1\]"):
+        edge.set_budget_(m, model, budget, [batch])
