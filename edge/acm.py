@@ -130,6 +130,9 @@ class ACM(nn.Module):
         return a @ self.w2.view(-1, self.d)[:hk] + self.b2[:k].sum(0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.forced_k is not None and not self.dense:  # static: the gate is not needed
+            self.last_k = torch.full(x.shape[:-1], self.forced_k, dtype=torch.long, device=x.device)
+            return self._forward_skipping(x, self.last_k)
         logits = self.gate_logits(x)
         if self.dense:
             return self._forward_dense(x, logits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 import os
 import shutil
 import subprocess
@@ -148,6 +149,15 @@ class Passages:
         if name not in SPLITS:
             raise EdgeError(f"unknown split {name!r}; known: {', '.join(SPLITS)}")
         keep = [i for i in range(len(self.texts)) if (i // self.block) % 20 in SPLITS[name]]
+        labels = [self.labels[i] for i in keep] if self.labels is not None else None
+        return Passages([self.texts[i] for i in keep], labels, self.label_names, self.block)
+
+    def sample(self, n: int | None, seed: int = 0) -> "Passages":
+        """n passages drawn at random (seeded) from the whole split, in their order: unlike `head`,
+        which takes the first blocks and so only some of the labels."""
+        if n is None or n >= len(self.texts):
+            return self
+        keep = sorted(random.Random(seed).sample(range(len(self.texts)), n))
         labels = [self.labels[i] for i in keep] if self.labels is not None else None
         return Passages([self.texts[i] for i in keep], labels, self.label_names, self.block)
 

@@ -215,6 +215,8 @@ class Trace:
     exit_layer: torch.Tensor  # (B,) number of layers run (L when no exit was taken)
     skipped: torch.Tensor  # (B, L) bool: layer's attention (or block) skipped
     pooled: list[torch.Tensor] = field(default_factory=list)  # per layer (B, d), when collected
+    layer_flops: list[torch.Tensor] = field(default_factory=list)  # per layer (B,) spent so far, when collected
+    exits: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # layer -> (y, conf)
 
 
 def attention_flops(d: int, t: torch.Tensor) -> torch.Tensor:
@@ -228,7 +230,8 @@ def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, c
 
     soft: router-tuning form: every layer runs and its attention output is scaled by the router score
       (differentiable); exits are not taken. exits=False: run to the end. collect: keep every layer's
-      pooled hidden state in the trace (exit-head training)."""
+      pooled hidden state and FLOPs so far, and with exits=False every exit head's (output,
+      confidence), in the trace: exit-head training and `take_exits`."""
     arch = arch_for(model)
     layers = arch.layers(model)
     heads, gates = exit_heads(model), routers(model)
@@ -270,9 +273,12 @@ def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, c
                     h = _apply(lambda x, c, sel=keep: _ffn(arch, layer, x, c, trace, idx[sel], t[sel], d, f),
                                h, ctx, keep)
                 trace.flops[idx[keep]] += attention_flops(d, t[keep])
+        head = heads.get(i)
         if collect:
             trace.pooled.append(arch.pool(h, ctx))
-        head = heads.get(i)
+            trace.layer_flops.append(trace.flops.clone())
+            if head is not None and not exits:
+                trace.exits[i] = head(trace.pooled[-1])
         if head is not None and exits and not soft:
             y, conf = head(arch.pool(h, ctx))
             trace.flops[idx] += head.flops()
@@ -286,6 +292,25 @@ def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, c
                     return out, trace
     out = _put(out, b, idx, arch.head(model, h, ctx))
     return out, trace
+
+
+def take_exits(model: nn.Module, out: torch.Tensor, trace: Trace, threshold: float,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What `run` with the exits at `threshold` gives, from one `run(exits=False, collect=True)`:
+    (output (B, D), FLOPs (B,), exit layer (B,)). A sequence's path up to its exit does not depend on
+    the threshold, so one full pass answers every threshold (the budget sweep uses this)."""
+    out, flops, layer = out.clone(), trace.flops.clone(), trace.exit_layer.clone()
+    heads = exit_heads(model)
+    left = torch.zeros_like(layer, dtype=torch.bool)
+    head_cost = 0
+    for a in sorted(heads):
+        y, conf = trace.exits[a]
+        head_cost += heads[a].flops()
+        leave = (conf >= threshold) & ~left
+        out[leave], flops[leave], layer[leave] = y[leave], trace.layer_flops[a - 1][leave] + head_cost, a
+        left |= leave
+    flops[~left] += head_cost  # those who stayed to the end paid for every head on the way
+    return out, flops, layer
 
 
 def _ffn(arch, layer, h, ctx, trace, idx, t, d, f):
@@ -434,7 +459,7 @@ def add_skips(model: nn.Module, config: SkipConfig, data: list[dict], progress: 
 
 
 # --- one budget knob --------------------------------------------------------------------------
-EXIT_GRID = (1.0, 0.995, 0.99, 0.985, 0.98, 0.97, 0.96, 0.95, 0.93, 0.9, 0.85, 0.8, 0.7, 0.5, 0.0)
+EXIT_QUANTILES = 19  # exit thresholds per sweep step: quantiles of the calibration confidences
 ACM_GRID = (1.0, 0.75, 0.5)
 
 
@@ -481,30 +506,47 @@ def measure(model: nn.Module, batches: list[dict], targets: list[torch.Tensor]) 
     return {"flops_frac": spent / full, "quality": float(torch.cat(q).mean())}
 
 
-def sweep(model: nn.Module, original: nn.Module, calib: list[dict], use: tuple[str, ...] = ("exits", "skips", "acm"),
-          progress: bool = False) -> list[dict]:
+def sweep(model: nn.Module, original: nn.Module | None, calib: list[dict],
+          use: tuple[str, ...] = ("exits", "skips", "acm"), progress: bool = False, score=None) -> list[dict]:
     """Quality against compute on `calib` over a grid of the knobs the model has (and `use` allows).
-    Leaves the model at its full setting."""
+    Quality is the agreement with `original` (see `quality`), or `score(outputs (N, D))` when given,
+    e.g. an accuracy against labels. One pass per (ACM budget, router threshold) answers every exit
+    threshold (`take_exits`). Leaves the model at its full setting."""
     arch = arch_for(model)
-    with torch.no_grad():
-        targets = [arch.output(original, b) for b in calib]
-    exit_grid = EXIT_GRID if exit_heads(model) and "exits" in use else (1.0,)
+    kind = arch.output_kind(model)
+    if score is None:
+        with torch.no_grad():
+            targets = torch.cat([arch.output(original, b) for b in calib])
+        score = lambda out: float(quality(kind, out, targets).mean())  # noqa: E731
+    use_exits = bool(exit_heads(model)) and "exits" in use
     skip_grid = _skip_grid(model, calib) if routers(model) and "skips" in use else (0.0,)
     acm_grid = ACM_GRID if getattr(model, "acm_config", None) is not None and "acm" in use else (None,)
     rows = []
-    total = len(exit_grid) * len(skip_grid) * len(acm_grid)
-    bar = tqdm(total=total, desc="budget sweep", disable=not progress)
+    bar = tqdm(total=len(skip_grid) * len(acm_grid), desc="budget sweep", disable=not progress)
     for a in acm_grid:
         apply_setting_(model, Setting(1.0, 0.0, a), calib)
         for s_t in skip_grid:
-            for e_t in exit_grid:
-                s = Setting(e_t, s_t, a)
-                apply_setting_(model, s)
-                rows.append({**asdict(s), **measure(model, calib, targets)})
-                bar.update(1)
+            apply_setting_(model, Setting(1.0, s_t, a))
+            with torch.no_grad():
+                passes = [run(model, b, exits=False, collect=True) for b in calib]
+            for e_t in _exit_grid(passes) if use_exits else (1.0,):
+                taken = [take_exits(model, out, trace, e_t) for out, trace in passes]
+                spent = sum(float(f.sum()) for _, f, _ in taken)
+                full = sum(float(trace.full_flops.sum()) for _, trace in passes)
+                rows.append({**asdict(Setting(e_t, s_t, a)), "flops_frac": spent / full,
+                             "quality": score(torch.cat([o for o, _, _ in taken]))})
+            bar.update(1)
     bar.close()
     apply_setting_(model, Setting(1.0, 0.0, acm_grid[0]), calib if acm_grid[0] is not None else None)
     return rows
+
+
+def _exit_grid(passes) -> tuple[float, ...]:
+    """Exit thresholds at the quantiles of the confidences seen on calib (plus 0 and 1), so that the
+    grid is fine where the decisions are, whatever the confidences' scale."""
+    conf = torch.cat([c for _, trace in passes for _, c in trace.exits.values()]).float()
+    qs = torch.quantile(conf, torch.linspace(0.05, 0.95, EXIT_QUANTILES)).tolist()
+    return tuple(sorted({0.0, *[round(q, 6) for q in qs], 1.0}))
 
 
 def _skip_grid(model, calib) -> tuple[float, ...]:

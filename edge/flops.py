@@ -32,8 +32,8 @@ def learner_flops(acm: ACM) -> int:
 
 
 def acm_flops(acm: ACM, k: torch.Tensor) -> torch.Tensor:
-    """FLOPs per token for choices k (any shape)."""
-    return gate_flops(acm) + learner_flops(acm) * k
+    """FLOPs per token for choices k (any shape); a forced (static) k runs no gate."""
+    return gate_flops(acm) * (acm.forced_k is None) + learner_flops(acm) * k
 
 
 def count_flops(fn, *args, **kwargs) -> int:

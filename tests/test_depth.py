@@ -158,6 +158,27 @@ def test_training_changes_only_heads_and_routers(case):
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), before.values()))
 
 
+@pytest.mark.parametrize("case", ALL)
+def test_one_pass_answers_every_exit_threshold(case):
+    """The sweep's shortcut (take_exits on one full pass) gives what the real early-exiting run gives."""
+    arch, model, batch = _tiny(case)
+    n = len(arch.layers(model))
+    m = edge.add_exits(model, edge.ExitConfig(after=list(range(1, n)), steps=3), [batch], **FEW)
+    m = edge.add_skips(m, edge.SkipConfig(samples=2, threshold=0.9), [batch], **FEW)
+    with torch.no_grad():
+        full, trace = run(m, batch, exits=False, collect=True)
+        confs = torch.cat([c for _, c in trace.exits.values()]).tolist()
+        layers_seen = set()
+        for t in sorted({0.0, 1.0, *confs}):  # every threshold at which a decision changes
+            m.exit_config = edge.ExitConfig(after=list(range(1, n)), threshold=t)
+            want, want_trace = run(m, batch)
+            got, flops, layer = edge.depth.take_exits(m, full, trace, t)
+            torch.testing.assert_close(got, want)
+            assert torch.equal(flops, want_trace.flops) and torch.equal(layer, want_trace.exit_layer)
+            layers_seen |= set(layer.tolist())
+    assert len(layers_seen) > 1
+
+
 @pytest.mark.parametrize("name,mt", CASES)
 def test_flops_equal_torch_count(name, mt):
     arch = edge.ARCHS.get(name)
