@@ -78,12 +78,18 @@ def test_flop_accounting_equals_hand_count():
     assert gate_flops(acm) == 2 * d * g + 2 * g * (n + 1)
     assert learner_flops(acm) == 2 * d * h + 2 * h * d
     assert acm_flops(acm, torch.tensor([0, 1, 2])).tolist() == [560, 560 + 4096, 560 + 8192]
-    # torch's own counter agrees with the hand count on the skipping path, for every k
+    # torch's own counter agrees with the hand count on the skipping path: the gated path pays the
+    # gate plus the chosen learners; a forced (static) k runs no gate at all
     x = torch.randn(3, 5, d)
+    with torch.no_grad():
+        gated = count_flops(acm, x)
+    assert gated == int(acm_flops(acm, acm.last_k).sum())
+    assert gated >= 15 * gate_flops(acm)
     for k in range(n + 1):
         acm.forced_k = k
         with torch.no_grad():
-            assert count_flops(acm, x) == 15 * (gate_flops(acm) + k * learner_flops(acm))
+            assert count_flops(acm, x) == 15 * k * learner_flops(acm)
+        assert acm_flops(acm, torch.tensor(k)) == k * learner_flops(acm)
 
 
 def test_budget_meter_counts_only_real_tokens():

@@ -21,6 +21,16 @@ def test_austen_has_six_novels_and_disjoint_splits():
     assert edge.austen_passages().split("test").texts == parts["test"].texts  # deterministic
 
 
+def test_sample_spreads_over_the_split_unlike_head():
+    calib = edge.austen_passages().split("calib")
+    sample = calib.sample(600)
+    assert len(sample.texts) == 600 and set(sample.texts) <= set(calib.texts)
+    assert set(sample.labels) == set(range(len(NOVELS)))  # every novel, where head(600) has only some
+    assert len(set(calib.head(600).labels)) < len(NOVELS)
+    assert sample.texts == calib.sample(600).texts and sample.texts != calib.sample(600, seed=1).texts
+    assert calib.sample(None) is calib
+
+
 def test_text_file_passages(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("\n".join(f"passage number {i}" for i in range(40)) + "\n\n")
