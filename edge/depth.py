@@ -55,7 +55,9 @@ class _Config:
 
 @dataclass(frozen=True)
 class ExitConfig(_Config):
-    """Exit heads after layers `after` (1..L-1). Only the heads train, for `steps` batches at `lr`.
+    """Exit heads after layers `after` (1..L-1). Only the heads train: each projection is first fitted
+    in closed form (least squares to the final output on the cached training states), then `steps`
+    Adam steps at `lr` train the confidence head (embedding model) or refine the head (classifier).
 
     hidden: width of the confidence head of an embedding model (a classifier's confidence is its
     maximum softmax probability). threshold: see the module docstring."""
@@ -363,6 +365,16 @@ def quality(kind: str, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(out, target, dim=-1)
 
 
+def fit_linear_(linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3) -> None:
+    """Set `linear` to the ridge-regularized least-squares map x (N, d) -> y (N, D), in closed form."""
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1).double()
+    gram = x1.T @ x1
+    lam = ridge * gram.diagonal().mean()
+    w = torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), x1.T @ y.double())  # (d+1, D)
+    linear.weight.copy_(w[:-1].T.to(linear.weight.dtype))
+    linear.bias.copy_(w[-1].to(linear.bias.dtype))
+
+
 def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: bool = True) -> nn.Module:
     """Return a copy of `model` with exit heads after layers `config.after`, trained (heads only,
     the backbone frozen) to reproduce the model's own final output from each exit.
@@ -379,6 +391,7 @@ def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: 
     student = copy.deepcopy(model).eval().requires_grad_(False)
     install_exits(student, config)
     heads = exit_heads(student)
+    student.requires_grad_(False)
     kind = arch_for(student).output_kind(student)
     # the backbone is frozen: its pooled states and final outputs are computed once
     cache = []
@@ -386,8 +399,16 @@ def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: 
         for b in data[: max(1, min(len(data), config.steps))]:
             out, trace = run(student, b, exits=False, collect=True)
             cache.append(([trace.pooled[a - 1] for a in config.after], out))
-    params = [p for h in heads.values() for p in h.parameters()]
-    for p in params:
+    # each projection starts at its least-squares fit to the final output: every output direction is
+    # fitted on its own, including the low-variance ones a gradient fit on cosine leaves behind
+    for i, (a, head) in enumerate(sorted(heads.items())):
+        with torch.no_grad():
+            fit_linear_(head.proj, torch.cat([head.norm(c[0][i]) for c in cache]), torch.cat([c[1] for c in cache]))
+    # an embedding head then trains only its confidence (the fit is optimal for the projection);
+    # a classifier's head refines its projection on the KL to the final logits
+    train = [head.confidence if kind == "embedding" else head for head in heads.values()]
+    params = [p for h in train for p in h.parameters()]
+    for p in params:  # (the heads came in trainable: everything else stays frozen)
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=config.lr)
     bar = tqdm(range(config.steps), desc="exit heads", disable=not progress)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 import edge
-from edge.depth import exit_heads, routers, run
+from edge.depth import exit_heads, fit_linear_, install_exits, routers, run
 from edge.errors import EdgeError
 from edge.flops import count_flops
 from tests.conftest import CASES
@@ -154,7 +154,11 @@ def test_training_changes_only_heads_and_routers(case):
             assert torch.equal(state[k], v), f"backbone parameter {k} changed"
         assert all(k in before or k.startswith(extra) for k in state)
     fresh = edge.add_exits(model, edge.ExitConfig(after=[1], steps=0), [batch], **FEW)
-    assert not torch.equal(exit_heads(fresh)[1].proj.weight, exit_heads(e)[1].proj.weight), "heads did not train"
+    untrained = copy.deepcopy(model)
+    install_exits(untrained, edge.ExitConfig(after=[1]))
+    assert not torch.equal(exit_heads(untrained)[1].proj.weight, exit_heads(fresh)[1].proj.weight), "no fit"
+    assert not all(torch.equal(p, q) for p, q in zip(exit_heads(fresh)[1].parameters(), exit_heads(e)[1].parameters())), \
+        "heads did not train"
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), before.values()))
 
 
@@ -245,3 +249,24 @@ def test_bad_budget(budget):
     m = edge.add_exits(model, edge.ExitConfig(after=[1], steps=1), [batch], **FEW)
     with pytest.raises(EdgeError, match=r"budget must be in \(0, 1\]"):
         edge.set_budget_(m, model, budget, [batch])
+
+
+def test_exit_fit_is_the_least_squares_map():
+    """fit_linear_ recovers an exact linear map, and on noisy data no nearby map has a lower error."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 6, generator=g)
+    w, b = torch.randn(3, 6, generator=g), torch.randn(3, generator=g)
+    lin = nn.Linear(6, 3)
+    with torch.no_grad():
+        fit_linear_(lin, x, x @ w.T + b, ridge=0.0)
+    torch.testing.assert_close(lin.weight.data, w, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lin.bias.data, b, atol=1e-4, rtol=1e-4)
+    y = torch.randn(200, 3, generator=g)
+    with torch.no_grad():
+        fit_linear_(lin, x, y, ridge=0.0)
+    err = lambda: float(((lin(x) - y) ** 2).sum())
+    best = err()
+    with torch.no_grad():
+        for _ in range(5):
+            lin.weight.add_(1e-2 * torch.randn(3, 6, generator=g))
+            assert err() > best
