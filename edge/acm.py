@@ -164,6 +164,22 @@ class ACM(nn.Module):
                 start += c
         return y.reshape(shape)
 
+    def gathered(self, x: torch.Tensor, gate_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The skipping forward as one exportable graph, pure (no state written, so it can sit in a
+        torch.cond branch): learner j gathers the tokens with k > j (NonZero -> index_select), runs
+        on them only and adds its output back (index_add); no data-dependent Python. gate_bias is a
+        tensor (a graph input: the budget level). Returns (y like x, k (M,) learners run per token)."""
+        shape = x.shape
+        x = x.reshape(-1, self.d)  # (M, d)
+        ks = torch.arange(self.n + 1, device=x.device, dtype=x.dtype)
+        k = (self.gate_logits(x) - gate_bias * ks).argmax(-1)  # (M,)
+        y = torch.zeros_like(x)
+        for j in range(self.n):
+            idx = torch.nonzero(k > j).reshape(-1)  # (m_j,)  reshape, not squeeze: ExecuTorch dim order
+            a = self.act(F.linear(x.index_select(0, idx), self.w1[j], self.b1[j]))  # (m_j, h)
+            y = y.index_add(0, idx, a @ self.w2[j] + self.b2[j])
+        return y.reshape(shape), k
+
     def load_ffn_(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                   importance: torch.Tensor | None = None) -> None:
         """Initialize the learners as disjoint slices of an FFN (w1: (F, d), w2: (d, F)), most

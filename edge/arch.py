@@ -34,6 +34,8 @@ class Arch:
 
     name = ""
     model_types: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()  # the batch keys the model reads, in export order
+    seq_inputs: tuple[str, ...] = ()  # those whose dim 1 is the token dimension (dynamic on export)
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         raise NotImplementedError
@@ -78,8 +80,9 @@ class Arch:
         """The layer's attention sub-block, residual included: (B, T, d) -> (B, T, d)."""
         raise NotImplementedError
 
-    def feed_forward(self, layer: nn.Module, h: torch.Tensor, ctx: dict) -> torch.Tensor:
-        """The rest of the layer after attention (FFN or ACM, residual included)."""
+    def feed_forward(self, layer: nn.Module, h: torch.Tensor, ctx: dict, ffn=None) -> torch.Tensor:
+        """The rest of the layer after attention (FFN or ACM, residual included). ffn: a function
+        that replaces the installed ACM on its input (the export graph's pure, gathered ACM)."""
         raise NotImplementedError
 
     def head(self, model: nn.Module, h: torch.Tensor, ctx: dict) -> torch.Tensor:
@@ -136,6 +139,7 @@ class BertFamily(Arch):
 
     name = "bert"
     model_types = ("bert", "roberta", "electra")
+    inputs = seq_inputs = ("input_ids", "attention_mask")
 
     def layers(self, model):
         return list(model.base_model.encoder.layer)
@@ -168,8 +172,8 @@ class BertFamily(Arch):
     def attention(self, layer, h, ctx):
         return layer.attention(h, ctx["mask"])[0]  # post-LN: LayerNorm(h + attention(h))
 
-    def feed_forward(self, layer, h, ctx):
-        return layer.feed_forward_chunk(h)
+    def feed_forward(self, layer, h, ctx, ffn=None):
+        return layer.feed_forward_chunk(h) if ffn is None else layer.output(ffn(h), h)
 
     def head(self, model, h, ctx):
         return F.normalize(self.pool(h, ctx), dim=-1)
@@ -201,6 +205,7 @@ class VitFamily(Arch):
 
     name = "vit"
     model_types = ("vit",)
+    inputs = ("pixel_values",)
 
     def layers(self, model):
         return list(model.base_model.layers)
@@ -224,8 +229,8 @@ class VitFamily(Arch):
     def attention(self, layer, h, ctx):
         return h + layer.attention(layer.layernorm_before(h))[0]
 
-    def feed_forward(self, layer, h, ctx):
-        return h + layer.mlp(layer.layernorm_after(h))
+    def feed_forward(self, layer, h, ctx, ffn=None):
+        return h + (ffn or layer.mlp)(layer.layernorm_after(h))
 
     def head(self, model, h, ctx):
         cls = model.base_model.layernorm(h)[:, 0]
@@ -262,6 +267,7 @@ class WhisperEncoderFamily(Arch):
 
     name = "whisper"
     model_types = ("whisper",)
+    inputs = ("input_features",)
 
     def layers(self, model):
         return list(getattr(model, "encoder", model).layers)
@@ -285,8 +291,9 @@ class WhisperEncoderFamily(Arch):
     def attention(self, layer, h, ctx):
         return h + layer.self_attn(hidden_states=layer.self_attn_layer_norm(h), attention_mask=None)[0]
 
-    def feed_forward(self, layer, h, ctx):
-        return h + layer.fc2(layer.activation_fn(layer.fc1(layer.final_layer_norm(h))))
+    def feed_forward(self, layer, h, ctx, ffn=None):
+        ffn = ffn or (lambda x: layer.fc2(layer.activation_fn(layer.fc1(x))))
+        return h + ffn(layer.final_layer_norm(h))
 
     def head(self, model, h, ctx):
         return getattr(model, "encoder", model).layer_norm(h).mean(1)

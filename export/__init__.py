@@ -1,0 +1,25 @@
+"""export: lower an adaptive edge model to on-device runtimes, keeping its control flow, and check
+every artifact against eager PyTorch on every branch.
+
+    import edge, export
+    art = export.to_onnx(model, "out/minilm-onnx", example_batch)   # model.onnx + plan.json + checks
+    export.verify(art)                                               # re-run the bundled branch checks
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from export import onnx as _onnx  # noqa: F401  (registers the "onnx" runtime; imports ORT lazily)
+from export.artifact import Artifact, load_artifact
+from export.lower import force_cases, to_runtime, verify
+from export.runtime import RUNTIMES
+
+
+def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True) -> Artifact:
+    """Export to ONNX (ONNX Runtime) with exits and skips as If and ACM routing as NonZero/Gather/ScatterND."""
+    return to_runtime(model, "onnx", out, example, overwrite, progress)
+
+
+__all__ = ["Artifact", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]

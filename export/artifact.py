@@ -1,0 +1,91 @@
+"""An exported artifact: a directory with the program file, its plan (plan.json) and the bundled
+branch-forcing checks (checks.safetensors). The plan records the control flow, the input and output
+spec, the knobs and the SHA-256 of every file it belongs to; loading refuses a mismatch."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import EdgeError
+
+PLAN = "plan.json"
+CHECKS = "checks.safetensors"
+PLAN_FORMAT = "edge-plan"
+PLAN_VERSION = 1
+DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    """path: the artifact directory; plan: its parsed plan.json."""
+
+    path: Path
+    plan: dict
+
+    @property
+    def program(self) -> Path:
+        return self.path / self.plan["program"]
+
+    def runner(self):
+        """A function list of np arrays (inputs then knobs, as the plan lists them) -> outputs."""
+        from export.runtime import RUNTIMES
+
+        run = RUNTIMES.get(self.plan["runtime"]).load(str(self.program))
+        specs = self.plan["inputs"] + self.plan["knobs"]
+
+        def checked(values: list[np.ndarray]) -> list[np.ndarray]:
+            if len(values) != len(specs):
+                raise EdgeError(f"the artifact takes {len(specs)} inputs ({', '.join(s['name'] for s in specs)}), got {len(values)}")
+            for v, s in zip(values, specs):
+                check_input(v, s)
+            return run(values)
+
+        return checked
+
+
+def check_input(v: np.ndarray, spec: dict) -> None:
+    """One input against its spec {name, dtype, shape}; a str dim is a dynamic size in [min, max]."""
+    want = DTYPES[spec["dtype"]]
+    if v.dtype != want:
+        raise EdgeError(f"input {spec['name']} must be {spec['dtype']}, got {v.dtype}")
+    shape = spec["shape"]
+    ok = len(v.shape) == len(shape) and all(
+        (isinstance(s, int) and n == s) or (isinstance(s, str) and spec["min"] <= n <= spec["max"])
+        for n, s in zip(v.shape, shape))
+    if not ok:
+        dims = ", ".join(str(s) if isinstance(s, int) else f"{s} in {spec['min']}..{spec['max']}" for s in shape)
+        raise EdgeError(f"input {spec['name']} must have shape ({dims}), got {tuple(v.shape)}")
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Open an artifact directory and check that its files are the ones its plan was written for."""
+    path = Path(path)
+    plan_path = path / PLAN
+    if not plan_path.is_file():
+        raise EdgeError(f"{path} is not an edge artifact (no {PLAN}); export one with `edge export`")
+    try:
+        plan = json.loads(plan_path.read_text())
+        assert plan["format"] == PLAN_FORMAT and isinstance(plan["files"], dict)
+    except Exception:
+        raise EdgeError(f"{plan_path} is not a valid edge plan; export the model again") from None
+    if plan.get("version") != PLAN_VERSION:
+        raise EdgeError(f"{plan_path} has plan version {plan.get('version')}; this edge reads version {PLAN_VERSION}")
+    for name, digest in plan["files"].items():
+        f = path / name
+        if not f.is_file():
+            raise EdgeError(f"{f} is missing; the artifact is incomplete, export it again")
+        if sha256(f) != digest:
+            raise EdgeError(f"{f} does not match its plan (SHA-256 differs): it was changed or truncated; export it again")
+    return Artifact(path, plan)

@@ -1,0 +1,128 @@
+"""One exportable graph of an adaptive model, with its control flow kept (the in-graph mode).
+
+`GraphModel` runs ONE input (batch 1) of a model with exits, skip routers and ACM FFNs:
+  exits    torch.cond(confidence >= threshold): the true branch returns the exit's output, the false
+           branch holds the rest of the network (nested, so an exit really stops the work);
+  routers  torch.cond(score >= threshold): run the attention (or the whole block) or pass h through;
+  ACMs     per learner, NonZero -> index_select -> learner -> index_add over the tokens that need it.
+The knobs are graph INPUTS, not constants: `exit_thresholds` (one per exit), `skip_thresholds` (one per
+router) and `gate_bias` (one per ACM). A driver sets a budget level by feeding them, and `verify`
+forces every branch through them. Besides the output, the graph returns the branch it took:
+`exit_layer` (1,), `skipped` (L,) and, with ACMs, `ks` (A, T) learners run per token (-1: not reached).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from edge.acm import ACM
+from edge.arch import arch_for
+from edge.depth import exit_heads, routers
+
+KNOBS = ("exit_thresholds", "skip_thresholds", "gate_bias")
+
+
+def acm_of(layer: nn.Module) -> ACM | None:
+    return next((m for m in layer.modules() if isinstance(m, ACM)), None)
+
+
+class GraphModel(nn.Module):
+    """model (with any of exits, routers, ACMs) -> forward(*model_inputs, *knobs) for batch 1."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.arch = model.eval(), arch_for(model)
+        self.input_names = list(self.arch.inputs)
+        self.layers = self.arch.layers(model)
+        self.heads, self.routers = exit_heads(model), routers(model)
+        self.acms = [acm_of(layer) for layer in self.layers]
+        self.exit_index = {a: e for e, a in enumerate(sorted(self.heads))}
+        self.router_index = {i: r for r, i in enumerate(sorted(self.routers))}
+        self.acm_index = {i: a for a, i in enumerate(i for i, m in enumerate(self.acms, 1) if m is not None)}
+        self.target = getattr(getattr(model, "skip_config", None), "target", "attention")
+        n = len(self.layers)
+        # constants the branches return come from buffers: a tensor made inside a cond branch breaks export
+        self.register_buffer("steps", torch.arange(n + 1), persistent=False)
+        self.register_buffer("no_skips", torch.zeros(n, dtype=torch.bool), persistent=False)
+
+    def knobs(self) -> dict[str, torch.Tensor]:
+        """The model's own setting as knob tensors (what eager `edge.run` does)."""
+        exit_t = self.model.exit_config.threshold if self.heads else 1.0
+        skip_t = self.model.skip_config.threshold if self.routers else 0.0
+        return {"exit_thresholds": torch.full((len(self.heads),), float(exit_t)),
+                "skip_thresholds": torch.full((len(self.routers),), float(skip_t)),
+                "gate_bias": torch.stack([m.gate_bias.float() for m in self.acms if m is not None])
+                if self.acm_index else torch.zeros(0)}
+
+    def output_names(self) -> list[str]:
+        return ["output", "exit_layer", "skipped"] + (["ks"] if self.acm_index else [])
+
+    def forward(self, *args: torch.Tensor):
+        inputs = dict(zip(self.input_names, args))
+        knobs = dict(zip(KNOBS, args[len(self.input_names):]))
+        h, ctx = self.arch.embed(self.model, inputs)  # (1, T, d)
+        out = self._tail(1, h, ctx, knobs)
+        return out if self.acm_index else out[:3]
+
+    # --- layer i onwards: (output (1, D), exit layer (1,), skipped (L-i+1,), ks (A_rest, T)) -------
+    def _tail(self, i: int, h: torch.Tensor, ctx: dict, knobs: dict):
+        n = len(self.layers)
+        if i > n:
+            return self.arch.head(self.model, h, ctx), self.steps[n:].clone(), self.no_skips[:0].clone(), self._unrun(h, i)
+        layer, router = self.layers[i - 1], self.routers.get(i)
+        if router is None:
+            skipped = self.no_skips[:1].clone()
+            h, k = self._ffn(i, self.arch.attention(layer, h, ctx), ctx, knobs)
+        else:
+            keep = router(self.arch.pool(h, ctx))[0] >= knobs["skip_thresholds"][self.router_index[i]]
+            skipped = (~keep).reshape(1)
+            if self.target == "attention":
+                h = torch.cond(keep, lambda h: self.arch.attention(layer, h, ctx), lambda h: h.clone(), (h,))
+                h, k = self._ffn(i, h, ctx, knobs)
+            else:  # the whole block
+                has_acm = self.acms[i - 1] is not None
+
+                def run_block(h):
+                    h, k = self._ffn(i, self.arch.attention(layer, h, ctx), ctx, knobs)
+                    return (h, k) if has_acm else (h,)
+
+                def pass_block(h):
+                    return (h.clone(), self._unrun(h, i, i + 1)[0]) if has_acm else (h.clone(),)
+
+                res = torch.cond(keep, run_block, pass_block, (h,))
+                h, k = res[0], (res[1] if has_acm else None)
+        head = self.heads.get(i)
+        if head is None:
+            out, layer_out, rest_skipped, rest_ks = self._tail(i + 1, h, ctx, knobs)
+        else:
+            y, conf = head(self.arch.pool(h, ctx))
+            leave = conf[0] >= knobs["exit_thresholds"][self.exit_index[i]]
+
+            def stop(h, y):
+                return y.clone(), self.steps[i:i + 1].clone(), self.no_skips[i:].clone(), self._unrun(h, i + 1)
+
+            def go_on(h, y):
+                return self._tail(i + 1, h, ctx, knobs)
+
+            out, layer_out, rest_skipped, rest_ks = torch.cond(leave, stop, go_on, (h, y))
+        ks = rest_ks if k is None else torch.cat([k[None], rest_ks])
+        return out, layer_out, torch.cat([skipped, rest_skipped]), ks
+
+    def _ffn(self, i: int, h: torch.Tensor, ctx: dict, knobs: dict):
+        """(h after the layer's FFN, learners run per token (T,) or None without an ACM)."""
+        acm, layer = self.acms[i - 1], self.layers[i - 1]
+        if acm is None:
+            return self.arch.feed_forward(layer, h, ctx), None
+        ran = []  # local to this call: a cond branch may not write state outside itself
+
+        def ffn(x):
+            y, k = acm.gathered(x, knobs["gate_bias"][self.acm_index[i]])
+            ran.append(k)
+            return y
+
+        return self.arch.feed_forward(layer, h, ctx, ffn), ran[0]
+
+    def _unrun(self, h: torch.Tensor, first: int, last: int | None = None) -> torch.Tensor:
+        """ks rows of -1 for the ACM layers first..last-1 (default: to the end) that did not run."""
+        rows = sum(1 for j in self.acm_index if j >= first and (last is None or j < last))
+        return torch.full_like(h[0, :, 0], -1, dtype=torch.long)[None].expand(rows, -1).clone()

@@ -1,0 +1,172 @@
+"""Lower an adaptive model to a runtime with its control flow in the graph, bundle inputs that force
+every branch, and check the artifact against eager PyTorch on all of them."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import edge
+from edge.errors import EdgeError
+from edge.io import atomic_dir, write_json_atomic
+from export.artifact import CHECKS, PLAN, PLAN_FORMAT, PLAN_VERSION, Artifact, load_artifact, sha256
+from export.graph import KNOBS, GraphModel
+from export.runtime import RUNTIMES
+
+TOLERANCE = 1e-4  # fp32: max abs difference of the output against eager
+FORCE = 1e4  # a gate bias this large forces k = 0 (positive) or k = N (negative) on every token
+BIAS_STEPS = (-FORCE, -1.0, -0.3, 0.0, 0.3, 1.0, FORCE)  # added to the model's own gate bias
+
+
+def force_cases(graph: GraphModel) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """Knob settings that, together, take every branch: the model's own setting; the full path;
+    each exit taken alone; each skip taken alone and all together; ACM gate biases from "every token
+    runs no learner" to "every token runs all"."""
+    own = graph.knobs()
+    e, r = len(own["exit_thresholds"]), len(own["skip_thresholds"])
+    no_exit, no_skip = torch.ones(e), torch.zeros(r)
+    cases = [("own", own), ("full", {**own, "exit_thresholds": no_exit, "skip_thresholds": no_skip})]
+    for j, a in enumerate(sorted(graph.heads)):
+        t = no_exit.clone()
+        t[j] = 0.0  # confidence >= 0 always: leave here (the earlier exits are closed)
+        cases.append((f"exit after {a}", {**own, "exit_thresholds": t, "skip_thresholds": no_skip}))
+    for j, i in enumerate(sorted(graph.routers)):
+        t = no_skip.clone()
+        t[j] = 1.0  # score >= 1 never: skip
+        cases.append((f"skip {i}", {**own, "exit_thresholds": no_exit, "skip_thresholds": t}))
+    if r:
+        cases.append(("skip all", {**own, "exit_thresholds": no_exit, "skip_thresholds": torch.ones(r)}))
+    if len(own["gate_bias"]):
+        for b in BIAS_STEPS:
+            cases.append((f"gate bias {b:+g}", {**own, "exit_thresholds": no_exit, "skip_thresholds": no_skip,
+                                                "gate_bias": own["gate_bias"] + b}))
+    return cases
+
+
+def _inputs(graph: GraphModel, example: dict) -> list[torch.Tensor]:
+    missing = [n for n in graph.input_names if n not in example]
+    if missing:
+        raise EdgeError(f"the example input lacks {', '.join(missing)}; this model reads {', '.join(graph.input_names)}")
+    return [example[n][:1] for n in graph.input_names]  # batch 1: the graph runs one input
+
+
+def _spec(name: str, t: torch.Tensor, dynamic: dict | None = None) -> dict:
+    spec = {"name": name, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}
+    if dynamic:
+        spec["shape"][1] = "tokens"
+        spec.update(dynamic)
+    return spec
+
+
+def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, overwrite: bool = False,
+               progress: bool = True) -> Artifact:
+    """Export `model` (with its exits, skip routers and ACMs) to `runtime` as one graph that keeps
+    the control flow, into directory `out` (written atomically): the program, plan.json and
+    checks.safetensors (inputs forcing every branch, with eager PyTorch's outputs). The export
+    fails, writing nothing, if the program differs from eager on any branch.
+
+    >>> import edge, tempfile, export
+    >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
+    >>> m = edge.add_exits(model, edge.ExitConfig(after=[1], steps=1), [batch], progress=False)
+    >>> a = export.to_onnx(m, tempfile.mkdtemp() + "/m", batch, progress=False)
+    >>> [c["exit_layer"] for c in a.plan["checks"]]
+    [2, 2, 1]
+    """
+    rt = RUNTIMES.get(runtime)
+    say = print if progress else (lambda *a, **k: None)
+    graph = GraphModel(model)
+    args = _inputs(graph, example)
+    own = graph.knobs()
+    arch = graph.arch
+    n_tok = args[0].shape[1] if arch.seq_inputs else None
+    max_tok = int(getattr(model.config, "max_position_embeddings", 512))
+    dyn = {"min": 2, "max": max_tok} if arch.seq_inputs else None
+    dims = torch.export.Dim("tokens", min=2, max=max_tok) if arch.seq_inputs else None
+    dynamic_shapes = [{1: dims} if n in arch.seq_inputs else None for n in graph.input_names] + [None] * len(KNOBS)
+    t0 = time.time()
+    say(f"edge export: tracing {type(model).__name__} ({len(graph.layers)} layers, {len(graph.heads)} exits, "
+        f"{len(graph.routers)} routers, {len(graph.acm_index)} ACMs) for {runtime} ...")
+    with torch.no_grad():
+        ep = torch.export.export(graph, (*args, *own.values()), dynamic_shapes={"args": tuple(dynamic_shapes)})
+    cases = force_cases(graph)
+    with torch.no_grad():
+        expected = [[t.detach() for t in graph(*args, *k.values())] for _, k in cases]
+    out = Path(out)
+    with atomic_dir(out, overwrite) as tmp:
+        program = f"model{rt.suffix}"
+        say(f"edge export: lowering to {runtime} ...")
+        rt.lower(ep, str(tmp / program))
+        tensors = {f"input.{n}": a.clone() for n, a in zip(graph.input_names, args)}
+        checks = []
+        for c, ((name, knobs), outs) in enumerate(zip(cases, expected)):
+            tensors.update({f"case{c}.{k}": v.clone() for k, v in knobs.items()})
+            tensors.update({f"case{c}.expected.{o}": v.clone() for o, v in zip(graph.output_names(), outs)})
+            checks.append({"case": name, "exit_layer": int(outs[1]), "skipped": [int(s) for s in outs[2]]})
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(tmp / CHECKS))
+        plan = {
+            "format": PLAN_FORMAT, "version": PLAN_VERSION, "edge_version": edge.__version__,
+            "runtime": runtime, "mode": "graph", "program": program,
+            "model": {"type": model.config.model_type, "architecture": arch.name, "layers": len(graph.layers),
+                      "output_kind": arch.output_kind(model)},
+            "inputs": [_spec(n, a, dyn if n in arch.seq_inputs else None) for n, a in zip(graph.input_names, args)],
+            "knobs": [_spec(k, v) for k, v in own.items()],
+            "outputs": graph.output_names(),
+            "control_flow": {
+                "exits": [{"after": a, "knob": "exit_thresholds", "index": j} for a, j in sorted(graph.exit_index.items())],
+                "routers": [{"layer": i, "target": graph.target, "knob": "skip_thresholds", "index": j}
+                            for i, j in sorted(graph.router_index.items())],
+                "acms": [{"layer": i, "learners": graph.acms[i - 1].n, "knob": "gate_bias", "index": j}
+                         for i, j in sorted(graph.acm_index.items())],
+            },
+            "budget_levels": [{"name": "exported", **{k: v.tolist() for k, v in own.items()}}],
+            "checks": checks, "tolerance": TOLERANCE,
+            "files": {program: sha256(tmp / program), CHECKS: sha256(tmp / CHECKS)},
+        }
+        write_json_atomic(tmp / PLAN, plan)
+        say(f"edge export: checking {len(cases)} branch-forcing cases against eager ...")
+        try:
+            report = verify(Artifact(tmp, plan))
+        except EdgeError as e:
+            raise EdgeError(f"{e}; nothing was written to {out}") from None
+    say(f"edge export: wrote {out} in {time.time() - t0:.1f} s (max abs diff {report['max_abs_diff']:.1e} over {len(cases)} cases)")
+    return load_artifact(out)
+
+
+def verify(artifact: Artifact | str | Path, model: nn.Module | None = None) -> dict:
+    """Run the artifact on its bundled branch-forcing inputs and compare the output AND the branch
+    taken (exit layer, skipped layers, learners per token) with eager PyTorch: the bundled expected
+    outputs, or `model` itself when given (recomputed). Returns {"cases", "max_abs_diff",
+    "branch_mismatches", "k_seen"}; raises EdgeError when above tolerance."""
+    from safetensors.torch import load_file
+
+    a = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+    plan, run = a.plan, a.runner()
+    t = load_file(str(a.path / CHECKS))
+    args = [t[f"input.{s['name']}"] for s in plan["inputs"]]
+    graph = GraphModel(model) if model is not None else None
+    worst, mismatches, k_seen = 0.0, [], set()
+    for c, check in enumerate(plan["checks"]):
+        knobs = [t[f"case{c}.{s['name']}"] for s in plan["knobs"]]
+        if graph is None:
+            expected = [t[f"case{c}.expected.{o}"] for o in plan["outputs"]]
+        else:
+            with torch.no_grad():
+                expected = list(graph(*args, *knobs))
+        got = run([x.numpy() for x in (*args, *knobs)])
+        worst = max(worst, float(np.abs(got[0] - expected[0].numpy()).max()))
+        for name, g, e in zip(plan["outputs"][1:], got[1:], expected[1:]):
+            if not np.array_equal(g.astype(np.int64), e.numpy().astype(np.int64)):
+                mismatches.append(f"{check['case']}: {name}")
+        if "ks" in plan["outputs"]:
+            k_seen |= set(np.unique(got[plan["outputs"].index("ks")]).tolist())
+    report = {"cases": len(plan["checks"]), "max_abs_diff": worst, "branch_mismatches": mismatches,
+              "k_seen": sorted(k for k in k_seen if k >= 0)}
+    if worst > plan["tolerance"] or mismatches:
+        raise EdgeError(f"{a.path}: the artifact differs from eager PyTorch (max abs diff {worst:.2e}, "
+                        f"tolerance {plan['tolerance']:.0e}; branch mismatches: {mismatches or 'none'})")
+    return report

@@ -1,0 +1,33 @@
+"""ONNX / ONNX Runtime: torch.cond becomes If, the ACM gathers NonZero/Gather/ScatterND."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edge.errors import EdgeError
+from export.runtime import RUNTIMES, Runtime
+
+
+def lower(ep: torch.export.ExportedProgram, path: str) -> None:
+    program = torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False)
+    program.save(path)
+
+
+def load(path: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
+        raise EdgeError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]}); export it again") from None
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, dict(zip(names, inputs)))
+
+    return run
+
+
+ONNX = RUNTIMES.register("onnx")(Runtime("onnx", ".onnx", lower, load))

@@ -1,0 +1,25 @@
+"""The runtime registry: one entry per target runtime, each defined in export/<runtime>.py, which is
+the only place that imports that runtime (lazily, inside its functions)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from edge.registry import Registry
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """name: what `--to` says; suffix: the artifact file's; lower(ep, path): write the program of an
+    ExportedProgram to path; load(path) -> run, where run(list of np arrays) -> list of np arrays."""
+
+    name: str
+    suffix: str
+    lower: Callable[[torch.export.ExportedProgram, str], None]
+    load: Callable[[str], Callable[[list[np.ndarray]], list[np.ndarray]]]
+
+
+RUNTIMES: Registry[Runtime] = Registry("runtime")
