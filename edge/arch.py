@@ -233,7 +233,7 @@ class VitFamily(Arch):
         return h + (ffn or layer.mlp)(layer.layernorm_after(h))
 
     def head(self, model, h, ctx):
-        cls = model.base_model.layernorm(h)[:, 0]
+        cls = model.base_model.layernorm(h.select(1, 0))  # LayerNorm is per token: only CLS needs it
         return model.classifier(cls) if hasattr(model, "classifier") else cls
 
     def pool(self, h, ctx):

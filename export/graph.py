@@ -1,9 +1,9 @@
 """One exportable graph of an adaptive model, with its control flow kept (the in-graph mode).
 
 `GraphModel` runs ONE input (batch 1) of a model with exits, skip routers and ACM FFNs:
-  exits    torch.cond(confidence >= threshold): the true branch returns the exit's output, the false
+  exits    _cond(confidence >= threshold): the true branch returns the exit's output, the false
            branch holds the rest of the network (nested, so an exit really stops the work);
-  routers  torch.cond(score >= threshold): run the attention (or the whole block) or pass h through;
+  routers  _cond(score >= threshold): run the attention (or the whole block) or pass h through;
   ACMs     per learner, NonZero -> index_select -> learner -> index_add over the tokens that need it.
 The knobs are graph INPUTS, not constants: `exit_thresholds` (one per exit), `skip_thresholds` (one per
 router) and `gate_bias` (one per ACM). A driver sets a budget level by feeding them, and `verify`
@@ -20,6 +20,14 @@ from edge.arch import arch_for
 from edge.depth import exit_heads, routers
 
 KNOBS = ("exit_thresholds", "skip_thresholds", "gate_bias")
+
+
+def _cond(pred: torch.Tensor, true_fn, false_fn, operands: tuple):
+    """torch.cond while exporting (the branch goes into the graph); a plain `if` in eager, where
+    torch.cond would compile each branch (slow, and it trips over dynamic shapes in torch 2.13)."""
+    if torch.compiler.is_exporting():
+        return torch.cond(pred, true_fn, false_fn, operands)
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
 
 
 def acm_of(layer: nn.Module) -> ACM | None:
@@ -77,7 +85,7 @@ class GraphModel(nn.Module):
             keep = router(self.arch.pool(h, ctx))[0] >= knobs["skip_thresholds"][self.router_index[i]]
             skipped = (~keep).reshape(1)
             if self.target == "attention":
-                h = torch.cond(keep, lambda h: self.arch.attention(layer, h, ctx), lambda h: h.clone(), (h,))
+                h = _cond(keep, lambda h: self.arch.attention(layer, h, ctx), lambda h: h.clone(), (h,))
                 h, k = self._ffn(i, h, ctx, knobs)
             else:  # the whole block
                 has_acm = self.acms[i - 1] is not None
@@ -89,7 +97,7 @@ class GraphModel(nn.Module):
                 def pass_block(h):
                     return (h.clone(), self._unrun(h, i, i + 1)[0]) if has_acm else (h.clone(),)
 
-                res = torch.cond(keep, run_block, pass_block, (h,))
+                res = _cond(keep, run_block, pass_block, (h,))
                 h, k = res[0], (res[1] if has_acm else None)
         head = self.heads.get(i)
         if head is None:
@@ -104,7 +112,7 @@ class GraphModel(nn.Module):
             def go_on(h, y):
                 return self._tail(i + 1, h, ctx, knobs)
 
-            out, layer_out, rest_skipped, rest_ks = torch.cond(leave, stop, go_on, (h, y))
+            out, layer_out, rest_skipped, rest_ks = _cond(leave, stop, go_on, (h, y))
         ks = rest_ks if k is None else torch.cat([k[None], rest_ks])
         return out, layer_out, torch.cat([skipped, rest_skipped]), ks
 

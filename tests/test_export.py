@@ -1,0 +1,159 @@
+"""Export on tiny random models of every registered architecture, for every registered runtime: the
+real exporter, the real runtime, parity with eager on inputs that force every branch."""
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import edge
+import export
+from edge.depth import run
+from edge.errors import EdgeError
+from export.graph import GraphModel
+from tests.conftest import CASES
+from tests.test_acm import tiny_acm_model
+
+RUNTIMES = export.RUNTIMES.names()
+GATES = {  # gate type -> what the tiny model carries
+    "exits": dict(exits=True),
+    "skip-attention": dict(skips="attention"),
+    "skip-block": dict(skips="block", acm=True),
+    "acm": dict(acm=True),
+}
+
+
+def adaptive(case, exits=False, skips=None, acm=False, threshold=0.5):
+    name, mt = case
+    if acm:
+        arch, model, batch, _ = tiny_acm_model(name, mt)
+    else:
+        arch = edge.ARCHS.get(name)
+        model, batch = arch.tiny(mt)
+    if exits:
+        model = edge.add_exits(model, edge.ExitConfig(after=[1], steps=2, threshold=threshold), [batch], progress=False)
+    if skips:
+        model = edge.add_skips(model, edge.SkipConfig(samples=2, target=skips, threshold=threshold), [batch],
+                               progress=False)
+    return model, batch
+
+
+def onnx_ops(path):
+    import onnx
+
+    def walk(graph):
+        for n in graph.node:
+            yield n.op_type
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from walk(a.g)
+
+    return set(walk(onnx.load(str(path)).graph))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_graph_model_is_the_eager_forward(case):
+    """The export graph in eager mode gives what edge.run gives, output and branch, at every setting."""
+    for t in (0.0, 0.5, 1.0):
+        model, batch = adaptive(case, exits=True, skips="attention", acm=True, threshold=t)
+        g = GraphModel(model)
+        for i in range(len(next(iter(batch.values())))):
+            one = {k: v[i: i + 1] for k, v in batch.items()}
+            with torch.no_grad():
+                out, layer, skipped, ks = g(*[one[n] for n in g.input_names], *g.knobs().values())
+                ref, trace = run(model, one)
+            torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+            assert layer.tolist() == trace.exit_layer.tolist()
+            assert skipped.tolist() == trace.skipped[0].tolist()
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("case", CASES)
+def test_every_architecture_exports_with_all_gates(runtime, case, tmp_path):
+    model, batch = adaptive(case, exits=True, skips="attention", acm=True)
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
+    report = export.verify(a, model)  # against the live model, not only the bundled expectations
+    assert report["max_abs_diff"] <= 1e-4 and not report["branch_mismatches"]
+    checks = {c["case"]: c for c in a.plan["checks"]}
+    assert checks["exit after 1"]["exit_layer"] == 1 and checks["full"]["exit_layer"] == 2
+    assert checks["skip all"]["skipped"] == [1, 1] and checks["full"]["skipped"] == [0, 0]
+    assert report["k_seen"] == [0, 1, 2]  # every k of the 2-learner ACMs ran for some token
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("gate", GATES)
+def test_every_gate_type_exports(runtime, gate, tmp_path):
+    model, batch = adaptive(("bert", "bert"), **GATES[gate])
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
+    assert export.verify(a)["max_abs_diff"] <= 1e-4
+    if runtime == "onnx":  # the control flow is in the graph, not unrolled
+        ops = onnx_ops(a.program)
+        assert ("If" in ops) == bool(GATES[gate].get("exits") or GATES[gate].get("skips"))
+        assert ("NonZero" in ops) == bool(GATES[gate].get("acm"))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_token_count_is_dynamic(runtime, tmp_path):
+    model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True)
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
+    g, go = GraphModel(model), a.runner()
+    for n in (3, 7, 12):
+        one = {k: v[:1, :n] for k, v in batch.items()}
+        args = [one[name] for name in g.input_names] + list(g.knobs().values())
+        with torch.no_grad():
+            ref = g(*args)
+        got = go([x.numpy() for x in args])
+        np.testing.assert_allclose(got[0], ref[0].numpy(), atol=1e-5)
+        assert got[1].tolist() == ref[1].tolist()
+
+
+def test_bad_artifacts_and_inputs_give_clear_errors(tmp_path):
+    model, batch = adaptive(("bert", "bert"), exits=True)
+    a = export.to_onnx(model, tmp_path / "a", batch, progress=False)
+    run_ = a.runner()
+    args = [batch["input_ids"][:1].numpy(), batch["attention_mask"][:1].numpy(), np.ones(1, np.float32),
+            np.zeros(0, np.float32), np.zeros(0, np.float32)]
+    assert len(run_(args)) == 3
+    with pytest.raises(EdgeError, match="input_ids must be int64"):
+        run_([args[0].astype(np.int32), *args[1:]])
+    with pytest.raises(EdgeError, match="must have shape"):
+        run_([args[0][None], *args[1:]])
+    with pytest.raises(EdgeError, match="takes 5 inputs"):
+        run_(args[:2])
+    # the output directory exists: refused, nothing touched
+    before = sorted(p.name for p in (tmp_path / "a").iterdir())
+    with pytest.raises(EdgeError, match="already exists"):
+        export.to_onnx(model, tmp_path / "a", batch, progress=False)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == before
+    # a truncated program, a plan for other files, a corrupt plan
+    bad = tmp_path / "bad"
+    shutil.copytree(tmp_path / "a", bad)
+    data = a.program.read_bytes()
+    (bad / a.program.name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(EdgeError, match="does not match its plan"):
+        export.load_artifact(bad)
+    (bad / a.program.name).write_bytes(data)
+    export.load_artifact(bad)
+    plan = json.loads((bad / "plan.json").read_text())
+    plan["files"]["model.onnx"] = "0" * 64
+    (bad / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(EdgeError, match="does not match its plan"):
+        export.verify(bad)
+    (bad / "plan.json").write_text("{not json")
+    with pytest.raises(EdgeError, match="not a valid edge plan"):
+        export.load_artifact(bad)
+    with pytest.raises(EdgeError, match="not an edge artifact"):
+        export.load_artifact(tmp_path)
+
+
+def test_a_wrong_program_fails_verification(tmp_path):
+    """verify can fail: a program exported from other weights differs from this model."""
+    model, batch = adaptive(("bert", "bert"), exits=True, acm=True)
+    a = export.to_onnx(model, tmp_path / "a", batch, progress=False)
+    other = copy.deepcopy(model)
+    with torch.no_grad():  # the first layer's attention runs on every branch
+        other.encoder.layer[0].attention.output.dense.weight.add_(0.1 * torch.randn(32, 32))  # (not a constant: LayerNorm follows)
+    with pytest.raises(EdgeError, match="differs from eager"):
+        export.verify(a, other)
