@@ -87,6 +87,26 @@ def cmd_eval(args) -> dict:
     return report
 
 
+def cmd_export(args) -> None:
+    import edge
+    import export
+
+    model = edge.load(args.model_dir)
+    arch = edge.arch_for(model)
+    if "input_ids" not in arch.inputs:
+        raise EdgeError(f"`edge export` builds its example input from text; for a {arch.name} model call "
+                        "export.to_runtime(model, runtime, out, example) from Python")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(args.model_dir)
+    except Exception:
+        raise EdgeError(f"{args.model_dir} has no tokenizer; save the model with edge.save(..., tokenizer=tok)") from None
+    text = _passages(args.text).split("test").texts[0]
+    example = dict(tok([text], padding="max_length", truncation=True, max_length=args.tokens, return_tensors="pt"))
+    export.to_runtime(model, args.to, args.output, example, overwrite=args.overwrite, progress=not args.quiet)
+
+
 def cmd_demo(args) -> None:
     args.model, args.text, args.init, args.train_limit, args.eval_limit = None, None, "slices", None, None
     args.overwrite = True  # the demo owns its default output directory; the swap is atomic
@@ -133,6 +153,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N held-out passages")
     p.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export", help="export an adaptive model to a runtime, keeping its exits, skips and ACM routing")
+    p.add_argument("model_dir", help="directory written by edge.save / `edge acmize`")
+    p.add_argument("--to", required=True, choices=["onnx", "executorch"], help="target runtime")
+    p.add_argument("--mode", choices=["graph"], default="graph",
+                   help="graph: the control flow inside one program (the routed mode is not built yet)")
+    p.add_argument("-o", "--output", required=True, help="artifact directory to write (atomically)")
+    p.add_argument("--tokens", type=int, default=128, help="token count of the example input (the graph takes 2..max)")
+    p.add_argument("--text", help="your own UTF-8 text file for the example input (default: Jane Austen)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("demo", help="the main job: ACMize the embedded MiniLM and report what it keeps")
     _add_acmize_args(p, output_default=DEFAULT_OUT)

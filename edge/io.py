@@ -31,6 +31,9 @@ def atomic_dir(path: str | Path, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        _readable(tmp, 0o777)  # mkdtemp/mkstemp make 0700/0600; a finished output gets the usual modes
+        for f in tmp.rglob("*"):
+            _readable(f, 0o777 if f.is_dir() else 0o666)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             os.replace(path, old)
@@ -43,6 +46,12 @@ def atomic_dir(path: str | Path, overwrite: bool = False):
         raise
 
 
+def _readable(path: Path, mode: int) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,6 +60,7 @@ def write_json_atomic(path: str | Path, obj) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
+        _readable(Path(tmp), 0o666)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

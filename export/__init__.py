@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from export import onnx as _onnx  # noqa: F401  (registers the "onnx" runtime; imports ORT lazily)
+from export import executorch as _executorch  # noqa: F401  (registers "executorch"; imports it lazily)
+from export import onnx as _onnx  # noqa: F401  (registers "onnx"; imports ONNX Runtime lazily)
 from export.artifact import Artifact, load_artifact
 from export.lower import force_cases, to_runtime, verify
 from export.runtime import RUNTIMES
@@ -22,4 +23,10 @@ def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = 
     return to_runtime(model, "onnx", out, example, overwrite, progress)
 
 
-__all__ = ["Artifact", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]
+def to_executorch(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False,
+                   progress: bool = True) -> Artifact:
+    """Export to ExecuTorch (.pte, XNNPACK-delegated where it can) with exits and skips as cond."""
+    return to_runtime(model, "executorch", out, example, overwrite, progress)
+
+
+__all__ = ["to_executorch", "Artifact", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]

@@ -6,7 +6,7 @@
   routers  _cond(score >= threshold): run the attention (or the whole block) or pass h through;
   ACMs     per learner, NonZero -> index_select -> learner -> index_add over the tokens that need it.
 The knobs are graph INPUTS, not constants: `exit_thresholds` (one per exit), `skip_thresholds` (one per
-router) and `gate_bias` (one per ACM). A driver sets a budget level by feeding them, and `verify`
+router) and `gate_bias` (one per ACM), each present only when the model has such gates. A driver sets a budget level by feeding them, and `verify`
 forces every branch through them. Besides the output, the graph returns the branch it took:
 `exit_layer` (1,), `skipped` (L,) and, with ACMs, `ks` (A, T) learners run per token (-1: not reached).
 """
@@ -54,20 +54,26 @@ class GraphModel(nn.Module):
         self.register_buffer("no_skips", torch.zeros(n, dtype=torch.bool), persistent=False)
 
     def knobs(self) -> dict[str, torch.Tensor]:
-        """The model's own setting as knob tensors (what eager `edge.run` does)."""
-        exit_t = self.model.exit_config.threshold if self.heads else 1.0
-        skip_t = self.model.skip_config.threshold if self.routers else 0.0
-        return {"exit_thresholds": torch.full((len(self.heads),), float(exit_t)),
-                "skip_thresholds": torch.full((len(self.routers),), float(skip_t)),
-                "gate_bias": torch.stack([m.gate_bias.float() for m in self.acms if m is not None])
-                if self.acm_index else torch.zeros(0)}
+        """The model's own setting as knob tensors (what eager `edge.run` does); only the knobs the
+        model has (a runtime may not take an empty input: ExecuTorch aborts on one)."""
+        own = {}
+        if self.heads:
+            own["exit_thresholds"] = torch.full((len(self.heads),), float(self.model.exit_config.threshold))
+        if self.routers:
+            own["skip_thresholds"] = torch.full((len(self.routers),), float(self.model.skip_config.threshold))
+        if self.acm_index:
+            own["gate_bias"] = torch.stack([m.gate_bias.float() for m in self.acms if m is not None])
+        return own
+
+    def knob_names(self) -> list[str]:
+        return [k for k, present in zip(KNOBS, (self.heads, self.routers, self.acm_index)) if present]
 
     def output_names(self) -> list[str]:
         return ["output", "exit_layer", "skipped"] + (["ks"] if self.acm_index else [])
 
     def forward(self, *args: torch.Tensor):
         inputs = dict(zip(self.input_names, args))
-        knobs = dict(zip(KNOBS, args[len(self.input_names):]))
+        knobs = dict(zip(self.knob_names(), args[len(self.input_names):]))
         h, ctx = self.arch.embed(self.model, inputs)  # (1, T, d)
         out = self._tail(1, h, ctx, knobs)
         return out if self.acm_index else out[:3]

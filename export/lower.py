@@ -13,7 +13,7 @@ import edge
 from edge.errors import EdgeError
 from edge.io import atomic_dir, write_json_atomic
 from export.artifact import CHECKS, PLAN, PLAN_FORMAT, PLAN_VERSION, Artifact, load_artifact, sha256
-from export.graph import KNOBS, GraphModel
+from export.graph import GraphModel
 from export.runtime import RUNTIMES
 
 TOLERANCE = 1e-4  # fp32: max abs difference of the output against eager
@@ -26,23 +26,21 @@ def force_cases(graph: GraphModel) -> list[tuple[str, dict[str, torch.Tensor]]]:
     each exit taken alone; each skip taken alone and all together; ACM gate biases from "every token
     runs no learner" to "every token runs all"."""
     own = graph.knobs()
-    e, r = len(own["exit_thresholds"]), len(own["skip_thresholds"])
-    no_exit, no_skip = torch.ones(e), torch.zeros(r)
-    cases = [("own", own), ("full", {**own, "exit_thresholds": no_exit, "skip_thresholds": no_skip})]
+    e, r = len(graph.heads), len(graph.routers)
+    full = {**own, **({"exit_thresholds": torch.ones(e)} if e else {}), **({"skip_thresholds": torch.zeros(r)} if r else {})}
+    cases = [("own", own), ("full", full)]
     for j, a in enumerate(sorted(graph.heads)):
-        t = no_exit.clone()
+        t = full["exit_thresholds"].clone()
         t[j] = 0.0  # confidence >= 0 always: leave here (the earlier exits are closed)
-        cases.append((f"exit after {a}", {**own, "exit_thresholds": t, "skip_thresholds": no_skip}))
+        cases.append((f"exit after {a}", {**full, "exit_thresholds": t}))
     for j, i in enumerate(sorted(graph.routers)):
-        t = no_skip.clone()
+        t = full["skip_thresholds"].clone()
         t[j] = 1.0  # score >= 1 never: skip
-        cases.append((f"skip {i}", {**own, "exit_thresholds": no_exit, "skip_thresholds": t}))
+        cases.append((f"skip {i}", {**full, "skip_thresholds": t}))
     if r:
-        cases.append(("skip all", {**own, "exit_thresholds": no_exit, "skip_thresholds": torch.ones(r)}))
-    if len(own["gate_bias"]):
-        for b in BIAS_STEPS:
-            cases.append((f"gate bias {b:+g}", {**own, "exit_thresholds": no_exit, "skip_thresholds": no_skip,
-                                                "gate_bias": own["gate_bias"] + b}))
+        cases.append(("skip all", {**full, "skip_thresholds": torch.ones(r)}))
+    if "gate_bias" in own:
+        cases += [(f"gate bias {b:+g}", {**full, "gate_bias": own["gate_bias"] + b}) for b in BIAS_STEPS]
     return cases
 
 
@@ -85,7 +83,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     max_tok = int(getattr(model.config, "max_position_embeddings", 512))
     dyn = {"min": 2, "max": max_tok} if arch.seq_inputs else None
     dims = torch.export.Dim("tokens", min=2, max=max_tok) if arch.seq_inputs else None
-    dynamic_shapes = [{1: dims} if n in arch.seq_inputs else None for n in graph.input_names] + [None] * len(KNOBS)
+    dynamic_shapes = [{1: dims} if n in arch.seq_inputs else None for n in graph.input_names] + [None] * len(own)
     t0 = time.time()
     say(f"edge export: tracing {type(model).__name__} ({len(graph.layers)} layers, {len(graph.heads)} exits, "
         f"{len(graph.routers)} routers, {len(graph.acm_index)} ACMs) for {runtime} ...")

@@ -30,4 +30,18 @@ def load(path: str):
     return run
 
 
-ONNX = RUNTIMES.register("onnx")(Runtime("onnx", ".onnx", lower, load))
+def stats(path: str) -> dict:
+    import onnx
+
+    def ops(graph):
+        for n in graph.node:
+            yield n.op_type
+            for a in n.attribute:  # the branches of If are subgraphs
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from ops(a.g)
+
+    found = list(ops(onnx.load(path).graph))
+    return {"branches": found.count("If"), "gathers": found.count("NonZero"), "delegates": 0}
+
+
+ONNX = RUNTIMES.register("onnx")(Runtime("onnx", ".onnx", lower, load, stats))

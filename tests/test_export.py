@@ -40,19 +40,6 @@ def adaptive(case, exits=False, skips=None, acm=False, threshold=0.5):
     return model, batch
 
 
-def onnx_ops(path):
-    import onnx
-
-    def walk(graph):
-        for n in graph.node:
-            yield n.op_type
-            for a in n.attribute:
-                if a.type == onnx.AttributeProto.GRAPH:
-                    yield from walk(a.g)
-
-    return set(walk(onnx.load(str(path)).graph))
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_graph_model_is_the_eager_forward(case):
     """The export graph in eager mode gives what edge.run gives, output and branch, at every setting."""
@@ -82,16 +69,24 @@ def test_every_architecture_exports_with_all_gates(runtime, case, tmp_path):
     assert report["k_seen"] == [0, 1, 2]  # every k of the 2-learner ACMs ran for some token
 
 
+KNOWN_WRONG = {("executorch", "skip-block"): "ExecuTorch 1.5.1 runs a cond whose branch holds the ACM "
+                "gathers wrongly (max abs diff ~0.5 on 'skip 1'); verify catches it and the export fails"}
+
+
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("gate", GATES)
-def test_every_gate_type_exports(runtime, gate, tmp_path):
+def test_every_gate_type_exports(runtime, gate, tmp_path, request):
+    if (runtime, gate) in KNOWN_WRONG:
+        request.applymarker(pytest.mark.xfail(raises=EdgeError, strict=True, reason=KNOWN_WRONG[runtime, gate]))
     model, batch = adaptive(("bert", "bert"), **GATES[gate])
     a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
     assert export.verify(a)["max_abs_diff"] <= 1e-4
-    if runtime == "onnx":  # the control flow is in the graph, not unrolled
-        ops = onnx_ops(a.program)
-        assert ("If" in ops) == bool(GATES[gate].get("exits") or GATES[gate].get("skips"))
-        assert ("NonZero" in ops) == bool(GATES[gate].get("acm"))
+    stats = export.RUNTIMES.get(runtime).stats(str(a.program))  # the control flow is kept, not unrolled
+    gates = GATES[gate]
+    assert (stats["branches"] > 0) == bool(gates.get("exits") or gates.get("skips"))
+    assert (stats["gathers"] > 0) == bool(gates.get("acm"))
+    if runtime == "executorch":
+        assert stats["delegates"] > 0  # XNNPACK takes what it can
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
@@ -113,14 +108,13 @@ def test_bad_artifacts_and_inputs_give_clear_errors(tmp_path):
     model, batch = adaptive(("bert", "bert"), exits=True)
     a = export.to_onnx(model, tmp_path / "a", batch, progress=False)
     run_ = a.runner()
-    args = [batch["input_ids"][:1].numpy(), batch["attention_mask"][:1].numpy(), np.ones(1, np.float32),
-            np.zeros(0, np.float32), np.zeros(0, np.float32)]
+    args = [batch["input_ids"][:1].numpy(), batch["attention_mask"][:1].numpy(), np.ones(1, np.float32)]
     assert len(run_(args)) == 3
     with pytest.raises(EdgeError, match="input_ids must be int64"):
         run_([args[0].astype(np.int32), *args[1:]])
     with pytest.raises(EdgeError, match="must have shape"):
         run_([args[0][None], *args[1:]])
-    with pytest.raises(EdgeError, match="takes 5 inputs"):
+    with pytest.raises(EdgeError, match="takes 3 inputs"):
         run_(args[:2])
     # the output directory exists: refused, nothing touched
     before = sorted(p.name for p in (tmp_path / "a").iterdir())
