@@ -38,11 +38,12 @@ class Artifact:
     def program(self) -> Path:
         return self.path / self.plan["program"]
 
-    def runner(self):
-        """A function list of np arrays (inputs then knobs, as the plan lists them) -> outputs."""
+    def runner(self, threads: int | None = None):
+        """A function list of np arrays (inputs then knobs, as the plan lists them) -> outputs.
+        threads: the runtime's CPU threads (default: its own choice)."""
         from export.runtime import RUNTIMES
 
-        run = RUNTIMES.get(self.plan["runtime"]).load(str(self.program))
+        run = RUNTIMES.get(self.plan["runtime"]).load(str(self.program), threads)
         specs = self.plan["inputs"] + self.plan["knobs"]
 
         def checked(values: list[np.ndarray]) -> list[np.ndarray]:

@@ -31,9 +31,13 @@ def lower(ep: torch.export.ExportedProgram, path: str) -> None:
         et.write_to_file(f)
 
 
-def load(path: str):
+def load(path: str, threads: int | None = None):
     from executorch.runtime import Runtime as EtRuntime
 
+    if threads:  # XNNPACK's thread pool is process-wide
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(threads)
     try:
         method = EtRuntime.get().load_program(path).load_method("forward")
     except Exception as e:

@@ -13,11 +13,13 @@ def lower(ep: torch.export.ExportedProgram, path: str) -> None:
     program.save(path)
 
 
-def load(path: str):
+def load(path: str, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     try:
         session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types

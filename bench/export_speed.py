@@ -1,0 +1,133 @@
+"""Does the exported control flow save time on the runtime? MiniLM (128 tokens), side by side in one
+run, medians of --runs calls each, for every registered runtime:
+
+  dense      the original model through the same lowering (torch.export + XNNPACK for ExecuTorch,
+             torch.onnx dynamo export for ONNX Runtime): what a user gets today;
+  gated      MiniLM with ACM FFNs (4 learners), exits after layers 2..5 and a skip router per layer,
+             exported once with its control flow in the graph and steered only through its knob
+             inputs: every gate open (all learners, no exit, no skip), ACM at 50 % of the learners
+             (gate bias chosen so that the mean k is N/2), ACM at k = 0, and an exit after layer k.
+
+Figures (ratios of medians):
+  acm50_model_ratio  gated at 50 % learners / dense;
+  acm50_ffn_ratio    FFN part at 50 %: (gated@50% - gated@k=0) / (dense - gated@k=0);
+  overhead_ratio     gated with every gate open / dense;
+  exit_ratio         exit after layer 2 / the gated full path (target <= 2/6 + 0.1);
+  max_abs_diff       over every bundled branch-forcing case (verify).
+The weights of the ACMs, exits and routers are untrained (timing does not depend on them; parity is
+checked on every branch all the same).
+
+    taskset -c 0 .venv/bin/python bench/export_speed.py      # 1 core; ORT and XNNPACK on 1 thread
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edge
+import export
+from export.graph import GraphModel
+
+EXIT_AFTER = 2
+
+
+def median_ms(run, args: list[np.ndarray], runs: int) -> float:
+    for _ in range(3):
+        run(args)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        run(args)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def bias_for_half(graph: GraphModel, inputs: list[torch.Tensor], knobs: dict) -> torch.Tensor:
+    """A gate-bias shift (one for all ACMs) that makes the mean k over the real tokens N/2."""
+    n = graph.acms[0].n
+    mask = inputs[1][0].bool()
+    lo, hi = -20.0, 20.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        with torch.no_grad():
+            ks = graph(*inputs, *{**knobs, "gate_bias": knobs["gate_bias"] + mid}.values())[3]
+        mean = float(ks[:, mask].float().mean())
+        lo, hi = (lo, mid) if mean < n / 2 else (mid, hi)
+    return knobs["gate_bias"] + (lo + hi) / 2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--runtimes", nargs="+", default=export.RUNTIMES.names())
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model, tok = edge.load_pretrained()
+    texts = edge.austen_passages().split("test").texts
+    example = dict(tok([" ".join(texts[:8])], padding="max_length", truncation=True, max_length=args.tokens,
+                       return_tensors="pt"))
+    example = {k: example[k] for k in ("input_ids", "attention_mask")}
+    train = edge.batches(tok, edge.austen_passages().split("train").texts[:64], 16)
+    gated = copy.deepcopy(model)
+    edge.install_acms(gated, edge.AcmConfig(learners=4))
+    gated = edge.add_exits(gated, edge.ExitConfig(after=[2, 3, 4, 5], steps=0), train, progress=False)
+    gated = edge.add_skips(gated, edge.SkipConfig(samples=32), train, progress=False)
+    graph = GraphModel(gated)
+    inputs = [example["input_ids"], example["attention_mask"]]
+    own = graph.knobs()
+    open_ = {"exit_thresholds": torch.ones(4), "skip_thresholds": torch.zeros(6), "gate_bias": own["gate_bias"] - 1e4}
+    settings = {
+        "open": open_,
+        "acm50": {**open_, "gate_bias": bias_for_half(graph, inputs, open_)},
+        "k0": {**open_, "gate_bias": own["gate_bias"] + 1e4},
+        "exit": {**open_, "exit_thresholds": torch.tensor([0.0, 1, 1, 1])},
+    }
+    with torch.no_grad():
+        ks = graph(*inputs, *settings["acm50"].values())[3]
+        assert int(graph(*inputs, *settings["exit"].values())[1]) == EXIT_AFTER
+    half = float(ks[:, inputs[1][0].bool()].float().mean()) / 4
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rt in args.runtimes:
+            t0 = time.time()
+            dense_a = export.to_runtime(model, rt, Path(tmp) / f"dense-{rt}", example, progress=False)
+            dense_s = time.time() - t0
+            t0 = time.time()
+            gated_a = export.to_runtime(gated, rt, Path(tmp) / f"gated-{rt}", example, progress=False)
+            gated_s = time.time() - t0
+            report = export.verify(gated_a)
+            x = [t.numpy() for t in inputs]
+            ms = {"dense": median_ms(dense_a.runner(threads=1), x, args.runs)}
+            run = gated_a.runner(threads=1)
+            for name, k in settings.items():
+                ms[name] = median_ms(run, x + [v.numpy().astype(np.float32) for v in k.values()], args.runs)
+            row = {"runtime": rt, "ms": {k: round(v, 3) for k, v in ms.items()},
+                   "acm50_ffn_ratio": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["k0"]),
+                   "acm50_model_ratio": ms["acm50"] / ms["dense"],
+                   "overhead_ratio": ms["open"] / ms["dense"],
+                   "exit_ratio": ms["exit"] / ms["open"],
+                   "max_abs_diff": report["max_abs_diff"],
+                   "export_seconds_gated": round(gated_s, 1), "export_seconds_dense": round(dense_s, 1)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    print(f"acm50 ran {half:.3f} of the learners on real tokens; exit after layer {EXIT_AFTER} of 6 "
+          f"(target exit_ratio <= {EXIT_AFTER / 6 + 0.1:.3f})")
+    keys = ["acm50_ffn_ratio", "acm50_model_ratio", "overhead_ratio", "exit_ratio", "max_abs_diff"]
+    print(json.dumps({"runtime": [r["runtime"] for r in rows], **{k: [round(r[k], 4) if k != "max_abs_diff"
+                      else r[k] for r in rows] for k in keys}, "learner_fraction_at_acm50": round(half, 3),
+                      "export_seconds": [r["export_seconds_gated"] for r in rows]}))
+
+
+if __name__ == "__main__":
+    main()
