@@ -89,7 +89,7 @@ def main() -> None:
     open_ = {"exit_thresholds": torch.ones(4), "skip_thresholds": torch.zeros(6), "gate_bias": own["gate_bias"] - 1e4}
     settings = {
         "open": open_,
-        "acm50": {**open_, "gate_bias": bias_for_half(graph, inputs, open_)},
+        "acm50": {**open_, "gate_bias": bias_for_half(graph, inputs, {**open_, "gate_bias": own["gate_bias"]})},
         "k0": {**open_, "gate_bias": own["gate_bias"] + 1e4},
         "exit": {**open_, "exit_thresholds": torch.tensor([0.0, 1, 1, 1])},
     }
