@@ -98,10 +98,15 @@ def cmd_export(args) -> None:
                         "export.to_runtime(model, runtime, out, example) from Python")
     from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(args.model_dir)
-    except Exception:
-        raise EdgeError(f"{args.model_dir} has no tokenizer; save the model with edge.save(..., tokenizer=tok)") from None
+    tok = None
+    if (Path(args.model_dir) / "tokenizer_config.json").is_file():  # (transformers makes up an empty one)
+        try:
+            tok = AutoTokenizer.from_pretrained(args.model_dir)
+        except Exception:
+            pass
+    if tok is None or len(tok) > model.config.vocab_size:
+        raise EdgeError(f"{args.model_dir} has no tokenizer that matches the model; save the model with "
+                        "edge.save(..., tokenizer=tok)")
     text = _passages(args.text).split("test").texts[0]
     example = dict(tok([text], padding="max_length", truncation=True, max_length=args.tokens, return_tensors="pt"))
     export.to_runtime(model, args.to, args.output, example, overwrite=args.overwrite, progress=not args.quiet)

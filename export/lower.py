@@ -81,14 +81,20 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     arch = graph.arch
     n_tok = args[0].shape[1] if arch.seq_inputs else None
     max_tok = int(getattr(model.config, "max_position_embeddings", 512))
+    if n_tok is not None and not 2 <= n_tok <= max_tok:
+        raise EdgeError(f"the example input has {n_tok} tokens; this model takes 2..{max_tok}")
     dyn = {"min": 2, "max": max_tok} if arch.seq_inputs else None
     dims = torch.export.Dim("tokens", min=2, max=max_tok) if arch.seq_inputs else None
     dynamic_shapes = [{1: dims} if n in arch.seq_inputs else None for n in graph.input_names] + [None] * len(own)
     t0 = time.time()
     say(f"edge export: tracing {type(model).__name__} ({len(graph.layers)} layers, {len(graph.heads)} exits, "
         f"{len(graph.routers)} routers, {len(graph.acm_index)} ACMs) for {runtime} ...")
-    with torch.no_grad():
-        ep = torch.export.export(graph, (*args, *own.values()), dynamic_shapes={"args": tuple(dynamic_shapes)})
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(graph, (*args, *own.values()), dynamic_shapes={"args": tuple(dynamic_shapes)})
+    except Exception as e:  # torch.export's errors are pages long: one line, and the cause for a bug report
+        raise EdgeError(f"torch.export could not trace this model ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:300]}); nothing was written") from e
     cases = force_cases(graph)
     with torch.no_grad():
         expected = [[t.detach() for t in graph(*args, *k.values())] for _, k in cases]

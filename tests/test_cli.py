@@ -39,6 +39,25 @@ def test_acmize_then_eval_on_the_real_model(tmp_path):
     # an existing output is never overwritten by accident
     r = edge_cli("acmize", "-o", out, *FEW)
     assert_user_error(r, "already exists")
+    # the converted model exports with its ACM routing, checked on every branch in ONNX Runtime
+    r = edge_cli("export", out, "--to", "onnx", "-o", tmp_path / "onnx", "--tokens", "32", "--quiet")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "onnx" / "plan.json").read_text())
+    assert len(plan["control_flow"]["acms"]) == 6 and plan["inputs"][0]["shape"] == [1, "tokens"]
+    r = edge_cli("export", out, "--to", "onnx", "-o", tmp_path / "onnx", "--quiet")
+    assert_user_error(r, "already exists")
+
+
+def test_export_bad_input(tmp_path):
+    import edge
+    from tests.test_acm import tiny_acm_model
+
+    r = edge_cli("export", tmp_path / "missing", "--to", "onnx", "-o", tmp_path / "out")
+    assert_user_error(r, "not a directory")
+    path = edge.save(tiny_acm_model("bert", "bert")[1], tmp_path / "acm")  # saved without a tokenizer
+    r = edge_cli("export", path, "--to", "onnx", "-o", tmp_path / "out")
+    assert_user_error(r, "has no tokenizer that matches")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -121,6 +121,9 @@ def test_bad_artifacts_and_inputs_give_clear_errors(tmp_path):
     with pytest.raises(EdgeError, match="already exists"):
         export.to_onnx(model, tmp_path / "a", batch, progress=False)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == before
+    with pytest.raises(EdgeError, match="has 1 tokens; this model takes 2..64"):
+        export.to_onnx(model, tmp_path / "b", {k: v[:, :1] for k, v in batch.items()}, progress=False)
+    assert not (tmp_path / "b").exists()
     # a truncated program, a plan for other files, a corrupt plan
     bad = tmp_path / "bad"
     shutil.copytree(tmp_path / "a", bad)
