@@ -108,9 +108,10 @@ class ACM(nn.Module):
     def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
         return GATE_SCORES[self.gate_kind](self.gate(x))  # (..., N+1)
 
-    def biased(self, logits: torch.Tensor) -> torch.Tensor:
+    def biased(self, logits: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Gate logits minus bias * k; bias defaults to the calibrated gate_bias (export feeds its own)."""
         ks = torch.arange(self.n + 1, device=logits.device, dtype=logits.dtype)
-        return logits - self.gate_bias * ks  # (..., N+1)
+        return logits - (self.gate_bias if bias is None else bias) * ks  # (..., N+1)
 
     def choose(self, logits: torch.Tensor) -> torch.Tensor:
         if self.forced_k is not None:
@@ -171,8 +172,7 @@ class ACM(nn.Module):
         tensor (a graph input: the budget level). Returns (y like x, k (M,) learners run per token)."""
         shape = x.shape
         x = x.reshape(-1, self.d)  # (M, d)
-        ks = torch.arange(self.n + 1, device=x.device, dtype=x.dtype)
-        k = (self.gate_logits(x) - gate_bias * ks).argmax(-1)  # (M,)
+        k = self.biased(self.gate_logits(x), gate_bias).argmax(-1)  # (M,)
         y = torch.zeros_like(x)
         for j in range(self.n):
             idx = torch.nonzero(k > j).reshape(-1)  # (m_j,)  reshape, not squeeze: ExecuTorch dim order
@@ -196,6 +196,11 @@ class ACM(nn.Module):
 def masked_sum(outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(..., N, d) learner outputs, (..., N) mask -> (..., d)."""
     return (outputs * mask.unsqueeze(-1)).sum(-2)
+
+
+def acm_of(layer: nn.Module) -> ACM | None:
+    """The ACM installed in a layer, if any."""
+    return next((m for m in layer.modules() if isinstance(m, ACM)), None)
 
 
 def acm_modules(model: nn.Module) -> list[ACM]:

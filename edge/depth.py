@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from edge.acm import ACM
+from edge.acm import acm_of
 from edge.arch import Arch, arch_for
 from edge.errors import EdgeError
 
@@ -320,7 +320,7 @@ def _ffn(arch, layer, h, ctx, trace, idx, t, d, f):
     from edge.flops import acm_flops
 
     out = arch.feed_forward(layer, h, ctx)
-    acm = next((m for m in layer.modules() if isinstance(m, ACM)), None)
+    acm = acm_of(layer)
     if acm is None:
         trace.flops[idx] += 4 * d * f * t
     else:
@@ -388,7 +388,7 @@ def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: 
     """
     if not data:
         raise EdgeError("add_exits needs at least one batch of training data")
-    student = copy.deepcopy(model).eval().requires_grad_(False)
+    student = copy.deepcopy(model).eval()
     install_exits(student, config)
     heads = exit_heads(student)
     student.requires_grad_(False)

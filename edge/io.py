@@ -31,9 +31,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
-        _readable(tmp, 0o777)  # mkdtemp/mkstemp make 0700/0600; a finished output gets the usual modes
-        for f in tmp.rglob("*"):
-            _readable(f, 0o777 if f.is_dir() else 0o666)
+        usual_modes_(tmp)  # mkdtemp/mkstemp make 0700/0600; a finished output gets the usual modes
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             os.replace(path, old)
@@ -46,10 +44,12 @@ def atomic_dir(path: str | Path, overwrite: bool = False):
         raise
 
 
-def _readable(path: Path, mode: int) -> None:
+def usual_modes_(path: Path) -> None:
+    """chmod `path` (and what is under it) to 0777/0666 minus the umask, as open() would have made it."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, mode & ~umask)
+    for p in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def write_json_atomic(path: str | Path, obj) -> None:
@@ -60,7 +60,7 @@ def write_json_atomic(path: str | Path, obj) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
-        _readable(Path(tmp), 0o666)
+        usual_modes_(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,13 +1,13 @@
 """One exportable graph of an adaptive model, with its control flow kept (the in-graph mode).
 
 `GraphModel` runs ONE input (batch 1) of a model with exits, skip routers and ACM FFNs:
-  exits    _cond(confidence >= threshold): the true branch returns the exit's output, the false
+  exits    torch.cond(confidence >= threshold): the true branch returns the exit's output, the false
            branch holds the rest of the network (nested, so an exit really stops the work);
-  routers  _cond(score >= threshold): run the attention (or the whole block) or pass h through;
+  routers  torch.cond(score >= threshold): run the attention (or the whole block) or pass h through;
   ACMs     per learner, NonZero -> index_select -> learner -> index_add over the tokens that need it.
 The knobs are graph INPUTS, not constants: `exit_thresholds` (one per exit), `skip_thresholds` (one per
-router) and `gate_bias` (one per ACM), each present only when the model has such gates. A driver sets a budget level by feeding them, and `verify`
-forces every branch through them. Besides the output, the graph returns the branch it took:
+router) and `gate_bias` (one per ACM), each present only when the model has such gates. A driver
+sets a budget level by feeding them, and `verify` forces every branch through them. Besides the output, the graph returns the branch it took:
 `exit_layer` (1,), `skipped` (L,) and, with ACMs, `ks` (A, T) learners run per token (-1: not reached).
 """
 from __future__ import annotations
@@ -15,11 +15,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from edge.acm import ACM
+from edge.acm import acm_of
 from edge.arch import arch_for
 from edge.depth import exit_heads, routers
-
-KNOBS = ("exit_thresholds", "skip_thresholds", "gate_bias")
 
 
 def _cond(pred: torch.Tensor, true_fn, false_fn, operands: tuple):
@@ -28,10 +26,6 @@ def _cond(pred: torch.Tensor, true_fn, false_fn, operands: tuple):
     if torch.compiler.is_exporting():
         return torch.cond(pred, true_fn, false_fn, operands)
     return true_fn(*operands) if bool(pred) else false_fn(*operands)
-
-
-def acm_of(layer: nn.Module) -> ACM | None:
-    return next((m for m in layer.modules() if isinstance(m, ACM)), None)
 
 
 class GraphModel(nn.Module):
@@ -65,15 +59,12 @@ class GraphModel(nn.Module):
             own["gate_bias"] = torch.stack([m.gate_bias.float() for m in self.acms if m is not None])
         return own
 
-    def knob_names(self) -> list[str]:
-        return [k for k, present in zip(KNOBS, (self.heads, self.routers, self.acm_index)) if present]
-
     def output_names(self) -> list[str]:
         return ["output", "exit_layer", "skipped"] + (["ks"] if self.acm_index else [])
 
     def forward(self, *args: torch.Tensor):
         inputs = dict(zip(self.input_names, args))
-        knobs = dict(zip(self.knob_names(), args[len(self.input_names):]))
+        knobs = dict(zip(self.knobs(), args[len(self.input_names):]))
         h, ctx = self.arch.embed(self.model, inputs)  # (1, T, d)
         out = self._tail(1, h, ctx, knobs)
         return out if self.acm_index else out[:3]
