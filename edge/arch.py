@@ -36,6 +36,7 @@ class Arch:
     model_types: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()  # the batch keys the model reads, in export order
     seq_inputs: tuple[str, ...] = ()  # those whose dim 1 is the token dimension (dynamic on export)
+    ctx_inputs: tuple[str, ...] = ()  # those the context is made from (the routed export feeds them on)
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         raise NotImplementedError
@@ -75,6 +76,10 @@ class Arch:
     def embed(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         """Hidden states entering the first layer (B, T, d) and the context."""
         raise NotImplementedError
+
+    def context(self, batch: dict, h: torch.Tensor) -> dict:
+        """The context of hidden states h (B, T, d) from the batch's `ctx_inputs`."""
+        return {"tokens": torch.ones(h.shape[:2], dtype=torch.bool)}
 
     def attention(self, layer: nn.Module, h: torch.Tensor, ctx: dict) -> torch.Tensor:
         """The layer's attention sub-block, residual included: (B, T, d) -> (B, T, d)."""
@@ -140,6 +145,7 @@ class BertFamily(Arch):
     name = "bert"
     model_types = ("bert", "roberta", "electra")
     inputs = seq_inputs = ("input_ids", "attention_mask")
+    ctx_inputs = ("attention_mask",)
 
     def layers(self, model):
         return list(model.base_model.encoder.layer)
@@ -164,10 +170,13 @@ class BertFamily(Arch):
     def embed(self, model, batch):
         base = model.base_model
         h = base.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
+        return h, self.context(batch, h)
+
+    def context(self, batch, h):
         tokens = batch["attention_mask"].bool()  # (B, T)
         # additive mask over keys (B, 1, 1, T), the form every attention implementation accepts
         bias = torch.zeros(tokens.shape, dtype=h.dtype).masked_fill(~tokens, torch.finfo(h.dtype).min)
-        return h, {"tokens": tokens, "mask": bias[:, None, None, :]}
+        return {"tokens": tokens, "mask": bias[:, None, None, :]}
 
     def attention(self, layer, h, ctx):
         return layer.attention(h, ctx["mask"])[0]  # post-LN: LayerNorm(h + attention(h))
@@ -224,7 +233,7 @@ class VitFamily(Arch):
 
     def embed(self, model, batch):
         h = model.base_model.embeddings(batch["pixel_values"])
-        return h, {"tokens": torch.ones(h.shape[:2], dtype=torch.bool)}
+        return h, self.context(batch, h)
 
     def attention(self, layer, h, ctx):
         return h + layer.attention(layer.layernorm_before(h))[0]
@@ -286,7 +295,7 @@ class WhisperEncoderFamily(Arch):
         enc = getattr(model, "encoder", model)
         x = F.gelu(enc.conv2(F.gelu(enc.conv1(batch["input_features"])))).permute(0, 2, 1)  # (B, T, d)
         h = x + enc.embed_positions.weight[: x.shape[1]]
-        return h, {"tokens": torch.ones(h.shape[:2], dtype=torch.bool)}
+        return h, self.context(batch, h)
 
     def attention(self, layer, h, ctx):
         return h + layer.self_attn(hidden_states=layer.self_attn_layer_norm(h), attention_mask=None)[0]

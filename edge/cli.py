@@ -109,7 +109,8 @@ def cmd_export(args) -> None:
                         "edge.save(..., tokenizer=tok)")
     text = _passages(args.text).split("test").texts[0]
     example = dict(tok([text], padding="max_length", truncation=True, max_length=args.tokens, return_tensors="pt"))
-    export.to_runtime(model, args.to, args.output, example, overwrite=args.overwrite, progress=not args.quiet)
+    export.to_runtime(model, args.to, args.output, example, overwrite=args.overwrite, progress=not args.quiet,
+                      mode=args.mode)
 
 
 def cmd_demo(args) -> None:
@@ -162,8 +163,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export an adaptive model to a runtime, keeping its exits, skips and ACM routing")
     p.add_argument("model_dir", help="directory written by edge.save / `edge acmize`")
     p.add_argument("--to", required=True, choices=["onnx", "executorch"], help="target runtime")
-    p.add_argument("--mode", choices=["graph"], default="graph",
-                   help="graph: the control flow inside one program (the routed mode is not built yet)")
+    p.add_argument("--mode", choices=["graph", "routed"], default=None,
+                   help="graph: the control flow inside one program (cond/If, gathers); routed: plain "
+                        "segments between the gates, run by the plan's driver (default: the faster one "
+                        "for the runtime, measured: routed for executorch, graph for onnx)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write (atomically)")
     p.add_argument("--tokens", type=int, default=128, help="token count of the example input (the graph takes 2..max)")
     p.add_argument("--text", help="your own UTF-8 text file for the example input (default: Jane Austen)")

@@ -14,19 +14,22 @@ import torch.nn as nn
 from export import executorch as _executorch  # noqa: F401  (registers "executorch"; imports it lazily)
 from export import onnx as _onnx  # noqa: F401  (registers "onnx"; imports ONNX Runtime lazily)
 from export.artifact import Artifact, load_artifact
-from export.lower import force_cases, to_runtime, verify
+from export.lower import MODES, force_cases, to_runtime, verify
 from export.runtime import RUNTIMES
 
 
-def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True) -> Artifact:
-    """Export to ONNX (ONNX Runtime) with exits and skips as If and ACM routing as NonZero/Gather/ScatterND."""
-    return to_runtime(model, "onnx", out, example, overwrite, progress)
+def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True,
+            mode: str | None = None) -> Artifact:
+    """Export to ONNX (ONNX Runtime). graph (the default): exits and skips as If, ACM routing as NonZero/Gather/
+    ScatterND in one model; routed: one model per segment and learner, run by the plan's driver."""
+    return to_runtime(model, "onnx", out, example, overwrite, progress, mode)
 
 
 def to_executorch(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False,
-                   progress: bool = True) -> Artifact:
-    """Export to ExecuTorch (.pte, XNNPACK-delegated where it can) with exits and skips as cond."""
-    return to_runtime(model, "executorch", out, example, overwrite, progress)
+                  progress: bool = True, mode: str | None = None) -> Artifact:
+    """Export to ExecuTorch (.pte). routed (the default): one XNNPACK-delegated method per segment and learner, run
+    by the plan's driver; graph: exits and skips as cond (branches on the portable kernels)."""
+    return to_runtime(model, "executorch", out, example, overwrite, progress, mode)
 
 
-__all__ = ["to_executorch", "Artifact", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]
+__all__ = ["to_executorch", "Artifact", "MODES", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]

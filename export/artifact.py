@@ -15,7 +15,7 @@ from edge.errors import EdgeError
 PLAN = "plan.json"
 CHECKS = "checks.safetensors"
 PLAN_FORMAT = "edge-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: "methods" (one or more per program) and the routed mode
 DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
 
 
@@ -35,16 +35,28 @@ class Artifact:
     plan: dict
 
     @property
-    def program(self) -> Path:
-        return self.path / self.plan["program"]
+    def programs(self) -> list[Path]:
+        """The program files (one .pte; one .onnx per method in the routed mode)."""
+        return [self.path / f for f in sorted(set(self.plan["methods"].values()))]
 
     def runner(self, threads: int | None = None):
         """A function list of np arrays (inputs then knobs, as the plan lists them) -> outputs.
-        threads: the runtime's CPU threads (default: its own choice)."""
+        threads: the runtime's CPU threads (default: its own choice). In the routed mode the plan's
+        driver (export.routed.drive) runs the methods."""
+        from export.routed import drive
         from export.runtime import RUNTIMES
 
-        run = RUNTIMES.get(self.plan["runtime"]).load(str(self.program), threads)
-        specs = self.plan["inputs"] + self.plan["knobs"]
+        plan = self.plan
+        methods = RUNTIMES.get(plan["runtime"]).load(self.path, plan["methods"], threads)
+        specs = plan["inputs"] + plan["knobs"]
+        if plan["mode"] == "graph":
+            run = methods["forward"]
+        else:
+            names, n = [s["name"] for s in specs], len(plan["inputs"])
+
+            def run(values: list[np.ndarray]) -> list[np.ndarray]:
+                return drive(plan["routed"], plan["model"]["layers"], lambda m, a: methods[m](a),
+                             dict(zip(names[:n], values[:n])), dict(zip(names[n:], values[n:])))
 
         def checked(values: list[np.ndarray]) -> list[np.ndarray]:
             if len(values) != len(specs):

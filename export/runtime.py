@@ -3,6 +3,7 @@ the only place that imports that runtime (lazily, inside its functions)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -10,19 +11,27 @@ import torch
 
 from edge.registry import Registry
 
+Run = Callable[[list[np.ndarray]], list[np.ndarray]]
+
 
 @dataclass(frozen=True)
 class Runtime:
-    """name: what `--to` says; suffix: the artifact file's; lower(ep, path): write the program of an
-    ExportedProgram to path; load(path, threads=None) -> run, where run(list of np arrays) -> list of np arrays;
-    stats(path) -> {"branches": conditional jumps / If nodes, "gathers": NonZero ops, "delegates":
-    calls into a backend delegate (ExecuTorch) or 0} - what the program keeps, for tests and benchmarks."""
+    """A program is one or more named methods (the in-graph mode has one, "forward"; the routed mode
+    one per segment and learner).
+    name: what `--to` says;
+    mode: "graph" or "routed", the default (measured: bench/results/export_speed.txt);
+    lower(eps, directory, control_flow) -> {method: file}: write the ExportedPrograms {method: ep} into
+      the directory (control_flow: the programs hold torch.cond);
+    load(directory, {method: file}, threads=None) -> {method: run}, run(list of np arrays) -> list;
+    stats(directory, {method: file}) -> {"branches": conditional jumps / If nodes, "gathers": NonZero
+      ops, "delegates": calls into a backend delegate (0 without one), "kernels": operators run
+      outside a delegate (ExecuTorch; 0 for ONNX)}: what the program keeps, for tests and benchmarks."""
 
     name: str
-    suffix: str
-    lower: Callable[[torch.export.ExportedProgram, str], None]
-    load: Callable[..., Callable[[list[np.ndarray]], list[np.ndarray]]]
-    stats: Callable[[str], dict]
+    mode: str  # the export mode it gets by default: the faster one in bench/export_speed.py
+    lower: Callable[[dict[str, torch.export.ExportedProgram], Path, bool], dict[str, str]]
+    load: Callable[..., dict[str, Run]]
+    stats: Callable[[Path, dict[str, str]], dict]
 
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")

@@ -1,5 +1,5 @@
-"""Export on tiny random models of every registered architecture, for every registered runtime: the
-real exporter, the real runtime, parity with eager on inputs that force every branch."""
+"""Export on tiny random models of every registered architecture, for every registered runtime and
+mode: the real exporter, the real runtime, parity with eager on inputs that force every branch."""
 import copy
 import json
 import shutil
@@ -13,10 +13,13 @@ import export
 from edge.depth import run
 from edge.errors import EdgeError
 from export.graph import GraphModel
+from export.lower import _inputs
+from export.routed import Routed, drive
 from tests.conftest import CASES
 from tests.test_acm import tiny_acm_model
 
 RUNTIMES = export.RUNTIMES.names()
+MODES = export.MODES
 GATES = {  # gate type -> what the tiny model carries
     "exits": dict(exits=True),
     "skip-attention": dict(skips="attention"),
@@ -56,11 +59,32 @@ def test_graph_model_is_the_eager_forward(case):
             assert skipped.tolist() == trace.skipped[0].tolist()
 
 
+@pytest.mark.parametrize("gate", [*GATES, "all"])
+@pytest.mark.parametrize("case", CASES)
+def test_routed_driver_is_the_graph(case, gate):
+    """The routed plan, driven over the eager segments, takes the graph's branches and gives its
+    outputs on every branch-forcing case: the cut at the gates loses nothing."""
+    model, batch = adaptive(case, **(GATES[gate] if gate in GATES else dict(exits=True, skips="attention", acm=True)))
+    g = GraphModel(model)
+    routed, args = Routed(g), _inputs(g, batch)
+    methods = {s["method"] for s in routed.section()["segments"]}
+    assert methods | {m for s in routed.segments if s["then"]["kind"] == "acm" for m in s["then"]["learners"]} == set(routed.modules)
+    for name, knobs in export.force_cases(g):
+        with torch.no_grad():
+            want = [t.numpy() for t in g(*args, *knobs.values())]
+        got = drive(routed.section(), len(g.layers), routed.eager(), {n: a.numpy() for n, a in zip(g.input_names, args)},
+                    {k: v.numpy() for k, v in knobs.items()})
+        np.testing.assert_allclose(got[0], want[0], atol=1e-5, err_msg=name)
+        for w, o in zip(want[1:], got[1:]):
+            assert o.astype(np.int64).tolist() == w.astype(np.int64).tolist(), name
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("case", CASES)
-def test_every_architecture_exports_with_all_gates(runtime, case, tmp_path):
+def test_every_architecture_exports_with_all_gates(runtime, mode, case, tmp_path):
     model, batch = adaptive(case, exits=True, skips="attention", acm=True)
-    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False, mode=mode)
     report = export.verify(a, model)  # against the live model, not only the bundled expectations
     assert report["max_abs_diff"] <= 1e-4 and not report["branch_mismatches"]
     checks = {c["case"]: c for c in a.plan["checks"]}
@@ -69,30 +93,40 @@ def test_every_architecture_exports_with_all_gates(runtime, case, tmp_path):
     assert report["k_seen"] == [0, 1, 2]  # every k of the 2-learner ACMs ran for some token
 
 
-KNOWN_WRONG = {("executorch", "skip-block"): "ExecuTorch 1.5.1 runs a cond whose branch holds the ACM "
+KNOWN_WRONG = {("executorch", "graph", "skip-block"): "ExecuTorch 1.5.1 runs a cond whose branch holds the ACM "
                 "gathers wrongly (max abs diff ~0.5 on 'skip 1'); verify catches it and the export fails"}
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("gate", GATES)
-def test_every_gate_type_exports(runtime, gate, tmp_path, request):
-    if (runtime, gate) in KNOWN_WRONG:
-        request.applymarker(pytest.mark.xfail(raises=EdgeError, strict=True, reason=KNOWN_WRONG[runtime, gate]))
+def test_every_gate_type_exports(runtime, mode, gate, tmp_path, request):
+    if (runtime, mode, gate) in KNOWN_WRONG:
+        request.applymarker(pytest.mark.xfail(raises=EdgeError, strict=True, reason=KNOWN_WRONG[runtime, mode, gate]))
     model, batch = adaptive(("bert", "bert"), **GATES[gate])
-    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False, mode=mode)
     assert export.verify(a)["max_abs_diff"] <= 1e-4
-    stats = export.RUNTIMES.get(runtime).stats(str(a.program))  # the control flow is kept, not unrolled
+    stats = export.RUNTIMES.get(runtime).stats(a.path, a.plan["methods"])
     gates = GATES[gate]
-    assert (stats["branches"] > 0) == bool(gates.get("exits") or gates.get("skips"))
-    assert (stats["gathers"] > 0) == bool(gates.get("acm"))
-    if runtime == "executorch":
-        assert stats["delegates"] > 0  # XNNPACK takes what it can
+    if mode == "graph":  # the control flow is kept in the program, not unrolled
+        assert (stats["branches"] > 0) == bool(gates.get("exits") or gates.get("skips"))
+        assert (stats["gathers"] > 0) == bool(gates.get("acm"))
+    else:  # the driver decides: the methods are plain, a segment between gates and a learner each
+        assert stats["branches"] == stats["gathers"] == 0
+        segments = a.plan["routed"]["segments"]
+        assert {s["then"]["kind"] for s in segments} >= {"end"} | ({"exit"} if gates.get("exits") else set()) | (
+            {"skip"} if gates.get("skips") else set()) | ({"acm"} if gates.get("acm") else set())
+        assert set(a.plan["methods"]) == {s["method"] for s in segments} | {
+            m for s in segments if s["then"]["kind"] == "acm" for m in s["then"]["learners"]}
+    if runtime == "executorch":  # XNNPACK takes what it can: in the routed mode, every method
+        assert stats["delegates"] >= (len(a.plan["methods"]) if mode == "routed" else 1)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_token_count_is_dynamic(runtime, tmp_path):
+def test_token_count_is_dynamic(runtime, mode, tmp_path):
     model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True)
-    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False, mode=mode)
     g, go = GraphModel(model), a.runner()
     for n in (3, 7, 12):
         one = {k: v[:1, :n] for k, v in batch.items()}
@@ -127,11 +161,12 @@ def test_bad_artifacts_and_inputs_give_clear_errors(tmp_path):
     # a truncated program, a plan for other files, a corrupt plan
     bad = tmp_path / "bad"
     shutil.copytree(tmp_path / "a", bad)
-    data = a.program.read_bytes()
-    (bad / a.program.name).write_bytes(data[: len(data) // 2])
+    program = a.programs[0]
+    data = program.read_bytes()
+    (bad / program.name).write_bytes(data[: len(data) // 2])
     with pytest.raises(EdgeError, match="does not match its plan"):
         export.load_artifact(bad)
-    (bad / a.program.name).write_bytes(data)
+    (bad / program.name).write_bytes(data)
     export.load_artifact(bad)
     plan = json.loads((bad / "plan.json").read_text())
     plan["files"]["model.onnx"] = "0" * 64

@@ -1,0 +1,215 @@
+"""The routed mode: the model cut at its gates into plain segments, and a small driver that runs them.
+
+The network is a line of pieces: embed, then per layer [router] attention (ffn | gate finish) [exit],
+then head. Four pieces end in a decision the driver takes:
+  router  "skip": score >= skip_thresholds[r] runs the attention (or the block), else jumps past it;
+  gate    "acm":  k per token; learner j runs on the tokens with k > j (gathered by the driver);
+  exit    "exit": confidence >= exit_thresholds[e] returns the exit's output, else goes on;
+  head    "end":  the output.
+A segment is every piece from a place the driver can jump to up to the next decision: one method of
+the program (no control flow inside, so XNNPACK takes all of it; tokens are a bounded dynamic size).
+Each ACM learner is a method of its own on the gathered tokens (m, d), m in 1..max tokens.
+
+The plan's "routed" section lists the segments (method, inputs, outputs, decision); `drive` executes
+it with numpy and nothing else, in a loop simple enough to port to C++ and Java. It returns what the
+in-graph mode returns: output, exit_layer (1,), skipped (L,), ks (A, T) (learners run per token, -1:
+not reached), so `verify` checks both modes the same way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from export.graph import GraphModel
+
+DECISION = {"router": "skip", "gate": "acm", "exit": "exit", "head": "end"}
+CHANGES_H = {"embed", "attention", "ffn", "finish"}
+READS_CTX = {"attention", "router", "exit", "head"}
+OUTPUTS = {"skip": ["score"], "acm": ["x", "k"], "exit": ["exit_output", "conf"], "end": ["output"]}
+
+
+@dataclass(frozen=True)
+class Piece:
+    kind: str  # embed | router | attention | ffn | gate | finish | exit | head
+    layer: int = 0  # 1-based; 0 for embed and head
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}{self.layer or ''}"
+
+
+def pieces(g: GraphModel) -> list[Piece]:
+    line = [Piece("embed")]
+    for i in range(1, len(g.layers) + 1):
+        line += [Piece("router", i)] if i in g.routers else []
+        line += [Piece("attention", i)]
+        line += [Piece("gate", i), Piece("finish", i)] if i in g.acm_index else [Piece("ffn", i)]
+        line += [Piece("exit", i)] if i in g.heads else []
+    return line + [Piece("head")]
+
+
+class Segment(nn.Module):
+    """Pieces line[start..stop] as one method: forward(*inputs) -> outputs, named by `inputs`/`outputs`."""
+
+    def __init__(self, g: GraphModel, line: list[Piece], start: int, stop: int):
+        super().__init__()
+        self.g, self.run = g, line[start:stop + 1]
+        first, last = self.run[0], self.run[-1]
+        self.reads_ctx = any(p.kind in READS_CTX for p in self.run)
+        arch = g.arch
+        if first.kind == "embed":
+            self.inputs = list(g.input_names)
+        else:
+            self.inputs = ["h"] + (["y"] if first.kind == "finish" else [])
+            self.inputs += list(arch.ctx_inputs) if self.reads_ctx else []
+        self.inputs += ["gate_bias"] if last.kind == "gate" else []
+        changes = any(p.kind in CHANGES_H for p in self.run) and last.kind != "head"
+        self.outputs = (["h"] if changes else []) + OUTPUTS[DECISION[last.kind]]
+
+    def forward(self, *args: torch.Tensor):
+        g, arch, s = self.g, self.g.arch, dict(zip(self.inputs, args))
+        ctx = arch.context(s, s["h"]) if "h" in s and self.reads_ctx else {}  # FFNs read no context
+        for p in self.run:
+            layer = g.layers[p.layer - 1] if p.layer else None
+            if p.kind == "embed":
+                s["h"], ctx = arch.embed(g.model, s)
+            elif p.kind == "router":
+                s["score"] = g.routers[p.layer](arch.pool(s["h"], ctx)).reshape(1)
+            elif p.kind == "attention":
+                s["h"] = arch.attention(layer, s["h"], ctx)
+            elif p.kind == "ffn":
+                s["h"] = arch.feed_forward(layer, s["h"], ctx)
+            elif p.kind == "gate":
+                acm, seen = g.acms[p.layer - 1], []
+                arch.feed_forward(layer, s["h"], ctx, lambda x: seen.append(x) or x)  # the ACM's input
+                s["x"] = seen[0].reshape(-1, acm.d)  # (T, d)
+                s["k"] = acm.biased(acm.gate_logits(s["x"]), s["gate_bias"][0]).argmax(-1)  # (T,)
+            elif p.kind == "finish":
+                s["h"] = arch.feed_forward(layer, s["h"], ctx, lambda x: s["y"].reshape(x.shape))
+            elif p.kind == "exit":
+                y, conf = g.heads[p.layer](arch.pool(s["h"], ctx))
+                s["exit_output"], s["conf"] = y, conf.reshape(1)
+            else:
+                s["output"] = arch.head(g.model, s["h"], ctx)
+        return tuple(s[o] for o in self.outputs)
+
+
+class Learner(nn.Module):
+    """Learner j of an ACM on gathered tokens: (m, d) -> (m, d), as two Linears of its own (weights
+    sliced out of the ACM's stacked tensors at run time would keep them from the backend's GEMMs)."""
+
+    def __init__(self, acm, j: int):
+        super().__init__()
+        self.up, self.down, self.act = nn.Linear(acm.d, acm.h), nn.Linear(acm.h, acm.d), acm.act
+        with torch.no_grad():
+            self.up.weight.copy_(acm.w1[j])
+            self.up.bias.copy_(acm.b1[j])
+            self.down.weight.copy_(acm.w2[j].t())
+            self.down.bias.copy_(acm.b2[j])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class Routed:
+    """The segments and learners of a model, and the plan's "routed" section that links them."""
+
+    def __init__(self, graph: GraphModel):
+        self.graph = g = graph
+        line = pieces(g)
+        where = {p: n for n, p in enumerate(line)}
+        stop_of = lambda n: next(q for q in range(n, len(line)) if line[q].kind in DECISION)  # noqa: E731
+        starts, todo, decisions = [], [0], {}
+        while todo:  # every place a decision can jump to starts a segment
+            n = todo.pop()
+            if n in starts:
+                continue
+            starts.append(n)
+            q = stop_of(n)
+            p = line[q]
+            d = {"kind": DECISION[p.kind], "layer": p.layer}
+            if p.kind == "router":
+                after_ffn = where[Piece("finish" if p.layer in g.acm_index else "ffn", p.layer)] + 1
+                d.update(router=g.router_index[p.layer], keep=q + 1,
+                         skip=q + 2 if g.target == "attention" else after_ffn)
+            elif p.kind == "gate":
+                d.update(acm=g.acm_index[p.layer], next=q + 1,
+                         learners=[f"learner{p.layer}_{j}" for j in range(g.acms[p.layer - 1].n)])
+            elif p.kind == "exit":
+                d.update(exit=g.exit_index[p.layer], next=q + 1)
+            decisions[n] = d
+            todo += [d[t] for t in ("keep", "skip", "next") if t in d]
+        starts.sort()
+        index = {n: s for s, n in enumerate(starts)}
+        self.modules: dict[str, nn.Module] = {}
+        self.segments = []
+        for n in starts:
+            seg = Segment(g, line, n, stop_of(n))
+            name = "_".join(p.name for p in seg.run)
+            d = {k: (index[v] if k in ("keep", "skip", "next") else v) for k, v in decisions[n].items()}
+            self.modules[name] = seg
+            self.segments.append({"method": name, "inputs": seg.inputs, "outputs": seg.outputs, "then": d})
+        for i, a in sorted(g.acm_index.items()):
+            for j in range(g.acms[i - 1].n):
+                self.modules[f"learner{i}_{j}"] = Learner(g.acms[i - 1], j)
+
+    def section(self) -> dict:
+        return {"segments": self.segments, "acms": len(self.graph.acm_index)}
+
+    def eager(self) -> Callable[[str, list[np.ndarray]], list[np.ndarray]]:
+        """call(method, arrays) through the eager modules: the reference the programs are checked against."""
+        def call(name, arrays):
+            with torch.no_grad():
+                out = self.modules[name](*(torch.from_numpy(a) for a in arrays))
+            return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+        return call
+
+
+def drive(section: dict, layers: int, call, inputs: dict[str, np.ndarray], knobs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run a routed plan: `call(method, arrays) -> arrays` runs one method of the program. Returns
+    [output, exit_layer (1,), skipped (layers,), ks (A, T)] (ks only when the model has ACMs)."""
+    values = dict(inputs)
+    segments = section["segments"]
+    exit_layer, skipped, ks = layers, np.zeros(layers, dtype=np.bool_), None
+    s = 0
+    while True:
+        seg, then = segments[s], segments[s]["then"]
+        feeds = [knobs["gate_bias"][then["acm"]:then["acm"] + 1] if n == "gate_bias" else values[n] for n in seg["inputs"]]
+        values.update(zip(seg["outputs"], call(seg["method"], feeds)))
+        kind = then["kind"]
+        if kind == "end":
+            output = values["output"]
+            break
+        if kind == "exit":
+            if values["conf"][0] >= knobs["exit_thresholds"][then["exit"]]:
+                output, exit_layer = values["exit_output"], then["layer"]
+                break
+            s = then["next"]
+        elif kind == "skip":
+            keep = values["score"][0] >= knobs["skip_thresholds"][then["router"]]
+            skipped[then["layer"] - 1] = not keep
+            s = then["keep"] if keep else then["skip"]
+        else:  # "acm": learner j runs on the tokens that chose more than j learners, its output added
+            x, k = values["x"], values["k"]
+            order = np.argsort(-k, kind="stable")  # tokens by k, most first: learner j takes a prefix
+            xs, ys = x[order], np.zeros_like(x)
+            for j, method in enumerate(then["learners"]):
+                n = int(np.count_nonzero(k > j))
+                if n:
+                    ys[:n] += call(method, [xs[:n]])[0]
+            y = np.empty_like(x)
+            y[order] = ys
+            values["y"] = y[None]
+            if ks is None:
+                ks = np.full((section["acms"], len(k)), -1, dtype=np.int64)
+            ks[then["acm"]] = k
+            s = then["next"]
+    out = [output, np.array([exit_layer], dtype=np.int64), skipped]
+    if section["acms"] and ks is None:  # no ACM was reached: every row is -1
+        ks = np.full((section["acms"], values["h"].shape[1]), -1, dtype=np.int64)
+    return out + [ks] if section["acms"] else out
