@@ -87,6 +87,83 @@ def cmd_eval(args) -> dict:
     return report
 
 
+def cmd_profile(args) -> int:
+    import profiler
+    from profiler import report as files
+
+    config = profiler.ProfileConfig(runs=args.runs, warmup=args.warmup, threads=args.threads, budget_ms=args.budget_ms,
+                                    percentile=args.percentile, ops=not args.no_ops, timeout_s=args.timeout)
+    if args.output and Path(args.output).exists() and not args.overwrite:  # before minutes of measuring
+        raise EdgeError(f"{args.output} already exists; choose another output directory or pass --overwrite")
+    report = profiler.profile(args.artifact, args.target, config, progress=not args.quiet)
+    print(json.dumps(report) if args.json else files.table(report), end="\n" if args.json else "")
+    if args.output:
+        files.write(report, args.output, args.overwrite)
+        if not args.quiet:
+            print(f"wrote {args.output}/ (report.json, report.txt, latency.png)")
+    return 1 if report["budget"] and not report["budget"]["pass"] else 0
+
+
+def _preset_inputs(artifact, text: str | None, n: int) -> list:
+    """Held-out passages (the test split) tokenized with the artifact's own tokenizer, one input each."""
+    from export.artifact import TOKENIZER
+
+    if "tokenizer" not in artifact.plan:
+        raise EdgeError(f"{artifact.path} has no tokenizer to read text with; export it with `edge export`")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(artifact.path / TOKENIZER))
+    tokens = artifact.inputs()[0].shape[1]
+    names = [s["name"] for s in artifact.plan["inputs"]]
+    out = []
+    for t in _passages(text).split("test").texts[:n]:
+        enc = tok([t], truncation=True, max_length=tokens, return_tensors="np")
+        out.append([enc[k].astype("int64") for k in names])
+    return out
+
+
+def cmd_preset(args) -> int | None:
+    from profiler import presets
+
+    if args.action == "choose":
+        from export.artifact import load_artifact
+
+        if args.budget_ms is None:
+            raise EdgeError("`edge preset choose` needs --budget-ms")
+        a = load_artifact(args.path)
+        name = args.name or presets.default_name(a.plan, args.target, args.budget_ms)
+        out = Path(args.output or Path("profiles") / f"{name}.yaml")
+        if out.exists() and not args.overwrite:  # before minutes of measuring
+            raise EdgeError(f"{out} already exists; choose another --output or pass --overwrite")
+        preset, points = presets.choose(a, args.target, args.budget_ms, _preset_inputs(a, args.text, args.texts),
+                                        args.percentile, args.runs, args.threads, name, progress=not args.quiet)
+        for p in points:
+            print(f"  {p['level']:<16} p{args.percentile:g} {p['latency_ms']:8.2f} ms   quality {p['quality']:.4f}"
+                  f"{'   Pareto' if p['pareto'] else ''}{'   <- chosen' if p['level'] == preset.level else ''}")
+        presets.save_preset(preset, out)
+        presets.plot_front(points, preset, out.with_suffix(".png"))
+        print(f"wrote {out} (level {preset.level!r}: {preset.latency_ms:.2f} ms, {preset.quality_metric} "
+              f"{preset.quality:.4f}) and {out.with_suffix('.png')}")
+    elif args.action == "list":
+        root = Path(args.path or "profiles")
+        files = sorted(root.glob("*.yaml")) if root.is_dir() else []
+        if not files:
+            raise EdgeError(f"no presets in {root}; make one with `edge preset choose`")
+        print(f"{'name':<36}{'target':<10}{'runtime':<20}{'budget':>10}{'latency':>10}{'quality':>9}  level")
+        for f in files:
+            p = presets.load_preset(f)
+            print(f"{p.name[:35]:<36}{p.target[:9]:<10}{p.runtime[:19]:<20}{p.budget_ms:>8.1f}ms{p.latency_ms:>8.2f}ms"
+                  f"{p.quality:>9.4f}  {p.level}")
+    else:
+        import yaml
+        from dataclasses import asdict
+
+        if not args.path:
+            raise EdgeError("`edge preset show` needs a preset file")
+        print(yaml.safe_dump(asdict(presets.load_preset(args.path)), sort_keys=False), end="")
+    return None
+
+
 def cmd_export(args) -> None:
     import edge
     import export
@@ -107,10 +184,21 @@ def cmd_export(args) -> None:
     if tok is None or len(tok) > model.config.vocab_size:
         raise EdgeError(f"{args.model_dir} has no tokenizer that matches the model; save the model with "
                         "edge.save(..., tokenizer=tok)")
-    text = _passages(args.text).split("test").texts[0]
-    example = dict(tok([text], padding="max_length", truncation=True, max_length=args.tokens, return_tensors="pt"))
+    passages = _passages(args.text)
+    example = dict(tok([passages.split("test").texts[0]], padding="max_length", truncation=True,
+                       max_length=args.tokens, return_tensors="pt"))
+    levels = None
+    if args.budgets:
+        from edge.io import read_meta
+
+        original, _ = edge.load_pretrained(read_meta(args.model_dir).get("base_model"))
+        calib = edge.batches(tok, passages.split("calib").texts[:args.calib], 32)
+        if not args.quiet:
+            print(f"edge export: choosing the knobs of budget levels {', '.join(f'{b:g}' for b in args.budgets)} "
+                  f"on {min(args.calib, len(passages.split('calib').texts))} calibration passages ...")
+        levels = export.budget_levels(model, original, calib, tuple(args.budgets))
     export.to_runtime(model, args.to, args.output, example, overwrite=args.overwrite, progress=not args.quiet,
-                      mode=args.mode)
+                      mode=args.mode, levels=levels, tokenizer=tok)
 
 
 def cmd_demo(args) -> None:
@@ -170,9 +258,47 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="artifact directory to write (atomically)")
     p.add_argument("--tokens", type=int, default=128, help="token count of the example input (the graph takes 2..max)")
     p.add_argument("--text", help="your own UTF-8 text file for the example input (default: Jane Austen)")
+    p.add_argument("--budgets", type=float, nargs="+",
+                   help="budget levels to record in the plan, as fractions of the original FLOPs (e.g. 1 0.75 0.5); "
+                        "each gets the knobs edge.set_budget_ picks on calibration passages")
+    p.add_argument("--calib", type=int, default=128, help="calibration passages for --budgets (default 128)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("profile", help="measure an exported artifact on a target, per budget level and branch, "
+                                       "against a latency budget (exit 1 on FAIL)")
+    p.add_argument("artifact", help="directory written by `edge export`")
+    p.add_argument("--target", default="local", help="where to measure: local (this CPU, the Python runtimes)")
+    p.add_argument("--budget-ms", type=float, help="latency budget in ms; PASS/FAIL is for the first budget level")
+    p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per budget level (default 50)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="the runtime's CPU threads (default 1)")
+    p.add_argument("--no-ops", action="store_true", help="skip the per-operator profile")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds before the measurement is stopped")
+    p.add_argument("-o", "--output", help="write report.json, report.txt and latency.png into this directory")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(fn=cmd_profile)
+
+    p = sub.add_parser("preset", help="choose a budget preset from measurements; list or show presets")
+    p.add_argument("action", choices=["choose", "list", "show"])
+    p.add_argument("path", nargs="?", help="choose: the artifact; list: a presets directory (default profiles/); "
+                                           "show: a preset file")
+    p.add_argument("--target", default="local", help="where to measure latency (default local)")
+    p.add_argument("--budget-ms", type=float, help="the latency budget the preset must meet")
+    p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per budget level (default 30)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--texts", type=int, default=64, help="held-out passages to measure quality on (default 64)")
+    p.add_argument("--text", help="your own UTF-8 text file for the held-out passages (default: Jane Austen)")
+    p.add_argument("--name", help="the preset's name (default: model-target-budget)")
+    p.add_argument("-o", "--output", help="preset file to write (default profiles/NAME.yaml; a .png of the front beside it)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_preset)
 
     p = sub.add_parser("demo", help="the main job: ACMize the embedded MiniLM and report what it keeps")
     _add_acmize_args(p, output_default=DEFAULT_OUT)
@@ -193,11 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet_third_party()
     try:
-        args.fn(args)
+        rc = args.fn(args)
     except EdgeError as e:
         print(f"edge: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edge: interrupted; nothing was written", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0

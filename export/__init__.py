@@ -14,7 +14,7 @@ import torch.nn as nn
 from export import executorch as _executorch  # noqa: F401  (registers "executorch"; imports it lazily)
 from export import onnx as _onnx  # noqa: F401  (registers "onnx"; imports ONNX Runtime lazily)
 from export.artifact import Artifact, load_artifact
-from export.lower import MODES, force_cases, to_runtime, verify
+from export.lower import MODES, budget_levels, force_cases, to_runtime, verify
 from export.runtime import RUNTIMES
 
 
@@ -32,4 +32,4 @@ def to_executorch(model: nn.Module, out: str | Path, example: dict, overwrite: b
     return to_runtime(model, "executorch", out, example, overwrite, progress, mode)
 
 
-__all__ = ["to_executorch", "Artifact", "MODES", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]
+__all__ = ["to_executorch", "Artifact", "MODES", "budget_levels", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]

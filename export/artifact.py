@@ -14,6 +14,7 @@ from edge.errors import EdgeError
 
 PLAN = "plan.json"
 CHECKS = "checks.safetensors"
+TOKENIZER = "tokenizer"  # (a directory, present when the export was given a tokenizer)
 PLAN_FORMAT = "edge-plan"
 PLAN_VERSION = 2  # 2: "methods" (one or more per program) and the routed mode
 DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
@@ -43,11 +44,28 @@ class Artifact:
         """A function list of np arrays (inputs then knobs, as the plan lists them) -> outputs.
         threads: the runtime's CPU threads (default: its own choice). In the routed mode the plan's
         driver (export.routed.drive) runs the methods."""
-        from export.routed import drive
         from export.runtime import RUNTIMES
 
+        return self._run_plan(RUNTIMES.get(self.plan["runtime"]).load(self.path, self.plan["methods"], threads))
+
+    def profiled_runner(self, threads: int | None = None):
+        """(run, ops): `runner` with the runtime's per-operator profiler on; ops() sums what ran so far."""
+        from export.runtime import RUNTIMES
+
+        methods, ops = RUNTIMES.get(self.plan["runtime"]).profile(self.path, self.plan["methods"], threads)
+        return self._run_plan(methods), ops
+
+    def inputs(self) -> list[np.ndarray]:
+        """The bundled example input (the one the export traced), in the plan's input order."""
+        from safetensors.numpy import load_file
+
+        t = load_file(str(self.path / CHECKS))
+        return [t[f"input.{s['name']}"] for s in self.plan["inputs"]]
+
+    def _run_plan(self, methods: dict):
+        from export.routed import drive
+
         plan = self.plan
-        methods = RUNTIMES.get(plan["runtime"]).load(self.path, plan["methods"], threads)
         specs = plan["inputs"] + plan["knobs"]
         if plan["mode"] == "graph":
             run = methods["forward"]

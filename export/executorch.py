@@ -69,6 +69,54 @@ def load(directory: Path, files: dict[str, str], threads: int | None = None) -> 
     return runs
 
 
+def profile(directory: Path, files: dict[str, str], threads: int | None = None):
+    """ExecuTorch's ETDump: every operator the program runs is an event (XNNPACK's own operators
+    inside a delegate call too), read back with the devtools Inspector."""
+    import tempfile
+
+    from executorch.extension.pybindings import portable_lib
+
+    if threads:
+        portable_lib._unsafe_reset_threadpool(threads)
+    modules = {}
+    for name in sorted(set(files.values())):
+        try:
+            modules[name] = portable_lib._load_for_executorch(str(Path(directory) / name), enable_etdump=True)
+        except Exception as e:
+            raise EdgeError(f"{Path(directory) / name} is not a loadable ExecuTorch program ({str(e).splitlines()[0][:200]})") from None
+
+    def runner(module, method):
+        def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            outs = module.run_method(method, tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in inputs))
+            return [o.numpy() for o in outs]
+        return run
+
+    def ops() -> dict:
+        from executorch.devtools import Inspector
+
+        table, total, delegated = {}, 0.0, 0.0
+        for name, module in modules.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                module.write_etdump_result_to_file(f"{tmp}/etdump.etdp")
+                df = Inspector(etdump_path=f"{tmp}/etdump.etdp").to_dataframe()
+            for _, e in df[df["event_block_name"] == "Execute"].iterrows():
+                ms = float(sum(e["raw"]))
+                if e["event_name"] == "Method::execute":
+                    total += ms
+                elif e["event_name"] == "DELEGATE_CALL":
+                    delegated += ms
+                elif e["event_name"] != "OPERATOR_CALL":  # (that one wraps each native_call_*)
+                    backend = "XnnpackBackend" if e["is_delegated_op"] else "portable kernels"
+                    op = e["event_name"].split(" #")[0].removeprefix("native_call_").removesuffix(".out")
+                    row = table.setdefault((op, backend), {"op": op, "backend": backend, "ms": 0.0, "calls": 0})
+                    row["ms"] += ms
+                    row["calls"] += len(e["raw"])
+        rows = sorted(table.values(), key=lambda r: -r["ms"])
+        return {"ops": rows, "total_ms": total, "delegated_ms": delegated, "backends": sorted({r["backend"] for r in rows})}
+
+    return {m: runner(modules[f], m) for m, f in files.items()}, ops
+
+
 def stats(directory: Path, files: dict[str, str]) -> dict:
     from executorch.exir._serialize._program import deserialize_pte_binary
 
@@ -83,4 +131,4 @@ def stats(directory: Path, files: dict[str, str]) -> dict:
             "delegates": kinds.count("DelegateCall"), "kernels": len(ops)}
 
 
-EXECUTORCH = RUNTIMES.register("executorch")(Runtime("executorch", "routed", lower, load, stats))
+EXECUTORCH = RUNTIMES.register("executorch")(Runtime("executorch", "executorch", "routed", lower, load, profile, stats))

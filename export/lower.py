@@ -13,7 +13,7 @@ import torch.nn as nn
 import edge
 from edge.errors import EdgeError
 from edge.io import atomic_dir, write_json_atomic
-from export.artifact import CHECKS, PLAN, PLAN_FORMAT, PLAN_VERSION, Artifact, load_artifact, sha256
+from export.artifact import CHECKS, PLAN, TOKENIZER, PLAN_FORMAT, PLAN_VERSION, Artifact, load_artifact, sha256
 from export.graph import GraphModel
 from export.routed import Routed, Segment
 from export.runtime import RUNTIMES
@@ -100,13 +100,47 @@ def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, ma
     return eps
 
 
+def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
+                  budgets: tuple[float, ...] = (1.0, 0.75, 0.5)) -> list[dict]:
+    """The plan's budget levels: for each FLOP budget (a fraction of the original model's FLOPs), the
+    knob setting that edge.set_budget_ would pick on `calib` (one sweep serves every budget), with
+    the FLOPs and quality it measured there. Pass the result to to_runtime(levels=...)."""
+    from edge.depth import Setting, apply_setting_, choose, sweep
+
+    for b in budgets:
+        if not (isinstance(b, (int, float)) and 0.0 < b <= 1.0):
+            raise EdgeError(f"a budget level must be in (0, 1], got {b!r}")
+    rows = sweep(copy.deepcopy(model), original, calib)
+    levels = []
+    for b in sorted(set(budgets), reverse=True):
+        best = choose(rows, b)
+        m = copy.deepcopy(model)
+        apply_setting_(m, Setting(best["exit_threshold"], best["skip_threshold"], best["acm_budget"]), calib)
+        knobs = GraphModel(m).knobs()
+        levels.append({"name": f"budget {b:g}", "budget": b, "flops_frac": round(best["flops_frac"], 4),
+                       "calib_quality": round(best["quality"], 4), **{k: v.tolist() for k, v in knobs.items()}})
+    return levels
+
+
+def _check_levels(levels: list[dict], own: dict) -> list[dict]:
+    for level in levels:
+        bad = [k for k, v in own.items() if k not in level or torch.tensor(level[k]).shape != v.shape]
+        if not isinstance(level.get("name"), str) or bad:
+            raise EdgeError(f"budget level {level.get('name')!r} must have a name and the knobs "
+                            f"{', '.join(f'{k} {tuple(v.shape)}' for k, v in own.items())}; wrong: {', '.join(bad) or 'name'}")
+    return levels
+
+
 def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, overwrite: bool = False,
-               progress: bool = True, mode: str | None = None) -> Artifact:
+               progress: bool = True, mode: str | None = None, levels: list[dict] | None = None,
+               tokenizer=None) -> Artifact:
     """Export `model` (with its exits, skip routers and ACMs) to `runtime`, keeping the control flow,
     into directory `out` (written atomically): the program, plan.json and checks.safetensors (inputs
     forcing every branch, with eager PyTorch's outputs). mode "graph": one program with the control
     flow inside (cond/If, gathers); "routed": plain segments between the gates, run by the plan's
-    driver (export.routed); None: the runtime's default (the faster one, measured). The export fails, writing nothing, if the artifact differs from eager on
+    driver (export.routed); None: the runtime's default (the faster one, measured). levels: the
+    budget levels a profiler sweeps (budget_levels(...)); default: the model's own setting. tokenizer:
+    saved into the artifact (tokenizer/) for runners that start from text. The export fails, writing nothing, if the artifact differs from eager on
     any branch.
 
     >>> import edge, tempfile, export
@@ -124,6 +158,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     graph = GraphModel(exportable(model))
     args = _inputs(graph, example)
     own = graph.knobs()
+    levels = _check_levels(levels, own) if levels else [{"name": "exported", **{k: v.tolist() for k, v in own.items()}}]
     arch = graph.arch
     n_tok = args[0].shape[1] if arch.seq_inputs else None
     max_tok = int(getattr(model.config, "max_position_embeddings", 512))
@@ -155,6 +190,9 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
         from safetensors.torch import save_file
 
         save_file(tensors, str(tmp / CHECKS))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / TOKENIZER))
+        extra = sorted(str(f.relative_to(tmp)) for f in (tmp / TOKENIZER).rglob("*") if f.is_file()) if tokenizer is not None else []
         plan = {
             "format": PLAN_FORMAT, "version": PLAN_VERSION, "edge_version": edge.__version__,
             "runtime": runtime, "mode": mode, "methods": methods,
@@ -171,9 +209,10 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
                          for i, j in sorted(graph.acm_index.items())],
             },
             **({"routed": Routed(graph).section()} if mode == "routed" else {}),
-            "budget_levels": [{"name": "exported", **{k: v.tolist() for k, v in own.items()}}],
+            "budget_levels": levels,
             "checks": checks, "tolerance": TOLERANCE,
-            "files": {f: sha256(tmp / f) for f in sorted({*methods.values(), CHECKS})},
+            **({"tokenizer": TOKENIZER} if tokenizer is not None else {}),
+            "files": {f: sha256(tmp / f) for f in sorted({*methods.values(), CHECKS, *extra})},
         }
         write_json_atomic(tmp / PLAN, plan)
         say(f"edge export: checking {len(cases)} branch-forcing cases against eager ...")

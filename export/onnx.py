@@ -23,26 +23,68 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
     return files
 
 
-def load(directory: Path, files: dict[str, str], threads: int | None = None) -> dict:
+PROVIDER = "CPUExecutionProvider"
+
+
+def _sessions(directory: Path, files: dict[str, str], threads: int | None, profile: bool = False) -> dict:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_profiling = profile
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    runs = {}
+    sessions = {}
     for method, name in files.items():
         path = Path(directory) / name
         try:
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
             raise EdgeError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]}); export it again") from None
+        if session.get_providers()[0] != PROVIDER:  # a silent fallback would measure something else
+            raise EdgeError(f"ONNX Runtime runs {path} on {session.get_providers()}, not {PROVIDER}")
+        sessions[method] = session
+    return sessions
 
-        def run(inputs: list[np.ndarray], session=session, names=[i.name for i in session.get_inputs()]) -> list[np.ndarray]:
-            return session.run(None, dict(zip(names, inputs)))
 
-        runs[method] = run
-    return runs
+def _runner(session):
+    names = [i.name for i in session.get_inputs()]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return session.run(None, dict(zip(names, inputs)))
+
+    return run
+
+
+def load(directory: Path, files: dict[str, str], threads: int | None = None) -> dict:
+    return {m: _runner(s) for m, s in _sessions(directory, files, threads).items()}
+
+
+def profile(directory: Path, files: dict[str, str], threads: int | None = None):
+    """ONNX Runtime's profiler: a Chrome-trace JSON per session; every "Node" event is one operator
+    run, with its op type, execution provider and duration."""
+    import json
+
+    sessions = _sessions(directory, files, threads, profile=True)
+
+    def ops() -> dict:
+        table, total = {}, 0.0
+        for session in sessions.values():
+            with open(session.end_profiling()) as f:
+                events = json.load(f)
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    key = (e["args"]["op_name"], e["args"].get("provider", "?"))
+                    row = table.setdefault(key, {"op": key[0], "backend": key[1], "ms": 0.0, "calls": 0})
+                    row["ms"] += e["dur"] / 1000
+                    row["calls"] += 1
+                elif e.get("cat") == "Session" and e["name"] == "model_run":
+                    total += e["dur"] / 1000
+        rows = sorted(table.values(), key=lambda r: -r["ms"])
+        return {"ops": rows, "total_ms": total, "delegated_ms": 0.0,
+                "backends": sorted({r["backend"] for r in rows})}
+
+    return {m: _runner(s) for m, s in sessions.items()}, ops
 
 
 def stats(directory: Path, files: dict[str, str]) -> dict:
@@ -59,4 +101,4 @@ def stats(directory: Path, files: dict[str, str]) -> dict:
     return {"branches": found.count("If"), "gathers": found.count("NonZero"), "delegates": 0, "kernels": 0}
 
 
-ONNX = RUNTIMES.register("onnx")(Runtime("onnx", "graph", lower, load, stats))
+ONNX = RUNTIMES.register("onnx")(Runtime("onnx", "onnxruntime", "graph", lower, load, profile, stats))

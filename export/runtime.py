@@ -23,14 +23,19 @@ class Runtime:
     lower(eps, directory, control_flow) -> {method: file}: write the ExportedPrograms {method: ep} into
       the directory (control_flow: the programs hold torch.cond);
     load(directory, {method: file}, threads=None) -> {method: run}, run(list of np arrays) -> list;
+    profile(directory, {method: file}, threads=None) -> ({method: run}, ops): load with the runtime's
+      own per-operator profiler on; ops() -> {"ops": [{"op", "backend", "ms", "calls"}] summed over the
+      runs so far, "total_ms", "delegated_ms", "backends": what ran the work};
     stats(directory, {method: file}) -> {"branches": conditional jumps / If nodes, "gathers": NonZero
       ops, "delegates": calls into a backend delegate (0 without one), "kernels": operators run
       outside a delegate (ExecuTorch; 0 for ONNX)}: what the program keeps, for tests and benchmarks."""
 
     name: str
+    package: str  # the PyPI distribution of the runtime (its version goes into profiles)
     mode: str  # the export mode it gets by default: the faster one in bench/export_speed.py
     lower: Callable[[dict[str, torch.export.ExportedProgram], Path, bool], dict[str, str]]
     load: Callable[..., dict[str, Run]]
+    profile: Callable[..., tuple[dict[str, Run], Callable[[], dict]]]
     stats: Callable[[Path, dict[str, str]], dict]
 
 

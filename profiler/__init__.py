@@ -1,0 +1,143 @@
+"""profiler: what an exported artifact costs on a target, at each of its budget levels and on each
+branch, against a latency budget; and presets chosen from those measurements (profiler.presets).
+
+    import profiler
+    report = profiler.profile("out/minilm-pte", "local", profiler.ProfileConfig(budget_ms=20))
+    report["budget"]["pass"], report["levels"][0]["stats"]["p90"]
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import EdgeError
+from profiler.targets import TARGETS, target_for
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """runs/warmup: timed and untimed runs per budget level; branch_runs: timed runs per branch-forcing
+    case; threads: the runtime's CPU threads; budget_ms at percentile (e.g. 90: p90 <= budget);
+    ops: also run the runtime's per-operator profiler; timeout_s: the whole measurement's limit."""
+
+    runs: int = 50
+    warmup: int = 5
+    branch_runs: int = 10
+    threads: int = 1
+    budget_ms: float | None = None
+    percentile: float = 90.0
+    ops: bool = True
+    timeout_s: float = 600.0
+
+    def __post_init__(self):
+        for name, low in (("runs", 1), ("warmup", 0), ("branch_runs", 0), ("threads", 1)):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
+                raise EdgeError(f"ProfileConfig.{name} must be an integer >= {low}, got {v!r}")
+        if self.budget_ms is not None and not (isinstance(self.budget_ms, (int, float)) and 0 < self.budget_ms < 1e6):
+            raise EdgeError(f"ProfileConfig.budget_ms must be a positive number of milliseconds, got {self.budget_ms!r}")
+        if not (isinstance(self.percentile, (int, float)) and 0 < self.percentile <= 100):
+            raise EdgeError(f"ProfileConfig.percentile must be in (0, 100], got {self.percentile!r}")
+        if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
+            raise EdgeError(f"ProfileConfig.timeout_s must be positive, got {self.timeout_s!r}")
+
+    def options(self) -> list[str]:
+        """The measuring side's command-line options."""
+        return ["--runs", str(self.runs), "--warmup", str(self.warmup), "--threads", str(self.threads),
+                "--branch-runs", str(self.branch_runs), *([] if self.ops else ["--no-ops"])]
+
+
+def stats(ms: list[float], percentile: float = 90.0) -> dict:
+    a = np.asarray(ms, dtype=float)
+    return {"n": len(a), "p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "min": float(a.min()), "max": float(a.max()),
+            "mean": float(a.mean()), f"at_p{percentile:g}": float(np.percentile(a, percentile))}
+
+
+def summarize(records: list[dict], config: ProfileConfig, plan: dict, target: dict) -> dict:
+    """The report from the measuring side's records (possibly cut short)."""
+    pct, budget = config.percentile, config.budget_ms
+    key = f"at_p{pct:g}"
+    by = lambda kind: [r for r in records if r["kind"] == kind]  # noqa: E731
+    levels = [{"name": r["name"], "stats": stats(r["ms"], pct), "branch": r["branch"]} for r in by("level")]
+    for level in levels:
+        level["budget_pass"] = None if budget is None else level["stats"][key] <= budget
+    ops = (by("ops") or [None])[0]
+    if ops:
+        ops = {**ops, "per_run_ms": ops["total_ms"] / ops["runs"],
+               "delegate_share": ops["delegated_ms"] / ops["total_ms"] if ops["total_ms"] else 0.0}
+    report = {
+        "target": target, "device": (by("device") or [{}])[0],
+        "artifact": {"runtime": plan["runtime"], "mode": plan["mode"], "model": plan["model"]},
+        "config": asdict(config), "levels": levels,
+        "branches": [{"case": r["case"], "stats": stats(r["ms"], pct), "branch": r["branch"]}
+                     for r in by("branch") if r["ms"]],
+        "ops": ops, "memory": (by("memory") or [None])[0],
+        "budget": None if budget is None else {
+            "ms": budget, "percentile": pct, "pass": bool(levels) and levels[0]["budget_pass"],
+            "passing_levels": [lv["name"] for lv in levels if lv["budget_pass"]]},
+        "complete": any(r["kind"] == "memory" for r in records),
+    }
+    errors = by("error")
+    if errors:
+        report["error"] = errors[0]["message"]
+    return report
+
+
+def profile(artifact: str | Path, target: str = "local", config: ProfileConfig = ProfileConfig(),
+            progress: bool = True) -> dict:
+    """Measure `artifact` on `target` at every budget level of its plan (and each branch-forcing case):
+    latency percentiles, the branch taken, the per-operator profile, peak memory, and PASS/FAIL of
+    the first level (the artifact's default setting) against config.budget_ms at config.percentile.
+    A failure part-way keeps the records measured so far (report["complete"] False, report["error"]).
+
+    >>> import edge, export, profiler, tempfile
+    >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
+    >>> a = export.to_onnx(model, tempfile.mkdtemp() + "/m", batch, progress=False)
+    >>> r = profiler.profile(a.path, "local", profiler.ProfileConfig(runs=5, budget_ms=1000), progress=False)
+    >>> r["budget"]["pass"], r["levels"][0]["stats"]["n"]
+    (True, 5)
+    """
+    from export.artifact import load_artifact
+
+    a = load_artifact(artifact)
+    t = target_for(target)
+    say = print if progress else (lambda *a, **k: None)
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        results = work / "results.jsonl"
+        seen = [0]
+
+        def watch():
+            if not results.exists():
+                return
+            lines = results.read_text().splitlines()
+            for line in lines[seen[0]:]:
+                r = json.loads(line)
+                if r["kind"] in ("level", "branch"):
+                    say(f"  {r['kind']} {r.get('name') or r.get('case')}: median {np.median(r['ms']):.2f} ms over {len(r['ms'])} runs")
+            seen[0] = len(lines)
+
+        say(f"edge profile: {a.path} ({a.plan['runtime']}, {a.plan['mode']} mode) on {target}, "
+            f"{len(a.plan['budget_levels'])} budget levels, {config.runs} runs each ...")
+        remote = t.push(a.path, work)
+        error = None
+        try:
+            t.run(remote, results, config.options(), config.timeout_s, watch if progress else None)
+        except EdgeError as e:
+            error = str(e)
+        local = t.pull(results, work / "pulled.jsonl") if results.exists() or error is None else None
+        records = [json.loads(line) for line in local.read_text().splitlines()] if local and local.exists() else []
+    report = summarize(records, config, a.plan, t.describe())
+    if error:
+        report["error"] = error
+    if not report["levels"]:
+        raise EdgeError(report.get("error") or f"profiling {a.path} on {target} gave no measurement")
+    return report
+
+
+__all__ = ["ProfileConfig", "TARGETS", "profile", "stats", "summarize"]

@@ -1,0 +1,236 @@
+"""Budget presets: the knob setting of an artifact chosen, from measurements on a target, as the most
+accurate one that meets a latency budget; saved as YAML (profiles/*.yaml) and applied at run time.
+
+    preset, front = choose(artifact, "local", budget_ms=12)      # measures latency and quality
+    save_preset(preset, "profiles/minilm-host-interactive.yaml")
+    run(inputs + apply_preset(load_preset(path), artifact))      # the knobs, in the plan's order
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import EdgeError
+
+QUALITY = {"embedding": "cos_to_full", "logits": "agreement_with_full"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """name; target ("local", ...) and device (what it was measured on); runtime, mode, threads;
+    budget_ms at percentile; level: the plan's budget level chosen and knobs: its knob values;
+    latency_ms: measured at that percentile; quality: measured on held-out inputs against the
+    artifact's full path (quality_metric); measured: the date; edge_version; artifact: the SHA-256 of
+    the plan it belongs to."""
+
+    name: str
+    target: str
+    device: str
+    runtime: str
+    mode: str
+    threads: int
+    budget_ms: float
+    percentile: float
+    level: str
+    knobs: dict
+    latency_ms: float
+    quality: float
+    quality_metric: str
+    measured: str
+    edge_version: str
+    artifact: str
+
+    def __post_init__(self):
+        for f in ("name", "target", "device", "runtime", "mode", "level", "quality_metric", "measured",
+                  "edge_version", "artifact"):
+            if not isinstance(getattr(self, f), str) or not getattr(self, f):
+                raise EdgeError(f"preset field {f} must be a non-empty string, got {getattr(self, f)!r}")
+        if not (isinstance(self.threads, int) and self.threads >= 1):
+            raise EdgeError(f"preset field threads must be an integer >= 1, got {self.threads!r}")
+        for f, hi in (("budget_ms", 1e6), ("percentile", 100), ("latency_ms", 1e6)):
+            v = getattr(self, f)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= hi):
+                raise EdgeError(f"preset field {f} must be a number in (0, {hi:g}], got {v!r}")
+        if not (isinstance(self.quality, (int, float)) and math.isfinite(self.quality)):
+            raise EdgeError(f"preset field quality must be a finite number, got {self.quality!r}")
+        if not (isinstance(self.knobs, dict) and all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
+                for k, v in self.knobs.items())):
+            raise EdgeError("preset field knobs must map knob names to lists of numbers")
+
+    @classmethod
+    def from_dict(cls, d) -> "Preset":
+        if not isinstance(d, dict):
+            raise EdgeError("a preset must be a YAML mapping of its fields")
+        known = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(d) - known), sorted(known - set(d))
+        if unknown or missing:
+            raise EdgeError(f"preset fields: unknown {unknown or 'none'}, missing {missing or 'none'}; "
+                            f"a preset has {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+def save_preset(preset: Preset, path: str | Path) -> Path:
+    """Write the preset as YAML, atomically (a temporary file, then a rename)."""
+    import os
+
+    import yaml
+
+    from edge.io import usual_modes_
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(asdict(preset), f, sort_keys=False)
+        usual_modes_(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_preset(path: str | Path) -> Preset:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeError(f"{path}: no such preset file; `edge preset list` shows the presets in profiles/")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise EdgeError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix it or choose the preset again") from None
+    try:
+        return Preset.from_dict(data)
+    except EdgeError as e:
+        raise EdgeError(f"{path}: {e}") from None
+
+
+def apply_preset(preset: Preset, artifact) -> list[np.ndarray]:
+    """The preset's knobs as the artifact's knob inputs (in the plan's order); refuses a preset made
+    for another artifact."""
+    from export.artifact import load_artifact
+
+    a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
+    if preset.artifact != plan_digest(a.plan):
+        raise EdgeError(f"preset {preset.name!r} was chosen for another artifact (plan digest differs); "
+                        "choose it again for this one with `edge preset choose`")
+    return [np.asarray(preset.knobs[s["name"]], dtype=np.float32).reshape(s["shape"]) for s in a.plan["knobs"]]
+
+
+def plan_digest(plan: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(plan["files"], sort_keys=True).encode()).hexdigest()
+
+
+def level_quality(artifact, inputs: list[list[np.ndarray]], threads: int = 1) -> dict[str, float]:
+    """Quality of every budget level on held-out inputs (lists of the model's input arrays), against
+    the artifact's own full path (every exit closed, every router open, every learner run): mean
+    cosine for embeddings, argmax agreement for logits. Runs here, with the artifact itself."""
+    from export.lower import FORCE
+    from profiler.measure import knob_arrays
+
+    a = artifact
+    plan = a.plan
+    run = a.runner(threads)
+    every_gate_open = {"exit_thresholds": 1.0, "skip_thresholds": 0.0, "gate_bias": -FORCE}  # (k = N everywhere)
+    full_knobs = [np.full(s["shape"], every_gate_open[s["name"]], dtype=np.float32) for s in plan["knobs"]]
+    full = np.concatenate([run(x + full_knobs)[0] for x in inputs])
+    kind = plan["model"]["output_kind"]
+    out = {}
+    for level in plan["budget_levels"]:
+        got = np.concatenate([run(x + knob_arrays(plan, level))[0] for x in inputs])
+        if kind == "logits":
+            out[level["name"]] = float((got.argmax(-1) == full.argmax(-1)).mean())
+        else:
+            cos = (got * full).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(full, axis=-1) + 1e-12)
+            out[level["name"]] = float(cos.mean())
+    return out
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """The points no other point beats on both latency (lower) and quality (higher), fastest first."""
+    front, best = [], -math.inf
+    for p in sorted(points, key=lambda p: (p["latency_ms"], -p["quality"])):
+        if p["quality"] > best:
+            front.append(p)
+            best = p["quality"]
+    return front
+
+
+def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray]], percentile: float = 90.0,
+           runs: int = 30, threads: int = 1, name: str | None = None, progress: bool = True) -> tuple[Preset, list[dict]]:
+    """Sweep the artifact's budget levels on `target` (latency at `percentile`) and on held-out
+    `inputs` here (quality), and pick the most accurate level whose latency meets `budget_ms`.
+    Returns (preset, points), points: every level's {level, latency_ms, quality, pareto}."""
+    import edge
+    import profiler
+    from export.artifact import load_artifact
+
+    a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
+    if not inputs:
+        raise EdgeError("choosing a preset needs held-out inputs to measure quality on")
+    config = profiler.ProfileConfig(runs=runs, threads=threads, budget_ms=budget_ms, percentile=percentile,
+                                    ops=False, branch_runs=0)
+    report = profiler.profile(a.path, target, config, progress=progress)
+    quality = level_quality(a, inputs, threads)
+    key = f"at_p{percentile:g}"
+    points = [{"level": lv["name"], "latency_ms": lv["stats"][key], "quality": quality[lv["name"]]}
+              for lv in report["levels"]]
+    front = {p["level"] for p in pareto(points)}
+    for p in points:
+        p["pareto"] = p["level"] in front
+    ok = [p for p in points if p["latency_ms"] <= budget_ms]
+    if not ok:
+        fastest = min(points, key=lambda p: p["latency_ms"])
+        raise EdgeError(f"no budget level meets {budget_ms:g} ms at p{percentile:g} on {target}: the fastest, "
+                        f"{fastest['level']!r}, takes {fastest['latency_ms']:.2f} ms; raise the budget or export "
+                        "with lower budget levels (edge export --budgets ...)")
+    best = max(ok, key=lambda p: (p["quality"], -p["latency_ms"]))
+    level = next(lv for lv in a.plan["budget_levels"] if lv["name"] == best["level"])
+    device = report["device"]
+    preset = Preset(
+        name=name or default_name(a.plan, target, budget_ms),
+        target=target, device=f"{device.get('cpu', '?')} ({device.get('machine', '?')}, {device.get('cores', '?')} cores)",
+        runtime=f"{a.plan['runtime']} {device.get('runtime_version', '')}".strip(), mode=a.plan["mode"],
+        threads=threads, budget_ms=float(budget_ms), percentile=float(percentile), level=best["level"],
+        knobs={s["name"]: [float(v) for v in np.ravel(level[s["name"]])] for s in a.plan["knobs"]},
+        latency_ms=round(best["latency_ms"], 4), quality=round(best["quality"], 5),
+        quality_metric=QUALITY[a.plan["model"]["output_kind"]], measured=datetime.date.today().isoformat(),
+        edge_version=edge.__version__, artifact=plan_digest(a.plan))
+    return preset, points
+
+
+def default_name(plan: dict, target: str, budget_ms: float) -> str:
+    return f"{plan['model']['type']}-{plan['runtime']}-{target.split(':')[0]}-{budget_ms:g}ms"
+
+
+def plot_front(points: list[dict], preset: Preset, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.scatter([p["latency_ms"] for p in points], [p["quality"] for p in points], c="gray", label="budget levels")
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["latency_ms"])
+    ax.plot([p["latency_ms"] for p in front], [p["quality"] for p in front], "b-o", label="Pareto front")
+    for p in points:
+        ax.annotate(p["level"], (p["latency_ms"], p["quality"]), fontsize=7)
+    ax.axvline(preset.budget_ms, color="red", label=f"budget {preset.budget_ms:g} ms")
+    ax.scatter([preset.latency_ms], [preset.quality], marker="*", s=200, c="gold", edgecolors="k", label="chosen", zorder=3)
+    ax.set_xlabel(f"latency p{preset.percentile:g} (ms) on {preset.target}")
+    ax.set_ylabel(preset.quality_metric)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

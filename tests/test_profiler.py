@@ -1,0 +1,123 @@
+"""The profiler on the local target for every registered runtime (real artifacts, the real runtimes,
+the measuring side in a real subprocess), its reports and failures; presets chosen, saved, applied."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+import export
+import profiler
+from edge.errors import EdgeError
+from profiler import presets
+from tests.test_export import adaptive
+
+RUNTIMES = export.RUNTIMES.names()
+
+
+def levels_for(model):
+    """Two budget levels: 'full' (no exit, no skip, every learner) and 'fast' (exit after layer 1)."""
+    from export.graph import GraphModel
+
+    own = {k: v.tolist() for k, v in GraphModel(model).knobs().items()}
+    full = {"exit_thresholds": [1.0], "skip_thresholds": [0.0, 0.0], "gate_bias": [b - 1e4 for b in own["gate_bias"]]}
+    return [{"name": "full", **full}, {"name": "fast", **own, "exit_thresholds": [0.0]}]
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def artifact(request, tmp_path_factory):
+    model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True, threshold=1.0)
+    out = tmp_path_factory.mktemp(request.param) / "a"
+    return export.to_runtime(model, request.param, out, batch, progress=False, levels=levels_for(model))
+
+
+def test_profile_reports_levels_branches_ops_and_budget(artifact):
+    r = profiler.profile(artifact.path, "local", profiler.ProfileConfig(runs=5, branch_runs=2, budget_ms=1e4), progress=False)
+    assert r["complete"] and "error" not in r
+    assert [lv["name"] for lv in r["levels"]] == ["full", "fast"]
+    assert r["levels"][0]["branch"]["exit_layer"] == 2 and r["levels"][1]["branch"]["exit_layer"] == 1
+    s = r["levels"][0]["stats"]
+    assert s["n"] == 5 and 0 < s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
+    assert [b["case"] for b in r["branches"]] == [c["case"] for c in artifact.plan["checks"]]
+    assert {b["branch"]["exit_layer"] for b in r["branches"]} == {1, 2}
+    ops = r["ops"]
+    assert ops["ops"] and ops["total_ms"] > 0 and sum(o["calls"] for o in ops["ops"]) > 0
+    want = {"onnx": {"CPUExecutionProvider"}, "executorch": {"XnnpackBackend", "portable kernels"}}[artifact.plan["runtime"]]
+    assert set(ops["backends"]) == want  # what really ran the work, read from the runtime's profiler
+    if artifact.plan["runtime"] == "executorch":
+        assert 0 < ops["delegate_share"] < 1
+    assert r["memory"]["peak_rss_mb"] >= r["memory"]["rss_at_start_mb"] > 0
+    assert r["budget"]["pass"] and r["budget"]["passing_levels"] == ["full", "fast"]
+    tight = profiler.summarize([{"kind": "level", "name": "full", "ms": [2.0, 3.0], "branch": {}}],
+                               profiler.ProfileConfig(budget_ms=2.5, percentile=50), artifact.plan, {"target": "local"})
+    assert tight["budget"]["pass"] is True  # p50 2.5 <= 2.5 is a pass; the check can fail:
+    tight = profiler.summarize([{"kind": "level", "name": "full", "ms": [2.0, 3.0], "branch": {}}],
+                               profiler.ProfileConfig(budget_ms=2.4, percentile=50), artifact.plan, {"target": "local"})
+    assert tight["budget"]["pass"] is False and tight["levels"][0]["stats"]["at_p50"] == 2.5
+
+
+def test_a_measurement_cut_short_keeps_its_results(artifact):
+    """A timeout kills the measuring process; the levels it finished are reported, marked incomplete."""
+    config = profiler.ProfileConfig(runs=2, warmup=0, branch_runs=10**7, ops=False, timeout_s=25)
+    r = profiler.profile(artifact.path, "local", config, progress=False)
+    assert not r["complete"] and "did not finish in 25 s" in r["error"]
+    assert [lv["name"] for lv in r["levels"]] == ["full", "fast"]
+
+
+def edge_cli(*args):
+    return subprocess.run([sys.executable, "-m", "edge", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_profile_cli(artifact, tmp_path):
+    r = edge_cli("profile", artifact.path, "--runs", "3", "--budget-ms", "1e-6", "--no-ops", "-o", tmp_path / "p", "--quiet")
+    assert r.returncode == 1, r.stderr  # FAIL against an impossible budget
+    assert "FAIL: level 'full'" in r.stdout
+    assert {f.name for f in (tmp_path / "p").iterdir()} == {"report.json", "report.txt", "latency.png"}
+    assert json.loads((tmp_path / "p" / "report.json").read_text())["budget"]["pass"] is False
+    r = edge_cli("profile", artifact.path, "--runs", "3", "--budget-ms", "1e4", "--no-ops", "--json", "--quiet")
+    assert r.returncode == 0 and json.loads(r.stdout)["budget"]["pass"] is True
+    for args, needle in [([tmp_path / "nothing"], "not an edge artifact"),
+                         ([artifact.path, "--runs", "0"], "runs must be an integer >= 1"),
+                         ([artifact.path, "--budget-ms", "-3"], "budget_ms must be a positive"),
+                         ([artifact.path, "--target", "ssh://pi@10.0.0.2"], "unknown profiling target 'ssh'; known: local"),
+                         ([artifact.path, "-o", tmp_path / "p"], "already exists")]:
+        r = edge_cli("profile", *args, "--quiet")
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_pareto_front():
+    pts = [{"level": "a", "latency_ms": 1.0, "quality": 0.5}, {"level": "b", "latency_ms": 2.0, "quality": 0.9},
+           {"level": "c", "latency_ms": 3.0, "quality": 0.8}, {"level": "d", "latency_ms": 4.0, "quality": 1.0}]
+    assert [p["level"] for p in presets.pareto(pts)] == ["a", "b", "d"]
+
+
+def test_preset_choose_save_load_apply(artifact, tmp_path):
+    batch_inputs = [[np.random.default_rng(i).integers(3, 100, (1, 10)).astype(np.int64), np.ones((1, 10), np.int64)]
+                    for i in range(4)]
+    preset, points = presets.choose(artifact, "local", 1e4, batch_inputs, runs=3, progress=False)
+    quality = {p["level"]: p["quality"] for p in points}
+    assert quality["full"] == pytest.approx(1.0, abs=1e-5) and quality["fast"] < 0.999
+    assert preset.level == "full" and preset.quality == pytest.approx(1.0, abs=1e-5)  # the most accurate within budget
+    assert preset.knobs["exit_thresholds"] == [1.0] and preset.runtime.startswith(artifact.plan["runtime"])
+    with pytest.raises(EdgeError, match="no budget level meets 1e-06 ms"):
+        presets.choose(artifact, "local", 1e-6, batch_inputs, runs=2, progress=False)
+    path = presets.save_preset(preset, tmp_path / "p.yaml")
+    again = presets.load_preset(path)
+    assert again == preset
+    knobs = presets.apply_preset(again, artifact)  # the preset sets the knobs at run time
+    out = artifact.runner()(list(artifact.inputs()) + knobs)
+    assert int(out[1][0]) == 2
+    other = dict(yaml.safe_load(path.read_text()), artifact="0" * 64)
+    with pytest.raises(EdgeError, match="chosen for another artifact"):
+        presets.apply_preset(presets.Preset.from_dict(other), artifact)
+    for text, needle in [("{not: yaml: at all", "is not valid YAML"), ("- a\n- b\n", "must be a YAML mapping"),
+                         (yaml.safe_dump({**yaml.safe_load(path.read_text()), "colour": "red"}), "unknown ['colour']"),
+                         (yaml.safe_dump({**yaml.safe_load(path.read_text()), "budget_ms": -1}), "budget_ms must be a number")]:
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(EdgeError, match=__import__("re").escape(needle)):
+            presets.load_preset(tmp_path / "bad.yaml")
+    with pytest.raises(EdgeError, match="no such preset file"):
+        presets.load_preset(tmp_path / "missing.yaml")
