@@ -326,4 +326,4 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge: interrupted; nothing was written", file=sys.stderr)
         return 130
-    return rc or 0
+    return rc if isinstance(rc, int) else 0  # (a command may return its report)

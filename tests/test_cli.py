@@ -46,6 +46,19 @@ def test_acmize_then_eval_on_the_real_model(tmp_path):
     assert len(plan["control_flow"]["acms"]) == 6 and plan["inputs"][0]["shape"] == [1, "tokens"]
     r = edge_cli("export", out, "--to", "onnx", "-o", tmp_path / "onnx", "--quiet")
     assert_user_error(r, "already exists")
+    # a preset chosen for it from measurements: latency here, quality on held-out passages
+    presets = tmp_path / "presets"
+    r = edge_cli("preset", "choose", tmp_path / "onnx", "--budget-ms", "1e4", "--runs", "3", "--texts", "4",
+                 "-o", presets / "p.yaml", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (presets / "p.png").is_file() and "<- chosen" in r.stdout
+    r = edge_cli("preset", "list", presets)
+    assert r.returncode == 0 and "bert-onnx-local-10000ms" in r.stdout
+    r = edge_cli("preset", "show", presets / "p.yaml")
+    assert r.returncode == 0 and "level: exported" in r.stdout and "quality_metric: cos_to_full" in r.stdout
+    assert_user_error(edge_cli("preset", "show", tmp_path / "none.yaml"), "no such preset file")
+    assert_user_error(edge_cli("preset", "choose", tmp_path / "onnx", "--budget-ms", "1e4", "-o", presets / "p.yaml"),
+                      "already exists")
 
 
 def test_export_bad_input(tmp_path):
