@@ -221,6 +221,14 @@ def _add_acmize_args(p, output_default=None):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_measure_args(p, runs: int, budget: str) -> None:
+    p.add_argument("--target", default="local", help="where to measure: local (this CPU, the Python runtimes)")
+    p.add_argument("--budget-ms", type=float, help=budget)
+    p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
+    p.add_argument("--runs", type=int, default=runs, help=f"timed runs per budget level (default {runs})")
+    p.add_argument("--threads", type=int, default=1, help="the runtime's CPU threads (default 1)")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge", description="Make pretrained transformers adaptive for edge devices.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -269,12 +277,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure an exported artifact on a target, per budget level and branch, "
                                        "against a latency budget (exit 1 on FAIL)")
     p.add_argument("artifact", help="directory written by `edge export`")
-    p.add_argument("--target", default="local", help="where to measure: local (this CPU, the Python runtimes)")
-    p.add_argument("--budget-ms", type=float, help="latency budget in ms; PASS/FAIL is for the first budget level")
-    p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per budget level (default 50)")
+    _add_measure_args(p, runs=50, budget="latency budget in ms; PASS/FAIL is for the first budget level")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="the runtime's CPU threads (default 1)")
     p.add_argument("--no-ops", action="store_true", help="skip the per-operator profile")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds before the measurement is stopped")
     p.add_argument("-o", "--output", help="write report.json, report.txt and latency.png into this directory")
@@ -287,11 +291,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["choose", "list", "show"])
     p.add_argument("path", nargs="?", help="choose: the artifact; list: a presets directory (default profiles/); "
                                            "show: a preset file")
-    p.add_argument("--target", default="local", help="where to measure latency (default local)")
-    p.add_argument("--budget-ms", type=float, help="the latency budget the preset must meet")
-    p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
-    p.add_argument("--runs", type=int, default=30, help="timed runs per budget level (default 30)")
-    p.add_argument("--threads", type=int, default=1)
+    _add_measure_args(p, runs=30, budget="the latency budget the preset must meet")
     p.add_argument("--texts", type=int, default=64, help="held-out passages to measure quality on (default 64)")
     p.add_argument("--text", help="your own UTF-8 text file for the held-out passages (default: Jane Austen)")
     p.add_argument("--name", help="the preset's name (default: model-target-budget)")

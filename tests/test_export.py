@@ -189,3 +189,20 @@ def test_a_wrong_program_fails_verification(tmp_path):
         other.encoder.layer[0].attention.output.dense.weight.add_(0.1 * torch.randn(32, 32))  # (not a constant: LayerNorm follows)
     with pytest.raises(EdgeError, match="differs from eager"):
         export.verify(a, other)
+
+
+def test_budget_levels_go_into_the_plan(tmp_path):
+    """Budget levels are the knobs edge.set_budget_ picks per FLOP budget; the plan records them and a
+    level without the model's knobs is refused."""
+    model, batch = adaptive(("bert", "bert"), exits=True, acm=True)
+    original = edge.ARCHS.get("bert").tiny("bert")[0]
+    levels = export.budget_levels(model, original, [batch], (1.0, 0.7))
+    assert [lv["name"] for lv in levels] == ["budget 1", "budget 0.7"]
+    assert all(lv["flops_frac"] <= lv["budget"] for lv in levels)
+    a = export.to_onnx(model, tmp_path / "a", batch, progress=False, levels=levels)
+    assert a.plan["budget_levels"] == json.loads(json.dumps(levels))
+    with pytest.raises(EdgeError, match="must have a name and the knobs"):
+        export.to_onnx(model, tmp_path / "b", batch, progress=False, levels=[{"name": "x", "exit_thresholds": [0.5]}])
+    with pytest.raises(EdgeError, match=r"budget level must be in \(0, 1\]"):
+        export.budget_levels(model, original, [batch], (1.5,))
+    assert not (tmp_path / "b").exists()
