@@ -32,6 +32,10 @@ def _sessions(directory: Path, files: dict[str, str], threads: int | None, profi
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.enable_profiling = profile
+    if profile:  # ORT writes its trace into the working directory unless told where
+        import tempfile
+
+        opts.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="edge-ort-profile-")) / "ort")
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     sessions = {}
@@ -64,14 +68,17 @@ def profile(directory: Path, files: dict[str, str], threads: int | None = None):
     """ONNX Runtime's profiler: a Chrome-trace JSON per session; every "Node" event is one operator
     run, with its op type, execution provider and duration."""
     import json
+    import shutil
 
     sessions = _sessions(directory, files, threads, profile=True)
 
     def ops() -> dict:
         table, total = {}, 0.0
         for session in sessions.values():
-            with open(session.end_profiling()) as f:
+            trace = Path(session.end_profiling())
+            with open(trace) as f:
                 events = json.load(f)
+            shutil.rmtree(trace.parent, ignore_errors=True)
             for e in events:
                 if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
                     key = (e["args"]["op_name"], e["args"].get("provider", "?"))

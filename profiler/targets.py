@@ -40,8 +40,7 @@ class Local:
         """Run the measuring side; watch(): called about 5 times a second while it runs (progress)."""
         argv = [sys.executable, "-m", "profiler.measure", str(artifact), "--out", str(results), *options]
         with tempfile.TemporaryFile("w+") as err:
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True,
-                                    cwd=Path(__file__).resolve().parent.parent)
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=results.parent)
             t0 = time.monotonic()
             while proc.poll() is None:
                 if time.monotonic() - t0 > timeout:

@@ -3,6 +3,7 @@ the measuring side in a real subprocess), its reports and failures; presets chos
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +50,7 @@ def test_profile_reports_levels_branches_ops_and_budget(artifact):
     if artifact.plan["runtime"] == "executorch":
         assert 0 < ops["delegate_share"] < 1
     assert r["memory"]["peak_rss_mb"] >= r["memory"]["rss_at_start_mb"] > 0
+    assert not list(Path.cwd().glob("onnxruntime_profile*"))  # the runtime's traces are not left behind
     assert r["budget"]["pass"] and r["budget"]["passing_levels"] == ["full", "fast"]
     tight = profiler.summarize([{"kind": "level", "name": "full", "ms": [2.0, 3.0], "branch": {}}],
                                profiler.ProfileConfig(budget_ms=2.5, percentile=50), artifact.plan, {"target": "local"})
