@@ -222,7 +222,9 @@ def _add_acmize_args(p, output_default=None):
 
 
 def _add_measure_args(p, runs: int, budget: str) -> None:
-    p.add_argument("--target", default="local", help="where to measure: local (this CPU, the Python runtimes)")
+    p.add_argument("--target", default="local",
+                   help="where to measure: local (this CPU, the Python runtimes) or "
+                        "ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR] (a Linux board with edge installed)")
     p.add_argument("--budget-ms", type=float, help=budget)
     p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
     p.add_argument("--runs", type=int, default=runs, help=f"timed runs per budget level (default {runs})")

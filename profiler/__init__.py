@@ -88,6 +88,17 @@ def summarize(records: list[dict], config: ProfileConfig, plan: dict, target: di
     return report
 
 
+def _records(text: str) -> list[dict]:
+    """The measuring side's JSON lines; a last line cut off by a kill is dropped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
 def profile(artifact: str | Path, target: str = "local", config: ProfileConfig = ProfileConfig(),
             progress: bool = True) -> dict:
     """Measure `artifact` on `target` at every budget level of its plan (and each branch-forcing case):
@@ -130,8 +141,13 @@ def profile(artifact: str | Path, target: str = "local", config: ProfileConfig =
             t.run(remote, results, config.options(), config.timeout_s, watch if progress else None)
         except EdgeError as e:
             error = str(e)
-        local = t.pull(results, work / "pulled.jsonl") if results.exists() or error is None else None
-        records = [json.loads(line) for line in local.read_text().splitlines()] if local and local.exists() else []
+        try:  # after a failure too: the records measured so far are kept
+            local = t.pull(results, work / "pulled.jsonl")
+            records = _records(local.read_text())
+        except (EdgeError, OSError):
+            if error is None:
+                raise
+            records = []
     report = summarize(records, config, a.plan, t.describe())
     if error:
         report["error"] = error

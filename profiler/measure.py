@@ -21,15 +21,19 @@ import numpy as np
 from edge.errors import EdgeError
 
 
-def describe(threads: int, runtime: str) -> dict:
+def machine() -> dict:
     """The machine the numbers belong to."""
-    from export.runtime import RUNTIMES
-
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    package = RUNTIMES.get(runtime).package
     return {"machine": platform.machine(), "cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(),
-            "python": platform.python_version(), "runtime": runtime, "runtime_version": version(package),
+            "python": platform.python_version()}
+
+
+def describe(threads: int, runtime: str) -> dict:
+    """The machine, the runtime and its version, the threads."""
+    from export.runtime import RUNTIMES
+
+    return {**machine(), "runtime": runtime, "runtime_version": version(RUNTIMES.get(runtime).package),
             "threads": threads}
 
 

@@ -123,3 +123,51 @@ def test_preset_choose_save_load_apply(artifact, tmp_path):
             presets.load_preset(tmp_path / "bad.yaml")
     with pytest.raises(EdgeError, match="no such preset file"):
         presets.load_preset(tmp_path / "missing.yaml")
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """A real SSH server on 127.0.0.1 (key auth only) standing in for a Linux board with edge installed."""
+    from tests.sshd import SshServer
+
+    d = tmp_path_factory.mktemp("board")
+    server = SshServer(d)
+    yield server, d
+    server.stop()
+
+
+def ssh_spec(server, d, key=None, port=None):
+    import getpass
+
+    return (f"ssh://{getpass.getuser()}@127.0.0.1:{port or server.port}?key={key or server.key}&python={sys.executable}"
+            f"&dir={d}/remote&known_hosts={d}/known_hosts")
+
+
+def test_ssh_target_profiles_on_the_board(artifact, board):
+    server, d = board
+    r = profiler.profile(artifact.path, ssh_spec(server, d), profiler.ProfileConfig(runs=3, branch_runs=1, budget_ms=1e4),
+                         progress=False)
+    assert r["complete"] and [lv["name"] for lv in r["levels"]] == ["full", "fast"]
+    assert r["levels"][1]["branch"]["exit_layer"] == 1 and r["ops"]["ops"]
+    assert r["target"]["target"].startswith("ssh://") and r["target"]["cores"] > 0
+    assert (d / "remote" / artifact.path.name / "plan.json").is_file()  # it really went over the wire
+
+
+def test_ssh_target_faults_are_clear(artifact, board, tmp_path):
+    import asyncssh
+
+    from tests.sshd import free_port
+
+    server, d = board
+    with pytest.raises(EdgeError, match="cannot reach .* over ssh .*Connection refused"):
+        profiler.profile(artifact.path, ssh_spec(server, d, port=free_port()), progress=False)
+    stranger = tmp_path / "stranger"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(stranger))
+    stranger.chmod(0o600)
+    with pytest.raises(EdgeError, match="cannot reach .* over ssh .*Permission denied"):
+        profiler.profile(artifact.path, ssh_spec(server, d, key=stranger), progress=False)
+    with pytest.raises(EdgeError, match="cannot run edge's profiler"):
+        profiler.profile(artifact.path, ssh_spec(server, d).replace(sys.executable, "/nonexistent/python"),
+                         profiler.ProfileConfig(runs=1), progress=False)
+    with pytest.raises(EdgeError, match="bad ssh target"):
+        profiler.profile(artifact.path, "ssh://?colour=red", progress=False)
