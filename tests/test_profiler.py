@@ -83,7 +83,7 @@ def test_profile_cli(artifact, tmp_path):
     for args, needle in [([tmp_path / "nothing"], "not an edge artifact"),
                          ([artifact.path, "--runs", "0"], "runs must be an integer >= 1"),
                          ([artifact.path, "--budget-ms", "-3"], "budget_ms must be a positive"),
-                         ([artifact.path, "--target", "ssh://pi@10.0.0.2"], "unknown profiling target 'ssh'; known: local"),
+                         ([artifact.path, "--target", "adb:emulator-5554"], "unknown profiling target 'adb'; known: local, ssh"),
                          ([artifact.path, "-o", tmp_path / "p"], "already exists")]:
         r = edge_cli("profile", *args, "--quiet")
         lines = [line for line in r.stderr.splitlines() if line.strip()]
