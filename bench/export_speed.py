@@ -39,19 +39,13 @@ import torch.nn as nn
 import edge
 import export
 from export.graph import GraphModel
+from profiler.measure import timed
 
 EXIT_AFTER = 2
 
 
 def median_ms(run, args: list[np.ndarray], runs: int) -> float:
-    for _ in range(3):
-        run(args)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        run(args)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return statistics.median(timed(run, args, runs, warmup=3)[0])
 
 
 def user_dense(model: nn.Module, rt: str, directory: Path, inputs: list[torch.Tensor]):

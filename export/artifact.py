@@ -55,11 +55,15 @@ class Artifact:
         methods, ops = RUNTIMES.get(self.plan["runtime"]).profile(self.path, self.plan["methods"], threads)
         return self._run_plan(methods), ops
 
-    def inputs(self) -> list[np.ndarray]:
-        """The bundled example input (the one the export traced), in the plan's input order."""
+    def checks(self) -> dict[str, np.ndarray]:
+        """The bundled checks: "input.NAME", and per case c "caseC.KNOB" and "caseC.expected.OUTPUT"."""
         from safetensors.numpy import load_file
 
-        t = load_file(str(self.path / CHECKS))
+        return load_file(str(self.path / CHECKS))
+
+    def inputs(self, checks: dict | None = None) -> list[np.ndarray]:
+        """The bundled example input (the one the export traced), in the plan's input order."""
+        t = checks if checks is not None else self.checks()
         return [t[f"input.{s['name']}"] for s in self.plan["inputs"]]
 
     def _run_plan(self, methods: dict):

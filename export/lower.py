@@ -75,15 +75,16 @@ def _spec(name: str, t: torch.Tensor, dynamic: dict | None = None) -> dict:
 MODES = ("graph", "routed")
 
 
-def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, max_tok: int) -> dict:
-    """{method: ExportedProgram}: the whole graph as "forward" (graph mode) or one per segment and
-    learner (routed mode); the token dimension is dynamic in 2..max_tok for sequence models."""
+def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, max_tok: int) -> tuple[dict, dict]:
+    """({method: ExportedProgram}, the plan's extra section): the whole graph as "forward" (graph
+    mode) or one per segment and learner plus {"routed": ...} (routed mode); the token dimension is
+    dynamic in 2..max_tok for sequence models."""
     arch = graph.arch
     tokens = torch.export.Dim("tokens", min=2, max=max_tok) if arch.seq_inputs else None
     seq = set(arch.seq_inputs) | ({"h", "y"} if tokens is not None else set())
     if mode == "graph":
         dynamic = [{1: tokens} if n in seq else None for n in graph.input_names] + [None] * len(own)
-        return {"forward": torch.export.export(graph, (*args, *own.values()), dynamic_shapes={"args": tuple(dynamic)})}
+        return {"forward": torch.export.export(graph, (*args, *own.values()), dynamic_shapes={"args": tuple(dynamic)})}, {}
     routed = Routed(graph)
     h = arch.embed(graph.model, dict(zip(graph.input_names, args)))[0].contiguous()  # (a permuted h would
     # give the methods that dim order: ExecuTorch then fails on the driver's contiguous arrays)
@@ -97,7 +98,7 @@ def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, ma
         else:  # a learner on the gathered tokens (rows, d)
             inputs, dynamic = [h[0]], ({0: rows},)
         eps[name] = torch.export.export(module, tuple(inputs), dynamic_shapes=dynamic)
-    return eps
+    return eps, {"routed": routed.section()}
 
 
 def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
@@ -170,7 +171,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
         f"{len(graph.routers)} routers, {len(graph.acm_index)} ACMs) for {runtime}, {mode} mode ...")
     try:
         with torch.no_grad():
-            eps = _trace(graph, mode, args, own, max_tok)
+            eps, section = _trace(graph, mode, args, own, max_tok)
     except Exception as e:  # torch.export's errors are pages long: one line, and the cause for a bug report
         raise EdgeError(f"torch.export could not trace this model ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:300]}); nothing was written") from e
@@ -208,7 +209,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
                 "acms": [{"layer": i, "learners": graph.acms[i - 1].n, "knob": "gate_bias", "index": j}
                          for i, j in sorted(graph.acm_index.items())],
             },
-            **({"routed": Routed(graph).section()} if mode == "routed" else {}),
+            **section,
             "budget_levels": levels,
             "checks": checks, "tolerance": TOLERANCE,
             **({"tokenizer": TOKENIZER} if tokenizer is not None else {}),

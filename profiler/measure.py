@@ -67,19 +67,17 @@ def knob_arrays(plan: dict, values: dict) -> list[np.ndarray]:
 def measure(path: str, out, runs: int = 50, warmup: int = 5, threads: int = 1, branch_runs: int = 10,
             ops: bool = True) -> None:
     """Measure the artifact at `path`, writing records (dicts) to `out` (a function)."""
-    from safetensors.numpy import load_file
-
-    from export.artifact import CHECKS, load_artifact
+    from export.artifact import load_artifact
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     a = load_artifact(path)
     plan = a.plan
     out({"kind": "device", **describe(threads, plan["runtime"])})
-    run, x = a.runner(threads), a.inputs()
+    t = a.checks()
+    run, x = a.runner(threads), a.inputs(t)
     for level in plan["budget_levels"]:
         ms, o = timed(run, x + knob_arrays(plan, level), runs, warmup)
         out({"kind": "level", "name": level["name"], "ms": ms, "branch": branch(plan, o)})
-    t = load_file(str(a.path / CHECKS))
     for c, check in enumerate(plan["checks"]):
         knobs = [t[f"case{c}.{s['name']}"] for s in plan["knobs"]]
         ms, o = timed(run, x + knobs, branch_runs, 1)
