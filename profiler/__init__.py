@@ -126,12 +126,11 @@ def profile(artifact: str | Path, target: str = "local", config: ProfileConfig =
         def watch():
             if not results.exists():
                 return
-            lines = results.read_text().splitlines()
-            for line in lines[seen[0]:]:
-                r = json.loads(line)
+            records = _records(results.read_text())  # (a line being written is not read yet)
+            for r in records[seen[0]:]:
                 if r["kind"] in ("level", "branch"):
                     say(f"  {r['kind']} {r.get('name') or r.get('case')}: median {np.median(r['ms']):.2f} ms over {len(r['ms'])} runs")
-            seen[0] = len(lines)
+            seen[0] = len(records)
 
         say(f"edge profile: {a.path} ({a.plan['runtime']}, {a.plan['mode']} mode) on {target}, "
             f"{len(a.plan['budget_levels'])} budget levels, {config.runs} runs each ...")
