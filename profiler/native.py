@@ -1,0 +1,153 @@
+"""The native runner (profiler/runner/edge_runner.cpp): build it against the executorch wheel's headers
+and shared libraries, for this machine or cross-compiled for an ARM Linux board, into a directory that
+holds the binary and the libraries it needs (lib/, found through its RPATH), ready to push.
+
+    edge runner --arch aarch64 -o build/runner-aarch64     # or: python -m profiler.native --arch aarch64
+
+The aarch64 libraries come from executorch's aarch64 wheel, which setup.sh downloads from PyPI into
+the data directory (no download at build time). The runner runs ExecuTorch artifacts only.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from edge.data import data_dir
+from edge.errors import EdgeError
+
+SOURCE = Path(__file__).parent / "runner" / "edge_runner.cpp"
+BINARY = "edge_runner"
+# what the runner links (the XNNPACK backend and the kernels register themselves when loaded)
+LIBS = ["executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized", "executorch_threadpool"]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A CPU architecture the runner can be built for: its compiler and the qemu that runs it here."""
+
+    name: str
+    compiler: str
+    wheel_platform: str  # the executorch wheel whose libraries it links
+    qemu: str | None = None  # (to run it on an x86_64 host: user-mode emulation, outputs only)
+    sysroot: str | None = None
+
+
+ARCHES = {a.name: a for a in [
+    Arch("x86_64", "g++", "manylinux_2_28_x86_64"),
+    Arch("aarch64", "aarch64-linux-gnu-g++", "manylinux_2_28_aarch64", "qemu-aarch64-static", "/usr/aarch64-linux-gnu"),
+]}
+
+
+def host_arch() -> str:
+    return platform.machine()
+
+
+def get_arch(name: str) -> Arch:
+    if name not in ARCHES:
+        raise EdgeError(f"no runner build for architecture {name!r}; known: {', '.join(sorted(ARCHES))}")
+    return ARCHES[name]
+
+
+def wheel_cache() -> Path:
+    return data_dir() / "wheels"
+
+
+def wheel_name(arch: Arch) -> str:
+    return f"executorch-{version('executorch')}-cp311-cp311-{arch.wheel_platform}.whl"
+
+
+def fetch_wheel(arch: Arch) -> Path:
+    """Download executorch's wheel for `arch` into the data directory (setup.sh calls this)."""
+    path = wheel_cache() / wheel_name(arch)
+    if not path.is_file():
+        wheel_cache().mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
+                        "--only-binary=:all:", "--platform", arch.wheel_platform, "--python-version", "3.11",
+                        f"executorch=={version('executorch')}", "-d", str(wheel_cache())], check=True)
+    return path
+
+
+def _executorch_dir(arch: Arch, scratch: Path) -> Path:
+    """The executorch package directory whose lib/ the runner links: the installed one on its own
+    architecture, else the one unpacked from the cached wheel."""
+    if arch.name == host_arch():
+        return Path(importlib.util.find_spec("executorch").submodule_search_locations[0])
+    wheel = wheel_cache() / wheel_name(arch)
+    if not wheel.is_file():
+        raise EdgeError(f"the executorch wheel for {arch.name} is not in {wheel_cache()}; run `bash setup.sh` "
+                        f"(or python -c 'from profiler.native import *; fetch_wheel(get_arch(\"{arch.name}\"))')")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(scratch, [n for n in z.namelist() if n.startswith("executorch/lib/") and n.endswith(".so")])
+    return scratch / "executorch"
+
+
+def build(arch_name: str | None = None, out: str | Path | None = None) -> Path:
+    """Build the runner for `arch_name` (default: this machine's) into `out` (default:
+    build/runner-ARCH); returns the path of the binary. The build happens in a temporary directory
+    that replaces `out` only when it succeeded."""
+    arch = get_arch(arch_name or host_arch())
+    out = Path(out or Path("build") / f"runner-{arch.name}")
+    if shutil.which(arch.compiler) is None:
+        raise EdgeError(f"{arch.compiler} is not installed; on Debian: apt-get install "
+                        f"{'g++' if arch.compiler == 'g++' else 'g++-aarch64-linux-gnu'} (setup.sh does it as root)")
+    include = Path(importlib.util.find_spec("executorch").submodule_search_locations[0]) / "include"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        tmp = Path(tmp)
+        stage = tmp / "runner"
+        (stage / "lib").mkdir(parents=True)
+        et = _executorch_dir(arch, tmp / "wheel")
+        for lib in LIBS:
+            shutil.copy2(et / "lib" / f"lib{lib}.so", stage / "lib")
+        cmd = [arch.compiler, "-O2", "-std=c++17", "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED",
+               f"-DEDGE_EXECUTORCH_VERSION=\"{version('executorch')}\"", f"-I{include}",
+               f"-I{include / 'executorch/runtime/core/portable_type/c10'}", str(SOURCE),
+               "-o", str(stage / BINARY), f"-L{stage / 'lib'}", "-Wl,--no-as-needed",
+               *[f"-l{lib}" for lib in LIBS], "-Wl,-rpath,$ORIGIN/lib", "-pthread"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise EdgeError(f"building the {arch.name} runner failed: {r.stderr.strip().splitlines()[-1][:300]}")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(stage, out)
+    return out / BINARY
+
+
+def command(binary: Path, arch_name: str) -> list[str]:
+    """The command that runs `binary` here: itself, or through qemu when it is built for another
+    architecture (outputs only: emulated timings mean nothing)."""
+    arch = get_arch(arch_name)
+    if arch.name == host_arch():
+        return [str(binary)]
+    if arch.qemu is None or shutil.which(arch.qemu) is None:
+        raise EdgeError(f"a {arch.name} runner cannot run on this {host_arch()} machine without "
+                        f"{arch.qemu or 'an emulator'}; apt-get install qemu-user-static")
+    return [arch.qemu, "-L", arch.sysroot, str(binary)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edge runner", description="Build the native runner (C++, ExecuTorch).")
+    ap.add_argument("--arch", default=host_arch(), help=f"one of {', '.join(sorted(ARCHES))} (default: this machine's)")
+    ap.add_argument("-o", "--out", help="output directory (default: build/runner-ARCH)")
+    args = ap.parse_args(argv)
+    try:
+        path = build(args.arch, args.out)
+    except EdgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

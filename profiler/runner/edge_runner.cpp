@@ -1,0 +1,579 @@
+// edge_runner: the native runner of an edge artifact (plan.json, model.pte, checks.safetensors) on
+// ExecuTorch's C++ Module API. It executes the plan as export/routed.py's `drive` does (graph mode: one
+// call of "forward"), times it per budget level and per branch-forcing check, compares every check's
+// outputs with the eager outputs bundled beside the program, and writes the same JSON-line records as
+// `python -m profiler.measure`, flushed one by one so that a crash or a kill keeps what was measured.
+//
+//   edge_runner ARTIFACT_DIR [--out FILE] [--runs 50] [--warmup 5] [--branch-runs 10] [--threads 1]
+//
+// Exit status: 0 done, 2 a fault (also written as {"kind": "error", "message": ...}), 64 bad usage.
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor.h>
+
+#include <sys/resource.h>
+#include <sys/utsname.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef EDGE_EXECUTORCH_VERSION
+#define EDGE_EXECUTORCH_VERSION "unknown"
+#endif
+
+// The wheel ships no threadpool.h; these two are the XNNPACK thread pool's entry points in
+// libexecutorch_threadpool.so (as the Python runtime's _unsafe_reset_threadpool uses them).
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::extension::Module;
+using executorch::runtime::EValue;
+
+struct Fault : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// ---- JSON: just what plan.json and a safetensors header need ------------------------------------
+struct Json {
+  enum Kind { Null, Bool, Number, String, Array, Object } kind = Null;
+  bool b = false;
+  double num = 0;
+  std::string str;
+  std::vector<Json> items;
+  std::map<std::string, Json> fields;
+
+  const Json& operator[](const std::string& key) const {
+    auto it = fields.find(key);
+    if (kind != Object || it == fields.end()) throw Fault("plan.json has no \"" + key + "\" where the runner needs it");
+    return it->second;
+  }
+  const Json& operator[](size_t i) const {
+    if (kind != Array || i >= items.size()) throw Fault("plan.json: index " + std::to_string(i) + " out of range");
+    return items[i];
+  }
+  bool has(const std::string& key) const { return kind == Object && fields.count(key); }
+  long integer() const { return static_cast<long>(num); }
+};
+
+class Parser {
+ public:
+  explicit Parser(const std::string& text) : s_(text) {}
+  Json parse() {
+    Json v = value();
+    space();
+    if (i_ != s_.size()) fail("trailing characters");
+    return v;
+  }
+
+ private:
+  const std::string& s_;
+  size_t i_ = 0;
+  [[noreturn]] void fail(const std::string& what) { throw Fault("malformed JSON (" + what + " at byte " + std::to_string(i_) + ")"); }
+  void space() { while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_; }
+  bool eat(char c) { space(); if (i_ < s_.size() && s_[i_] == c) { ++i_; return true; } return false; }
+  void expect(char c) { if (!eat(c)) fail(std::string("expected '") + c + "'"); }
+  bool word(const char* w) { size_t n = std::strlen(w); if (s_.compare(i_, n, w) == 0) { i_ += n; return true; } return false; }
+  std::string string() {
+    expect('"');
+    std::string out;
+    while (i_ < s_.size() && s_[i_] != '"') {
+      char c = s_[i_++];
+      if (c == '\\') {
+        if (i_ >= s_.size()) fail("bad escape");
+        char e = s_[i_++];
+        switch (e) {
+          case 'n': out += '\n'; break;
+          case 't': out += '\t'; break;
+          case 'r': out += '\r'; break;
+          case 'b': out += '\b'; break;
+          case 'f': out += '\f'; break;
+          case 'u': {  // (plan names are ASCII; other code points are kept as '?')
+            if (i_ + 4 > s_.size()) fail("bad \\u escape");
+            unsigned cp = std::stoul(s_.substr(i_, 4), nullptr, 16);
+            i_ += 4;
+            out += cp < 128 ? static_cast<char>(cp) : '?';
+            break;
+          }
+          default: out += e;
+        }
+      } else {
+        out += c;
+      }
+    }
+    if (i_ >= s_.size()) fail("unterminated string");
+    ++i_;
+    return out;
+  }
+  Json value() {
+    space();
+    if (i_ >= s_.size()) fail("unexpected end");
+    Json v;
+    char c = s_[i_];
+    if (c == '{') {
+      ++i_;
+      v.kind = Json::Object;
+      if (eat('}')) return v;
+      do {
+        space();
+        std::string key = string();
+        expect(':');
+        v.fields[key] = value();
+      } while (eat(','));
+      expect('}');
+    } else if (c == '[') {
+      ++i_;
+      v.kind = Json::Array;
+      if (eat(']')) return v;
+      do v.items.push_back(value()); while (eat(','));
+      expect(']');
+    } else if (c == '"') {
+      v.kind = Json::String;
+      v.str = string();
+    } else if (word("true")) {
+      v.kind = Json::Bool, v.b = true;
+    } else if (word("false")) {
+      v.kind = Json::Bool;
+    } else if (word("null")) {
+    } else {
+      char* end = nullptr;
+      v.num = std::strtod(s_.c_str() + i_, &end);
+      if (end == s_.c_str() + i_) fail("unexpected character");
+      v.kind = Json::Number;
+      i_ = end - s_.c_str();
+    }
+    return v;
+  }
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Fault(path + " cannot be read; is this an edge artifact directory?");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string quote(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (c == '\n') out += "\\n";
+    else if (static_cast<unsigned char>(c) < 0x20) out += ' ';
+    else out += c;
+  }
+  return out + "\"";
+}
+
+// ---- arrays: host-side values between method calls -----------------------------------------------
+struct Array {
+  ScalarType type = ScalarType::Float;
+  std::vector<int32_t> shape;
+  std::vector<uint8_t> data;
+
+  size_t numel() const { size_t n = 1; for (auto d : shape) n *= d; return n; }
+  template <class T> T* as() { return reinterpret_cast<T*>(data.data()); }
+  template <class T> const T* as() const { return reinterpret_cast<const T*>(data.data()); }
+};
+
+// a borrowed tensor: the first rows of an Array, say
+struct View {
+  const void* data;
+  std::vector<int32_t> shape;
+  ScalarType type;
+};
+
+View view(const Array& a) { return {a.data.data(), a.shape, a.type}; }
+
+size_t itemsize(ScalarType t) { return t == ScalarType::Float ? 4 : t == ScalarType::Long ? 8 : 1; }
+
+Array from_evalue(const EValue& v, const std::string& method) {
+  if (!v.isTensor()) throw Fault("method " + method + " returned a non-tensor output");
+  const auto& t = v.toTensor();
+  Array a;
+  a.type = t.scalar_type();
+  if (a.type != ScalarType::Float && a.type != ScalarType::Long && a.type != ScalarType::Bool)
+    throw Fault("method " + method + " returned an unsupported dtype");
+  a.shape.assign(t.sizes().begin(), t.sizes().end());
+  a.data.resize(t.nbytes());
+  std::memcpy(a.data.data(), t.const_data_ptr(), t.nbytes());
+  return a;
+}
+
+// checks.safetensors: an 8-byte header length, a JSON header {name: {dtype, shape, data_offsets}}, data
+std::map<std::string, Array> read_safetensors(const std::string& path) {
+  std::string bytes = read_file(path);
+  if (bytes.size() < 8) throw Fault(path + " is truncated; export the artifact again");
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);  // little-endian, as on every target we build for
+  if (n > bytes.size() - 8) throw Fault(path + " is truncated; export the artifact again");
+  Json header = Parser(bytes.substr(8, n)).parse();
+  std::map<std::string, Array> out;
+  const std::map<std::string, ScalarType> types = {{"F32", ScalarType::Float}, {"I64", ScalarType::Long}, {"BOOL", ScalarType::Bool}};
+  for (const auto& [name, spec] : header.fields) {
+    if (name == "__metadata__") continue;
+    auto t = types.find(spec["dtype"].str);
+    if (t == types.end()) throw Fault(path + ": tensor " + name + " has unsupported dtype " + spec["dtype"].str);
+    Array a;
+    a.type = t->second;
+    for (const auto& d : spec["shape"].items) a.shape.push_back(static_cast<int32_t>(d.num));
+    size_t begin = spec["data_offsets"][0].integer(), end = spec["data_offsets"][1].integer();
+    if (end < begin || 8 + n + end > bytes.size() || end - begin != a.numel() * itemsize(a.type))
+      throw Fault(path + ": tensor " + name + " is out of bounds; export the artifact again");
+    a.data.assign(bytes.begin() + 8 + n + begin, bytes.begin() + 8 + n + end);
+    out[name] = std::move(a);
+  }
+  return out;
+}
+
+// ---- the program: methods called by name on host arrays ------------------------------------------
+class Program {
+ public:
+  explicit Program(const std::string& path) : module_(path, Module::LoadMode::Mmap) {
+    if (module_.load() != executorch::runtime::Error::Ok)
+      throw Fault(path + " is not a loadable ExecuTorch program; export it again");
+  }
+  std::vector<Array> call(const std::string& method, const std::vector<View>& args) {
+    std::vector<executorch::extension::TensorPtr> tensors;
+    std::vector<EValue> inputs;
+    for (const View& a : args) {
+      tensors.push_back(executorch::extension::from_blob(const_cast<void*>(a.data), a.shape, a.type));
+      inputs.emplace_back(*tensors.back());
+    }
+    auto result = module_.execute(method, inputs);
+    if (!result.ok()) {
+      std::string shapes;
+      for (const View& a : args) {
+        shapes += shapes.empty() ? "(" : ", (";
+        for (size_t i = 0; i < a.shape.size(); ++i) shapes += (i ? ", " : "") + std::to_string(a.shape[i]);
+        shapes += ")";
+      }
+      throw Fault("ExecuTorch failed running method " + method + " on inputs of shape " + shapes + " (error " +
+                  std::to_string(static_cast<int>(result.error())) + "); check the inputs against plan.json");
+    }
+    std::vector<Array> out;
+    for (const auto& v : *result) out.push_back(from_evalue(v, method));
+    return out;
+  }
+
+ private:
+  Module module_;
+};
+
+using Values = std::map<std::string, Array>;
+
+Array filled(ScalarType type, std::vector<int32_t> shape, int64_t value) {
+  Array a;
+  a.type = type;
+  a.shape = std::move(shape);
+  a.data.resize(a.numel() * itemsize(type));
+  for (size_t i = 0; i < a.numel(); ++i) {
+    if (type == ScalarType::Long) a.as<int64_t>()[i] = value;
+    else if (type == ScalarType::Bool) a.as<bool>()[i] = value != 0;
+    else a.as<float>()[i] = static_cast<float>(value);
+  }
+  return a;
+}
+
+const Array& get(const Values& v, const std::string& name) {
+  auto it = v.find(name);
+  if (it == v.end()) throw Fault("the plan reads \"" + name + "\" before any method wrote it; export the model again");
+  return it->second;
+}
+
+// The routed plan, as export/routed.py's drive runs it: returns [output, exit_layer, skipped, (ks)].
+std::vector<Array> drive(Program& program, const Json& section, int layers, const Values& inputs, const Values& knobs) {
+  Values values = inputs;
+  const Json& segments = section["segments"];
+  const long acms = section["acms"].integer();
+  int64_t exit_layer = layers;
+  Array skipped = filled(ScalarType::Bool, {layers}, 0);
+  Array ks;
+  Array output;
+  size_t s = 0;
+  while (true) {
+    const Json& seg = segments[s];
+    const Json& then = seg["then"];
+    std::vector<View> feeds;
+    for (const auto& name : seg["inputs"].items) {
+      if (name.str == "gate_bias") {  // this ACM's entry of the knob, as a (1,) tensor
+        feeds.push_back({get(knobs, "gate_bias").as<float>() + then["acm"].integer(), {1}, ScalarType::Float});
+      } else {
+        feeds.push_back(view(get(values, name.str)));
+      }
+    }
+    std::vector<Array> outs = program.call(seg["method"].str, feeds);
+    const auto& names = seg["outputs"].items;
+    if (outs.size() != names.size()) throw Fault("method " + seg["method"].str + " returned a different number of outputs than plan.json lists");
+    for (size_t i = 0; i < names.size(); ++i) values[names[i].str] = std::move(outs[i]);
+    const std::string& kind = then["kind"].str;
+    if (kind == "end") {
+      output = get(values, "output");
+      break;
+    }
+    if (kind == "exit") {
+      if (get(values, "conf").as<float>()[0] >= get(knobs, "exit_thresholds").as<float>()[then["exit"].integer()]) {
+        output = get(values, "exit_output");
+        exit_layer = then["layer"].integer();
+        break;
+      }
+      s = then["next"].integer();
+    } else if (kind == "skip") {
+      bool keep = get(values, "score").as<float>()[0] >= get(knobs, "skip_thresholds").as<float>()[then["router"].integer()];
+      skipped.as<bool>()[then["layer"].integer() - 1] = !keep;
+      s = (keep ? then["keep"] : then["skip"]).integer();
+    } else if (kind == "acm") {  // learner j runs on the tokens that chose more than j learners
+      const Array& x = get(values, "x");  // (T, H)
+      const Array& k = get(values, "k");  // (T,)
+      const int T = x.shape[0], H = x.shape[1];
+      std::vector<int> order(T);
+      std::iota(order.begin(), order.end(), 0);
+      const int64_t* kk = k.as<int64_t>();
+      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return kk[a] > kk[b]; });
+      Array xs = filled(ScalarType::Float, {T, H}, 0), ys = filled(ScalarType::Float, {T, H}, 0);
+      for (int r = 0; r < T; ++r) std::memcpy(xs.as<float>() + r * H, x.as<float>() + order[r] * H, H * 4);
+      const auto& learners = then["learners"].items;
+      for (size_t j = 0; j < learners.size(); ++j) {
+        int n = static_cast<int>(std::count_if(kk, kk + T, [&](int64_t v) { return v > static_cast<int64_t>(j); }));
+        if (!n) continue;
+        std::vector<Array> got = program.call(learners[j].str, {{xs.data.data(), {n, H}, ScalarType::Float}});
+        const float* g = got.at(0).as<float>();
+        float* y = ys.as<float>();
+        for (size_t i = 0; i < static_cast<size_t>(n) * H; ++i) y[i] += g[i];
+      }
+      Array y = filled(ScalarType::Float, {1, T, H}, 0);
+      for (int r = 0; r < T; ++r) std::memcpy(y.as<float>() + order[r] * H, ys.as<float>() + r * H, H * 4);
+      values["y"] = std::move(y);
+      if (ks.data.empty()) ks = filled(ScalarType::Long, {static_cast<int32_t>(acms), T}, -1);
+      std::memcpy(ks.as<int64_t>() + then["acm"].integer() * T, kk, T * 8);
+      s = then["next"].integer();
+    } else {
+      throw Fault("plan.json has a decision of unknown kind \"" + kind + "\"; this runner is older than the plan");
+    }
+  }
+  Array exit = filled(ScalarType::Long, {1}, exit_layer);
+  std::vector<Array> out = {output, exit, skipped};
+  if (acms) {
+    if (ks.data.empty()) ks = filled(ScalarType::Long, {static_cast<int32_t>(acms), get(values, "h").shape[1]}, -1);
+    out.push_back(ks);
+  }
+  return out;
+}
+
+// ---- the artifact ------------------------------------------------------------------------------------
+struct Artifact {
+  Json plan;
+  std::map<std::string, Array> checks;
+  std::unique_ptr<Program> program;
+  Values inputs;
+
+  explicit Artifact(const std::string& dir) {
+    plan = Parser(read_file(dir + "/plan.json")).parse();
+    if (!plan.has("format") || plan["format"].str != "edge-plan") throw Fault(dir + "/plan.json is not an edge plan; export the model again");
+    if (!plan.has("version") || plan["version"].integer() != 2)
+      throw Fault(dir + "/plan.json has a plan version this runner does not read (it reads 2); rebuild the runner or export again");
+    if (plan["runtime"].str != "executorch") throw Fault(dir + " is a " + plan["runtime"].str + " artifact; this runner runs ExecuTorch artifacts");
+    std::string file = plan["methods"].fields.begin()->second.str;
+    program = std::make_unique<Program>(dir + "/" + file);
+    checks = read_safetensors(dir + "/checks.safetensors");
+    for (const auto& spec : plan["inputs"].items) inputs[spec["name"].str] = check("input." + spec["name"].str);
+  }
+
+  const Array& check(const std::string& name) const {
+    auto it = checks.find(name);
+    if (it == checks.end()) throw Fault("checks.safetensors has no " + name + "; export the artifact again");
+    return it->second;
+  }
+
+  Values knobs(const Json& level) const {  // a budget level's knob values, shaped as the plan says
+    Values k;
+    for (const auto& spec : plan["knobs"].items) {
+      const auto& vals = level[spec["name"].str].items;
+      Array a = filled(ScalarType::Float, {static_cast<int32_t>(vals.size())}, 0);
+      for (size_t i = 0; i < vals.size(); ++i) a.as<float>()[i] = static_cast<float>(vals[i].num);
+      k[spec["name"].str] = std::move(a);
+    }
+    return k;
+  }
+
+  std::vector<Array> run(const Values& knobs) {
+    if (plan["mode"].str == "graph") {
+      std::vector<View> args;
+      for (const auto& spec : plan["inputs"].items) args.push_back(view(inputs.at(spec["name"].str)));
+      for (const auto& spec : plan["knobs"].items) args.push_back(view(knobs.at(spec["name"].str)));
+      return program->call("forward", args);
+    }
+    return drive(*program, plan["routed"], static_cast<int>(plan["model"]["layers"].integer()), inputs, knobs);
+  }
+
+  // what one run did, as profiler.measure.branch writes it
+  std::string branch(const std::vector<Array>& out) const {
+    std::ostringstream o;
+    const auto& names = plan["outputs"].items;
+    std::map<std::string, const Array*> got;
+    for (size_t i = 0; i < names.size() && i < out.size(); ++i) got[names[i].str] = &out[i];
+    o << "{\"exit_layer\": " << got.at("exit_layer")->as<int64_t>()[0] << ", \"skipped\": [";
+    const Array* sk = got.at("skipped");
+    bool first = true;
+    for (size_t i = 0; i < sk->numel(); ++i)
+      if (sk->as<bool>()[i]) o << (first ? "" : ", ") << i + 1, first = false;
+    o << "]";
+    if (got.count("ks")) {
+      const Array* ks = got.at("ks");
+      double sum = 0;
+      size_t n = 0;
+      for (size_t i = 0; i < ks->numel(); ++i)
+        if (ks->as<int64_t>()[i] >= 0) sum += ks->as<int64_t>()[i], ++n;
+      double learners = plan["control_flow"]["acms"][0]["learners"].num;
+      o << ", \"acm_fraction\": " << (n ? sum / n / learners : 0.0);
+    }
+    o << "}";
+    return o.str();
+  }
+
+  // (max abs difference over the float outputs, every int/bool output equal) against the eager ones
+  std::pair<double, bool> compare(const std::vector<Array>& out, size_t c) const {
+    double diff = 0;
+    bool same = true;
+    const auto& names = plan["outputs"].items;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const Array& want = check("case" + std::to_string(c) + ".expected." + names[i].str);
+      const Array& got = out.at(i);
+      if (got.shape != want.shape || got.type != want.type) { same = false; diff = INFINITY; continue; }
+      if (got.type == ScalarType::Float) {
+        for (size_t j = 0; j < got.numel(); ++j) diff = std::max(diff, static_cast<double>(std::fabs(got.as<float>()[j] - want.as<float>()[j])));
+      } else {
+        same = same && got.data == want.data;
+      }
+    }
+    return {diff, same};
+  }
+
+  Values case_knobs(size_t c) const {
+    Values k;
+    for (const auto& spec : plan["knobs"].items) k[spec["name"].str] = check("case" + std::to_string(c) + "." + spec["name"].str);
+    return k;
+  }
+};
+
+std::string times(Artifact& a, const Values& knobs, int runs, int warmup, std::vector<Array>& out) {
+  for (int i = 0; i < warmup; ++i) out = a.run(knobs);
+  std::ostringstream o;
+  o.precision(6);
+  o << "[";
+  for (int i = 0; i < runs; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    out = a.run(knobs);
+    o << (i ? ", " : "") << std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
+  return o.str() + "]";
+}
+
+std::string cpu_name() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    for (const char* key : {"model name", "Hardware", "CPU part"}) {
+      if (line.rfind(key, 0) == 0 && line.find(':') != std::string::npos) {
+        std::string v = line.substr(line.find(':') + 1);
+        return v.substr(v.find_first_not_of(" \t"));
+      }
+    }
+  }
+  return "unknown";
+}
+
+double rss_mb() {
+  rusage r{};
+  getrusage(RUSAGE_SELF, &r);
+  return r.ru_maxrss / 1024.0;
+}
+
+int usage() {
+  std::cerr << "usage: edge_runner ARTIFACT_DIR [--out FILE] [--runs N] [--warmup N] [--branch-runs N] [--threads N]\n";
+  return 64;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) return usage();
+  std::string dir = argv[1], out_path;
+  int runs = 50, warmup = 5, branch_runs = 10, threads = 1;
+  for (int i = 2; i < argc; ++i) {
+    std::string flag = argv[i];
+    if (i + 1 >= argc) return usage();
+    std::string v = argv[++i];
+    try {
+      if (flag == "--out") out_path = v;
+      else if (flag == "--runs") runs = std::stoi(v);
+      else if (flag == "--warmup") warmup = std::stoi(v);
+      else if (flag == "--branch-runs") branch_runs = std::stoi(v);
+      else if (flag == "--threads") threads = std::stoi(v);
+      else return usage();
+    } catch (const std::exception&) {
+      return usage();
+    }
+    if (runs < 1 || warmup < 0 || branch_runs < 1 || threads < 1) return usage();
+  }
+  std::ofstream file;
+  if (!out_path.empty()) {
+    file.open(out_path, std::ios::app);
+    if (!file) { std::cerr << "error: cannot write " << out_path << "\n"; return 2; }
+  }
+  std::ostream& out = out_path.empty() ? std::cout : file;
+  auto write = [&](const std::string& record) { out << record << "\n" << std::flush; };
+  try {
+    double rss0 = rss_mb();
+    executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(threads);
+    Artifact a(dir);
+    utsname u{};
+    uname(&u);
+    write(std::string("{\"kind\": \"device\", \"machine\": ") + quote(u.machine) + ", \"cpu\": " + quote(cpu_name()) +
+          ", \"cores\": " + std::to_string(std::thread::hardware_concurrency()) + ", \"os\": " +
+          quote(std::string(u.sysname) + "-" + u.release) + ", \"runtime\": \"executorch\", \"runtime_version\": " +
+          quote(EDGE_EXECUTORCH_VERSION) + ", \"runner\": \"native\", \"threads\": " + std::to_string(threads) + "}");
+    std::vector<Array> o;
+    for (const auto& level : a.plan["budget_levels"].items) {
+      std::string ms = times(a, a.knobs(level), runs, warmup, o);
+      write("{\"kind\": \"level\", \"name\": " + quote(level["name"].str) + ", \"ms\": " + ms + ", \"branch\": " + a.branch(o) + "}");
+    }
+    const auto& checks = a.plan["checks"].items;
+    for (size_t c = 0; c < checks.size(); ++c) {
+      std::string ms = times(a, a.case_knobs(c), branch_runs, 1, o);
+      auto [diff, same] = a.compare(o, c);
+      std::ostringstream d;
+      d << diff;
+      write("{\"kind\": \"branch\", \"case\": " + quote(checks[c]["case"].str) + ", \"ms\": " + ms + ", \"branch\": " +
+            a.branch(o) + ", \"max_abs_diff\": " + (std::isfinite(diff) ? d.str() : "null") +
+            ", \"outputs_match\": " + (same && diff <= a.plan["tolerance"].num ? "true" : "false") + "}");
+    }
+    std::ostringstream m;
+    m << "{\"kind\": \"memory\", \"peak_rss_mb\": " << rss_mb() << ", \"rss_at_start_mb\": " << rss0 << "}";
+    write(m.str());
+  } catch (const std::exception& e) {
+    write("{\"kind\": \"error\", \"message\": " + quote(e.what()) + "}");
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}
