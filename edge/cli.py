@@ -92,7 +92,8 @@ def cmd_profile(args) -> int:
     from profiler import report as files
 
     config = profiler.ProfileConfig(runs=args.runs, warmup=args.warmup, threads=args.threads, budget_ms=args.budget_ms,
-                                    percentile=args.percentile, ops=not args.no_ops, timeout_s=args.timeout)
+                                    percentile=args.percentile, ops=not args.no_ops, timeout_s=args.timeout,
+                                    runner=args.runner)
     if args.output and Path(args.output).exists() and not args.overwrite:  # before minutes of measuring
         raise EdgeError(f"{args.output} already exists; choose another output directory or pass --overwrite")
     report = profiler.profile(args.artifact, args.target, config, progress=not args.quiet)
@@ -101,7 +102,14 @@ def cmd_profile(args) -> int:
         files.write(report, args.output, args.overwrite)
         if not args.quiet:
             print(f"wrote {args.output}/ (report.json, report.txt, latency.png)")
-    return 1 if report["budget"] and not report["budget"]["pass"] else 0
+    return 1 if report["budget"] and report["budget"]["pass"] is False else 0
+
+
+def cmd_runner(args) -> int:
+    from profiler import native
+
+    print(native.build(args.arch, args.output))
+    return 0
 
 
 def _preset_inputs(artifact, text: str | None, n: int) -> list:
@@ -136,7 +144,8 @@ def cmd_preset(args) -> int | None:
         if out.exists() and not args.overwrite:  # before minutes of measuring
             raise EdgeError(f"{out} already exists; choose another --output or pass --overwrite")
         preset, points = presets.choose(a, args.target, args.budget_ms, _preset_inputs(a, args.text, args.texts),
-                                        args.percentile, args.runs, args.threads, name, progress=not args.quiet)
+                                        args.percentile, args.runs, args.threads, name, progress=not args.quiet,
+                                        runner=args.runner)
         for p in points:
             print(f"  {p['level']:<16} p{args.percentile:g} {p['latency_ms']:8.2f} ms   quality {p['quality']:.4f}"
                   f"{'   Pareto' if p['pareto'] else ''}{'   <- chosen' if p['level'] == preset.level else ''}")
@@ -223,8 +232,11 @@ def _add_acmize_args(p, output_default=None):
 
 def _add_measure_args(p, runs: int, budget: str) -> None:
     p.add_argument("--target", default="local",
-                   help="where to measure: local (this CPU, the Python runtimes) or "
-                        "ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR] (a Linux board with edge installed)")
+                   help="where to measure: local (this CPU) or ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR"
+                        "&arch=ARCH&emulator=QEMU] (a Linux board)")
+    p.add_argument("--runner", default="python",
+                   help="the measuring program: the runtime's Python API (edge installed on the target) or the "
+                        "native C++ runner (ExecuTorch artifacts; built here and pushed)")
     p.add_argument("--budget-ms", type=float, help=budget)
     p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
     p.add_argument("--runs", type=int, default=runs, help=f"timed runs per budget level (default {runs})")
@@ -288,6 +300,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_profile)
+
+    p = sub.add_parser("runner", help="build the native runner (C++ on ExecuTorch's Module API) for this machine "
+                                      "or cross-compiled for an ARM Linux board")
+    p.add_argument("--arch", help="x86_64 or aarch64 (default: this machine's)")
+    p.add_argument("-o", "--output", help="directory for the binary and its libraries (default build/runner-ARCH)")
+    p.set_defaults(fn=cmd_runner)
 
     p = sub.add_parser("preset", help="choose a budget preset from measurements; list or show presets")
     p.add_argument("action", choices=["choose", "list", "show"])

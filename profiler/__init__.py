@@ -22,7 +22,9 @@ from profiler.targets import TARGETS, target_for
 class ProfileConfig:
     """runs/warmup: timed and untimed runs per budget level; branch_runs: timed runs per branch-forcing
     case; threads: the runtime's CPU threads; budget_ms at percentile (e.g. 90: p90 <= budget);
-    ops: also run the runtime's per-operator profiler; timeout_s: the whole measurement's limit."""
+    ops: also run the runtime's per-operator profiler; timeout_s: the whole measurement's limit;
+    runner: the measuring program, "python" (the runtime's Python API, profiler.measure) or "native"
+    (the C++ runner on ExecuTorch's Module API, profiler/runner; no per-operator profile yet)."""
 
     runs: int = 50
     warmup: int = 5
@@ -32,6 +34,7 @@ class ProfileConfig:
     percentile: float = 90.0
     ops: bool = True
     timeout_s: float = 600.0
+    runner: str = "python"
 
     def __post_init__(self):
         for name, low in (("runs", 1), ("warmup", 0), ("branch_runs", 0), ("threads", 1)):
@@ -44,11 +47,16 @@ class ProfileConfig:
             raise EdgeError(f"ProfileConfig.percentile must be in (0, 100], got {self.percentile!r}")
         if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
             raise EdgeError(f"ProfileConfig.timeout_s must be positive, got {self.timeout_s!r}")
+        if self.runner not in RUNNERS:
+            raise EdgeError(f"ProfileConfig.runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
 
     def options(self) -> list[str]:
-        """The measuring side's command-line options."""
+        """The measuring side's command-line options (profiler.measure and the native runner share them)."""
         return ["--runs", str(self.runs), "--warmup", str(self.warmup), "--threads", str(self.threads),
-                "--branch-runs", str(self.branch_runs), *([] if self.ops else ["--no-ops"])]
+                "--branch-runs", str(self.branch_runs), *([] if self.ops or self.runner == "native" else ["--no-ops"])]
+
+
+RUNNERS = ("python", "native")
 
 
 def stats(ms: list[float], percentile: float = 90.0) -> dict:
@@ -64,8 +72,9 @@ def summarize(records: list[dict], config: ProfileConfig, plan: dict, target: di
     key = f"at_p{pct:g}"
     by = lambda kind: [r for r in records if r["kind"] == kind]  # noqa: E731
     levels = [{"name": r["name"], "stats": stats(r["ms"], pct), "branch": r["branch"]} for r in by("level")]
+    emulated = bool(target.get("emulated"))  # (outputs are real; an emulator's timings are not latencies)
     for level in levels:
-        level["budget_pass"] = None if budget is None else level["stats"][key] <= budget
+        level["budget_pass"] = None if budget is None or emulated else level["stats"][key] <= budget
     ops = (by("ops") or [None])[0]
     if ops:
         ops = {**ops, "per_run_ms": ops["total_ms"] / ops["runs"],
@@ -74,15 +83,20 @@ def summarize(records: list[dict], config: ProfileConfig, plan: dict, target: di
         "target": target, "device": (by("device") or [{}])[0],
         "artifact": {"runtime": plan["runtime"], "mode": plan["mode"], "model": plan["model"]},
         "config": asdict(config), "levels": levels,
-        "branches": [{"case": r["case"], "stats": stats(r["ms"], pct), "branch": r["branch"]}
+        "branches": [{"case": r["case"], "stats": stats(r["ms"], pct), "branch": r["branch"],
+                      **{k: r[k] for k in ("max_abs_diff", "outputs_match") if k in r}}  # (the native runner checks)
                      for r in by("branch") if r["ms"]],
         "ops": ops, "memory": (by("memory") or [None])[0],
         "budget": None if budget is None else {
-            "ms": budget, "percentile": pct, "pass": bool(levels) and levels[0]["budget_pass"],
-            "passing_levels": [lv["name"] for lv in levels if lv["budget_pass"]]},
+            "ms": budget, "percentile": pct, "pass": None if emulated else bool(levels) and levels[0]["budget_pass"],
+            "passing_levels": [lv["name"] for lv in levels if lv["budget_pass"]],
+            **({"why": "emulated: timings under an emulator are not latencies"} if emulated else {})},
         "complete": any(r["kind"] == "memory" for r in records),
+        "emulated": emulated,
     }
-    errors = by("error")
+    errors = by("error") or [{"message": f"the outputs differ from eager's on case {b['case']!r} (max abs diff "
+                                         f"{b['max_abs_diff']}); the runtime or the runner is wrong for this artifact"}
+                             for b in report["branches"] if b.get("outputs_match") is False][:1]
     if errors:
         report["error"] = errors[0]["message"]
     return report
@@ -116,6 +130,9 @@ def profile(artifact: str | Path, target: str = "local", config: ProfileConfig =
     from export.artifact import load_artifact
 
     a = load_artifact(artifact)
+    if config.runner == "native" and a.plan["runtime"] != "executorch":
+        raise EdgeError(f"the native runner runs ExecuTorch artifacts; {a.path} is a {a.plan['runtime']} artifact "
+                        "(profile it with --runner python)")
     t = target_for(target)
     say = print if progress else (lambda *a, **k: None)
     with tempfile.TemporaryDirectory() as work:
@@ -132,12 +149,13 @@ def profile(artifact: str | Path, target: str = "local", config: ProfileConfig =
                     say(f"  {r['kind']} {r.get('name') or r.get('case')}: median {np.median(r['ms']):.2f} ms over {len(r['ms'])} runs")
             seen[0] = len(records)
 
-        say(f"edge profile: {a.path} ({a.plan['runtime']}, {a.plan['mode']} mode) on {target}, "
+        say(f"edge profile: {a.path} ({a.plan['runtime']}, {a.plan['mode']} mode) on {target} with the {config.runner} runner, "
             f"{len(a.plan['budget_levels'])} budget levels, {config.runs} runs each ...")
         remote = t.push(a.path, work)
+        command = t.command(config.runner)
         error = None
         try:
-            t.run(remote, results, config.options(), config.timeout_s, watch if progress else None)
+            t.run(command, remote, results, config.options(), config.timeout_s, watch if progress else None)
         except EdgeError as e:
             error = str(e)
         try:  # after a failure too: the records measured so far are kept

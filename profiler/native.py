@@ -2,14 +2,13 @@
 and shared libraries, for this machine or cross-compiled for an ARM Linux board, into a directory that
 holds the binary and the libraries it needs (lib/, found through its RPATH), ready to push.
 
-    edge runner --arch aarch64 -o build/runner-aarch64     # or: python -m profiler.native --arch aarch64
+    edge runner --arch aarch64 -o build/runner-aarch64
 
 The aarch64 libraries come from executorch's aarch64 wheel, which setup.sh downloads from PyPI into
 the data directory (no download at build time). The runner runs ExecuTorch artifacts only.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import platform
@@ -123,6 +122,17 @@ def build(arch_name: str | None = None, out: str | Path | None = None) -> Path:
     return out / BINARY
 
 
+def ensure(arch_name: str | None = None) -> Path:
+    """The runner binary for `arch_name`, built once per source and executorch version into the data
+    directory (runners/ARCH-HASH) and reused."""
+    import hashlib
+
+    arch = get_arch(arch_name or host_arch())
+    digest = hashlib.sha256(SOURCE.read_bytes() + Path(__file__).read_bytes() + version("executorch").encode()).hexdigest()[:12]
+    out = data_dir() / "runners" / f"{arch.name}-{digest}"
+    return out / BINARY if (out / BINARY).is_file() else build(arch.name, out)
+
+
 def command(binary: Path, arch_name: str) -> list[str]:
     """The command that runs `binary` here: itself, or through qemu when it is built for another
     architecture (outputs only: emulated timings mean nothing)."""
@@ -135,19 +145,7 @@ def command(binary: Path, arch_name: str) -> list[str]:
     return [arch.qemu, "-L", arch.sysroot, str(binary)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edge runner", description="Build the native runner (C++, ExecuTorch).")
-    ap.add_argument("--arch", default=host_arch(), help=f"one of {', '.join(sorted(ARCHES))} (default: this machine's)")
-    ap.add_argument("-o", "--out", help="output directory (default: build/runner-ARCH)")
-    args = ap.parse_args(argv)
-    try:
-        path = build(args.arch, args.out)
-    except EdgeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from edge.cli import main
+
+    sys.exit(main(["runner", *sys.argv[1:]]))

@@ -168,7 +168,8 @@ def pareto(points: list[dict]) -> list[dict]:
 
 
 def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray]], percentile: float = 90.0,
-           runs: int = 30, threads: int = 1, name: str | None = None, progress: bool = True) -> tuple[Preset, list[dict]]:
+           runs: int = 30, threads: int = 1, name: str | None = None, progress: bool = True,
+           runner: str = "python") -> tuple[Preset, list[dict]]:
     """Sweep the artifact's budget levels on `target` (latency at `percentile`) and on held-out
     `inputs` here (quality), and pick the most accurate level whose latency meets `budget_ms`.
     Returns (preset, points), points: every level's {level, latency_ms, quality, pareto}."""
@@ -180,8 +181,11 @@ def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray
     if not inputs:
         raise EdgeError("choosing a preset needs held-out inputs to measure quality on")
     config = profiler.ProfileConfig(runs=runs, threads=threads, budget_ms=budget_ms, percentile=percentile,
-                                    ops=False, branch_runs=0)
+                                    ops=False, branch_runs=0, runner=runner)
     report = profiler.profile(a.path, target, config, progress=progress)
+    if report["emulated"]:
+        raise EdgeError(f"{target} runs the artifact under an emulator: its timings are not latencies, so no preset "
+                        "can be chosen from them; profile on the real device")
     quality = level_quality(a, inputs, threads)
     key = f"at_p{percentile:g}"
     points = [{"level": lv["name"], "latency_ms": lv["stats"][key], "quality": quality[lv["name"]]}
@@ -201,7 +205,8 @@ def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray
     preset = Preset(
         name=name or default_name(a.plan, target, budget_ms),
         target=target, device=f"{device.get('cpu', '?')} ({device.get('machine', '?')}, {device.get('cores', '?')} cores)",
-        runtime=f"{a.plan['runtime']} {device.get('runtime_version', '')}".strip(), mode=a.plan["mode"],
+        runtime=f"{a.plan['runtime']} {device.get('runtime_version', '')}".strip()
+        + (" (native runner)" if runner == "native" else ""), mode=a.plan["mode"],
         threads=threads, budget_ms=float(budget_ms), percentile=float(percentile), level=best["level"],
         knobs={s["name"]: [float(v) for v in np.ravel(level[s["name"]])] for s in a.plan["knobs"]},
         latency_ms=round(best["latency_ms"], 4), quality=round(best["quality"], 5),

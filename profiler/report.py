@@ -13,7 +13,9 @@ def table(report: dict) -> str:
     key = f"at_p{pct:g}"
     a, d = report["artifact"], report.get("device") or {}
     lines = [f"{a['model']['type']} ({a['runtime']}, {a['mode']} mode) on {report['target']['target']}: "
-             f"{d.get('cpu', '?')}, {d.get('threads', '?')} thread(s), {d.get('runtime')} {d.get('runtime_version', '')}",
+             f"{d.get('cpu', '?')}, {d.get('threads', '?')} thread(s), {d.get('runtime')} {d.get('runtime_version', '')}"
+             f" ({d.get('runner', 'python')} runner)",
+             *(["EMULATED: the outputs are checked; the timings are an emulator's, not latencies"] if report.get("emulated") else []),
              "", f"{'level':<16}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'min':>9}{'max':>9}  {'exit':>4} {'skipped':<10}{'acm':>6}  budget"]
     budget = report["budget"]
 
@@ -28,7 +30,9 @@ def table(report: dict) -> str:
         lines.append(row(lv["name"], lv["stats"], lv["branch"], verdict))
     if report["branches"]:
         lines += ["", "per branch (forced through the knobs):"]
-        lines += [row(b["case"], b["stats"], b["branch"]) for b in report["branches"]]
+        lines += [row(b["case"], b["stats"], b["branch"], "" if "outputs_match" not in b else
+                      f"{'=' if b['outputs_match'] else 'DIFFERS'} eager (max diff {b['max_abs_diff']:.1e})")
+                  for b in report["branches"]]
     ops = report.get("ops")
     if ops:
         lines += ["", f"operators at level {ops['level']!r} ({ops['per_run_ms']:.2f} ms per run profiled, "
@@ -38,7 +42,9 @@ def table(report: dict) -> str:
     if report.get("memory"):
         m = report["memory"]
         lines += ["", f"peak memory {m['peak_rss_mb']:.0f} MB (process; {m['rss_at_start_mb']:.0f} MB before the artifact loaded)"]
-    if budget:
+    if budget and budget["pass"] is None:
+        lines += ["", f"no verdict against the budget of {budget['ms']:g} ms: {budget.get('why', 'nothing measured')}"]
+    elif budget:
         verdict = "PASS" if budget["pass"] else "FAIL"
         lines += ["", f"{verdict}: level {report['levels'][0]['name']!r} p{pct:g} "
                       f"{report['levels'][0]['stats'][key]:.2f} ms against a budget of {budget['ms']:g} ms"]

@@ -1,10 +1,10 @@
-"""Where an artifact is profiled. A target does four things: describe the device, push the files,
-run the measuring side there (profiler.measure, or the native runner on a board), pull the results.
-Every remote step has a timeout; a failure is one EdgeError that says what to check.
+"""Where an artifact is profiled. A target does five things: describe the device, push the files,
+name the measuring program there (`command`: profiler.measure on the Python runtimes, or the native
+runner, pushed first where it must be), run it, pull the results. Every remote step has a timeout; a
+failure is one EdgeError that says what to check.
 
-Registered: "local" (this machine, the Python runtimes, in a subprocess) and "ssh" (a Linux board
-with edge installed). Phones over adb, CUDA and the native runner are issue 5's next steps: an
-unknown target name lists the registered ones."""
+Registered: "local" (this machine, in a subprocess) and "ssh" (a Linux board). An unknown target
+name lists the registered ones."""
 from __future__ import annotations
 
 import shutil
@@ -36,9 +36,18 @@ class Local:
     def push(self, artifact: Path, work: Path) -> Path:
         return artifact
 
-    def run(self, artifact: Path, results: Path, options: list[str], timeout: float, watch=None) -> None:
+    def command(self, runner: str) -> list[str]:
+        """The measuring program: "python" (profiler.measure) or "native" (the C++ runner, built once)."""
+        if runner == "native":
+            from profiler import native
+
+            return native.command(native.ensure(), native.host_arch())
+        return [sys.executable, "-m", "profiler.measure"]
+
+    def run(self, command: list[str], artifact: Path, results: Path, options: list[str], timeout: float,
+            watch=None) -> None:
         """Run the measuring side; watch(): called about 5 times a second while it runs (progress)."""
-        argv = [sys.executable, "-m", "profiler.measure", str(artifact), "--out", str(results), *options]
+        argv = [*command, str(artifact), "--out", str(results), *options]
         with tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=results.parent)
             t0 = time.monotonic()
@@ -73,11 +82,13 @@ def target_for(spec: str):
 
 
 class Ssh:
-    """A Linux board over SSH: ssh://user@host[:port][?key=PATH&python=PYTHON&dir=REMOTE_DIR&known_hosts=PATH].
-    The system's OpenSSH client, key auth only (BatchMode: never a password prompt), every call with
-    a timeout. The artifact goes over as a tar stream (`tar -x` on the board), the measuring side runs
-    as `PYTHON -m profiler.measure` there (edge and the runtime installed on the board; the native
-    runner will take its place), the results come back with `cat`."""
+    """A Linux board over SSH: ssh://user@host[:port][?key=PATH&python=PYTHON&dir=REMOTE_DIR&known_hosts=PATH
+    &arch=ARCH&emulator=QEMU]. The system's OpenSSH client, key auth only (BatchMode: never a password
+    prompt), every call with a timeout. Files go over as a tar stream (`tar -x` on the board); the
+    measuring side is `PYTHON -m profiler.measure` (edge installed there) or the native runner, built
+    here for the board's architecture (`uname -m`, or arch=) and pushed with its libraries; the
+    results come back with `cat`. emulator= runs the runner through that qemu-user binary on the
+    board: outputs are real, timings are not latencies (the report says so and gives no verdict)."""
 
     def __init__(self, spec: str):
         from urllib.parse import parse_qs, urlsplit
@@ -85,7 +96,7 @@ class Ssh:
         self.spec = spec
         u = urlsplit(spec)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
-        unknown = sorted(set(q) - {"key", "python", "dir", "known_hosts"})
+        unknown = sorted(set(q) - {"key", "python", "dir", "known_hosts", "arch", "emulator"})
         if u.scheme != "ssh" or not u.hostname or unknown:
             raise EdgeError(f"bad ssh target {self.spec!r}: write ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR]"
                             + (f" (unknown {', '.join(unknown)})" if unknown else ""))
@@ -96,6 +107,7 @@ class Ssh:
         self.host = f"{u.username}@{u.hostname}" if u.username else u.hostname
         self.key, self.python, self.known_hosts = q.get("key"), q.get("python", "python3"), q.get("known_hosts")
         self.dir = q.get("dir", "/tmp/edge-profile")
+        self.arch, self.emulator = q.get("arch"), q.get("emulator")
         self.remote_results = ""
 
     def _ssh(self, remote: list[str], timeout: float, stdin=None, what: str = "") -> subprocess.CompletedProcess:
@@ -115,38 +127,60 @@ class Ssh:
                             "check the address, the port and that the key is authorized on the board")
         return done
 
+    def _uname(self) -> list[str]:
+        script = 'uname -m; uname -sr; nproc; grep -m1 -E "^(model name|Hardware|CPU part)" /proc/cpuinfo || echo'
+        done = self._ssh(["sh", "-c", script], 60, what="describing the board")
+        lines = done.stdout.decode(errors="replace").splitlines()
+        if done.returncode != 0 or len(lines) < 3:
+            raise EdgeError(f"{self.spec}: the board did not describe itself (uname/nproc failed: "
+                            f"{done.stderr.decode(errors='replace').strip()[-200:]}); is it a Linux board?")
+        return lines
+
     def describe(self) -> dict:
-        code = "import json; from profiler.measure import machine; print(json.dumps(machine()))"
-        done = self._ssh([self.python, "-c", code], 60, what="describing the board")
-        if done.returncode != 0:
-            raise EdgeError(f"{self.spec}: {self.python} on the board cannot run edge's profiler "
-                            f"({done.stderr.decode(errors='replace').strip()[-200:]}); install edge there or pass ?python=")
-        import json
+        lines = self._uname()
+        cpu = lines[3].split(":", 1)[-1].strip() if len(lines) > 3 else ""
+        return {"target": self.spec, "machine": lines[0], "os": lines[1], "cores": int(lines[2]), "cpu": cpu,
+                "emulated": bool(self.emulator)}
 
-        return {"target": self.spec, **json.loads(done.stdout)}
-
-    def push(self, artifact: Path, work: Path) -> Path:
+    def _put(self, local: Path, remote_parent: str, what: str) -> str:
+        """Copy the directory `local` to REMOTE_PARENT/NAME on the board (replacing it) as a tar stream."""
         import io
         import tarfile
 
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(str(artifact), arcname=artifact.name)
-        remote = f"{self.dir}/{artifact.name}"
-        done = self._ssh(["sh", "-c", 'rm -rf "$1" && mkdir -p "$2" && tar -xf - -C "$2"', "push", remote, self.dir],
-                         600, stdin=buf.getvalue(), what="copying the artifact")
+            tar.add(str(local), arcname=local.name)
+        remote = f"{remote_parent}/{local.name}"
+        done = self._ssh(["sh", "-c", 'rm -rf "$1" && mkdir -p "$2" && tar -xf - -C "$2"', "push", remote, remote_parent],
+                         600, stdin=buf.getvalue(), what=f"copying the {what}")
         if done.returncode != 0:
-            raise EdgeError(f"{self.spec}: copying the artifact failed ({done.stderr.decode(errors='replace').strip()[-200:]})")
-        return Path(remote)
+            raise EdgeError(f"{self.spec}: copying the {what} failed ({done.stderr.decode(errors='replace').strip()[-200:]})")
+        return remote
 
-    def run(self, artifact: Path, results: Path, options: list[str], timeout: float, watch=None) -> None:
+    def push(self, artifact: Path, work: Path) -> Path:
+        return Path(self._put(artifact, self.dir, "artifact"))
+
+    def command(self, runner: str) -> list[str]:
+        if runner != "native":
+            return [self.python, "-m", "profiler.measure"]
+        from profiler import native
+
+        arch = native.get_arch(self.arch or self._uname()[0])
+        remote = self._put(native.ensure(arch.name).parent, self.dir, f"{arch.name} runner")
+        return [*([self.emulator, "-L", arch.sysroot] if self.emulator else []), f"{remote}/{native.BINARY}"]
+
+    def run(self, command: list[str], artifact: Path, results: Path, options: list[str], timeout: float,
+            watch=None) -> None:
         self.remote_results = remote = f"{artifact}.results.jsonl"
         self._ssh(["rm", "-f", remote], 60)
-        done = self._ssh(["timeout", str(int(timeout)), self.python, "-m", "profiler.measure", str(artifact),
-                          "--out", remote, *options], timeout + 30, what="profiling")
+        done = self._ssh(["timeout", str(int(timeout)), *command, str(artifact), "--out", remote, *options],
+                         timeout + 30, what="profiling")
         if done.returncode == 124:
             raise EdgeError(f"profiling on {self.spec} did not finish in {timeout:.0f} s; lower --runs or raise "
                             "--timeout (the results so far are kept)")
+        if done.returncode in (126, 127):  # (timeout's codes: the program is missing or cannot be executed)
+            raise EdgeError(f"{self.spec}: {command[0]} cannot be run on the board; install edge there and pass "
+                            "?python=, or profile with the native runner (--runner native)")
         if done.returncode != 0:
             last = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()][-1:] or ["no message"]
             raise EdgeError(f"the measuring process on {self.spec} failed (exit {done.returncode}: {last[0][:300]})")

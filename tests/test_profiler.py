@@ -1,6 +1,7 @@
 """The profiler on the local target for every registered runtime (real artifacts, the real runtimes,
 the measuring side in a real subprocess), its reports and failures; presets chosen, saved, applied."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,9 +63,9 @@ def test_profile_reports_levels_branches_ops_and_budget(artifact):
 
 def test_a_measurement_cut_short_keeps_its_results(artifact):
     """A timeout kills the measuring process; the levels it finished are reported, marked incomplete."""
-    config = profiler.ProfileConfig(runs=2, warmup=0, branch_runs=10**7, ops=False, timeout_s=25)
+    config = profiler.ProfileConfig(runs=2, warmup=0, branch_runs=10**7, ops=False, timeout_s=15)
     r = profiler.profile(artifact.path, "local", config, progress=False)
-    assert not r["complete"] and "did not finish in 25 s" in r["error"]
+    assert not r["complete"] and "did not finish in 15 s" in r["error"]
     assert [lv["name"] for lv in r["levels"]] == ["full", "fast"]
 
 
@@ -166,8 +167,92 @@ def test_ssh_target_faults_are_clear(artifact, board, tmp_path):
     stranger.chmod(0o600)
     with pytest.raises(EdgeError, match="cannot reach .* over ssh .*Permission denied"):
         profiler.profile(artifact.path, ssh_spec(server, d, key=stranger), progress=False)
-    with pytest.raises(EdgeError, match="cannot run edge's profiler"):
+    with pytest.raises(EdgeError, match="cannot be run on the board"):
         profiler.profile(artifact.path, ssh_spec(server, d).replace(sys.executable, "/nonexistent/python"),
                          profiler.ProfileConfig(runs=1), progress=False)
     with pytest.raises(EdgeError, match="bad ssh target"):
         profiler.profile(artifact.path, "ssh://?colour=red", progress=False)
+
+
+# ---- the native runner (C++ on ExecuTorch's Module API) ------------------------------------------------
+def python_branches(artifact) -> dict:
+    r = profiler.profile(artifact.path, "local", profiler.ProfileConfig(runs=2, branch_runs=1, ops=False), progress=False)
+    return {b["case"]: b["branch"] for b in r["branches"]}
+
+
+def assert_same_as_eager(r, artifact, want: dict):
+    """Every check case ran, gave eager's outputs (the runner compares them with the bundled ones) and
+    took the branch the Python driver takes."""
+    assert r["complete"] and "error" not in r, r.get("error")
+    assert [b["case"] for b in r["branches"]] == [c["case"] for c in artifact.plan["checks"]]
+    for b in r["branches"]:
+        assert b["outputs_match"] and b["max_abs_diff"] <= artifact.plan["tolerance"], b
+        w = want[b["case"]]
+        assert b["branch"] == {**w, "acm_fraction": pytest.approx(w["acm_fraction"], abs=1e-5)}, b["case"]
+
+
+def test_native_runner_matches_the_python_runtime_locally(artifact):
+    if artifact.plan["runtime"] != "executorch":
+        with pytest.raises(EdgeError, match="the native runner runs ExecuTorch artifacts"):
+            profiler.profile(artifact.path, "local", profiler.ProfileConfig(runner="native"), progress=False)
+        return
+    r = profiler.profile(artifact.path, "local", profiler.ProfileConfig(runs=5, branch_runs=2, budget_ms=1e4, runner="native"),
+                         progress=False)
+    assert_same_as_eager(r, artifact, python_branches(artifact))
+    assert r["device"]["runner"] == "native" and r["device"]["machine"] == __import__("platform").machine()
+    assert [lv["name"] for lv in r["levels"]] == ["full", "fast"] and r["levels"][1]["branch"]["exit_layer"] == 1
+    assert r["budget"]["pass"] and not r["emulated"] and r["memory"]["peak_rss_mb"] > 0
+
+
+def test_native_runner_runs_the_graph_mode(tmp_path):
+    """The in-graph mode (torch.cond -> JumpFalse) too: one call of forward with the knobs."""
+    model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True, threshold=1.0)
+    a = export.to_runtime(model, "executorch", tmp_path / "g", batch, progress=False, levels=levels_for(model), mode="graph")
+    r = profiler.profile(a.path, "local", profiler.ProfileConfig(runs=2, branch_runs=1, runner="native"), progress=False)
+    assert_same_as_eager(r, a, python_branches(a))
+
+
+def test_native_runner_faults_are_one_line(artifact, tmp_path):
+    from profiler import native
+
+    binary = native.ensure()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "plan.json").write_text('{"format": "edge-plan", "version": 2, "runtime": "executorch", "methods": {"forward": "x.pte"}}')
+    for d, needle in [(tmp_path / "missing", "cannot be read"), (bad, "is not a loadable ExecuTorch program")]:
+        done = subprocess.run([str(binary), str(d)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and needle in done.stderr.splitlines()[-1], done.stderr
+        assert json.loads(done.stdout.splitlines()[-1]) == {"kind": "error", "message": done.stderr.splitlines()[-1][7:]}
+    (bad / "plan.json").write_text("{not json")
+    done = subprocess.run([str(binary), str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "malformed JSON" in done.stderr
+    assert subprocess.run([str(binary), str(bad), "--runs", "zero"], capture_output=True, timeout=60).returncode == 64
+    with pytest.raises(EdgeError, match="no runner build for architecture 'sparc'; known: aarch64, x86_64"):
+        native.build("sparc")
+
+
+needs_cross = pytest.mark.skipif(not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64-static")),
+                                 reason="needs g++-aarch64-linux-gnu and qemu-user-static (setup.sh installs them as root)")
+
+
+@needs_cross
+def test_aarch64_runner_under_qemu_on_the_ssh_board(artifact, board):
+    """The runner cross-compiled for aarch64, pushed over ssh with its libraries and run on the board
+    through qemu-user: the same outputs and branches as the host's Python runtime. Its timings are an
+    emulator's: the report carries no budget verdict, and no preset can be chosen from it."""
+    if artifact.plan["runtime"] != "executorch":
+        pytest.skip("the native runner runs ExecuTorch artifacts")
+    server, d = board
+    spec = ssh_spec(server, d) + "&arch=aarch64&emulator=qemu-aarch64-static"
+    r = profiler.profile(artifact.path, spec, profiler.ProfileConfig(runs=2, branch_runs=1, budget_ms=1e4, runner="native"),
+                         progress=False)
+    assert_same_as_eager(r, artifact, python_branches(artifact))
+    assert r["device"]["machine"] == "aarch64" and r["emulated"] and r["budget"]["pass"] is None
+    assert all(lv["budget_pass"] is None for lv in r["levels"])
+    binary = d / "remote" / f"{__import__('profiler.native').native.ensure('aarch64').parent.name}" / "edge_runner"
+    assert binary.read_bytes()[18] == 0xB7  # ELF e_machine: EM_AARCH64, really what ran on the board
+    from profiler import report
+
+    assert "EMULATED" in report.table(r) and "no verdict" in report.table(r)
+    with pytest.raises(EdgeError, match="timings are not latencies"):
+        presets.choose(artifact, spec, 1e4, [artifact.inputs()], runs=2, progress=False, runner="native")
