@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set up edge on a fresh machine: a virtual environment in .venv with the pinned dependencies,
-# and the real text data (Jane Austen's novels from Debian's r-cran-janeaustenr) in the data cache.
+# the real text data (Jane Austen's novels from Debian's r-cran-janeaustenr) in the data cache, the
+# aarch64 executorch wheel that the native runner's cross build links against, and (as root, or with
+# passwordless sudo) Debian's cross compiler, qemu-user and the adb client for the profiler's targets.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,4 +22,14 @@ if ! .venv/bin/edge data --fashion >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq; else sudo -n apt-get update -qq || true; fi
   .venv/bin/edge data --fashion
 fi
+tools="g++-aarch64-linux-gnu qemu-user-static adb"
+if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64-static >/dev/null || ! command -v adb >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo=none; fi
+  if [ "$sudo" = none ]; then
+    echo "setup: cannot install $tools (not root, no passwordless sudo); the aarch64 and adb tests will be skipped" >&2
+  else
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $tools >/dev/null
+  fi
+fi
+.venv/bin/python -c 'from profiler.native import fetch_wheel, get_arch; fetch_wheel(get_arch("aarch64"))'
 echo "edge is set up: .venv/bin/edge --help" >&2

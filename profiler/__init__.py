@@ -113,7 +113,7 @@ def _records(text: str) -> list[dict]:
     return out
 
 
-def profile(artifact: str | Path, target: str = "local", config: ProfileConfig = ProfileConfig(),
+def profile(artifact: str | Path, target="local", config: ProfileConfig = ProfileConfig(),
             progress: bool = True) -> dict:
     """Measure `artifact` on `target` at every budget level of its plan (and each branch-forcing case):
     latency percentiles, the branch taken, the per-operator profile, peak memory, and PASS/FAIL of
@@ -149,7 +149,7 @@ def profile(artifact: str | Path, target: str = "local", config: ProfileConfig =
                     say(f"  {r['kind']} {r.get('name') or r.get('case')}: median {np.median(r['ms']):.2f} ms over {len(r['ms'])} runs")
             seen[0] = len(records)
 
-        say(f"edge profile: {a.path} ({a.plan['runtime']}, {a.plan['mode']} mode) on {target} with the {config.runner} runner, "
+        say(f"edge profile: {a.path} ({a.plan['runtime']}, {a.plan['mode']} mode) on {t.spec} with the {config.runner} runner, "
             f"{len(a.plan['budget_levels'])} budget levels, {config.runs} runs each ...")
         remote = t.push(a.path, work)
         command = t.command(config.runner)
@@ -169,7 +169,7 @@ def profile(artifact: str | Path, target: str = "local", config: ProfileConfig =
     if error:
         report["error"] = error
     if not report["levels"]:
-        raise EdgeError(report.get("error") or f"profiling {a.path} on {target} gave no measurement")
+        raise EdgeError(report.get("error") or f"profiling {a.path} on {t.spec} gave no measurement")
     return report
 
 

@@ -28,6 +28,9 @@ SOURCE = Path(__file__).parent / "runner" / "edge_runner.cpp"
 BINARY = "edge_runner"
 # what the runner links (the XNNPACK backend and the kernels register themselves when loaded)
 LIBS = ["executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized", "executorch_threadpool"]
+# a cross build also carries its C/C++ runtime in glibc/ (not in lib/: a board's own glibc must not
+# pick these up through the RPATH), so that it runs where no glibc is installed: an Android phone
+GLIBC = ["libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libpthread.so.0", "libdl.so.2"]
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,14 @@ class Arch:
     compiler: str
     wheel_platform: str  # the executorch wheel whose libraries it links
     qemu: str | None = None  # (to run it on an x86_64 host: user-mode emulation, outputs only)
-    sysroot: str | None = None
+    sysroot: str | None = None  # the cross toolchain's C runtime, bundled in glibc/ (see standalone)
+    loader: str | None = None
 
 
 ARCHES = {a.name: a for a in [
     Arch("x86_64", "g++", "manylinux_2_28_x86_64"),
-    Arch("aarch64", "aarch64-linux-gnu-g++", "manylinux_2_28_aarch64", "qemu-aarch64-static", "/usr/aarch64-linux-gnu"),
+    Arch("aarch64", "aarch64-linux-gnu-g++", "manylinux_2_28_aarch64", "qemu-aarch64-static", "/usr/aarch64-linux-gnu",
+         "ld-linux-aarch64.so.1"),
 ]}
 
 
@@ -108,6 +113,10 @@ def build(arch_name: str | None = None, out: str | Path | None = None) -> Path:
         et = _executorch_dir(arch, tmp / "wheel")
         for lib in LIBS:
             shutil.copy2(et / "lib" / f"lib{lib}.so", stage / "lib")
+        if arch.sysroot:
+            (stage / "glibc").mkdir()
+            for lib in [arch.loader, *GLIBC]:
+                shutil.copy2(Path(arch.sysroot) / "lib" / lib, stage / "glibc" / lib)  # (follows the symlinks)
         cmd = [arch.compiler, "-O2", "-std=c++17", "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED",
                f"-DEDGE_EXECUTORCH_VERSION=\"{version('executorch')}\"", f"-I{include}",
                f"-I{include / 'executorch/runtime/core/portable_type/c10'}", str(SOURCE),
@@ -131,6 +140,16 @@ def ensure(arch_name: str | None = None) -> Path:
     digest = hashlib.sha256(SOURCE.read_bytes() + Path(__file__).read_bytes() + version("executorch").encode()).hexdigest()[:12]
     out = data_dir() / "runners" / f"{arch.name}-{digest}"
     return out / BINARY if (out / BINARY).is_file() else build(arch.name, out)
+
+
+def standalone(binary: str, arch_name: str) -> list[str]:
+    """The command that runs a cross-built runner at `binary` (a path on the device) with its own
+    bundled C runtime, through the bundled dynamic loader: no glibc needed on the device."""
+    arch = get_arch(arch_name)
+    if not arch.loader:
+        raise EdgeError(f"the {arch.name} runner carries no C runtime of its own; it runs only where glibc is installed")
+    glibc = f"{Path(binary).parent}/glibc"
+    return [f"{glibc}/{arch.loader}", "--library-path", f"{glibc}:{Path(binary).parent}/lib", binary]
 
 
 def command(binary: Path, arch_name: str) -> list[str]:

@@ -3,8 +3,8 @@ name the measuring program there (`command`: profiler.measure on the Python runt
 runner, pushed first where it must be), run it, pull the results. Every remote step has a timeout; a
 failure is one EdgeError that says what to check.
 
-Registered: "local" (this machine, in a subprocess) and "ssh" (a Linux board). An unknown target
-name lists the registered ones."""
+Registered: "local" (this machine, in a subprocess), "ssh" (a Linux board) and "adb" (an Android
+phone). An unknown target name lists the registered ones."""
 from __future__ import annotations
 
 import shutil
@@ -75,8 +75,11 @@ class Local:
 TARGETS.register("local")(Local)
 
 
-def target_for(spec: str):
-    """"local" -> Local(); other schemes ("ssh://...", "adb:...", "cuda") by their registered name."""
+def target_for(spec):
+    """"local" -> Local(); other schemes ("ssh://...", "adb:...") by their registered name; a target
+    object is used as it is."""
+    if not isinstance(spec, str):
+        return spec
     scheme = spec.split("://", 1)[0].split(":", 1)[0]
     return TARGETS.get(scheme)(spec)
 
@@ -194,3 +197,143 @@ class Ssh:
 
 
 TARGETS.register("ssh")(Ssh)
+
+
+class AdbClient:
+    """The real adb client (Debian's `adb`, or the SDK's platform-tools) for one device: every call
+    an argument list with a timeout. A test can stand in another transport with the same five methods."""
+
+    emulated = False
+
+    def __init__(self, serial: str | None):
+        if shutil.which("adb") is None:
+            raise EdgeError("the adb client is not installed; apt-get install adb (or put the Android SDK's "
+                            "platform-tools on PATH)")
+        self.serial = serial
+
+    def _adb(self, args: list[str], timeout: float, what: str, device: bool = True) -> subprocess.CompletedProcess:
+        argv = ["adb", *(["-s", self.serial] if device and self.serial else []), *args]
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise EdgeError(f"adb: {what} did not finish in {timeout:.0f} s; is the device still connected?") from None
+
+    def devices(self) -> list[tuple[str, str]]:
+        done = self._adb(["devices"], 60, "listing the devices", device=False)
+        if done.returncode != 0:
+            raise EdgeError(f"adb cannot list devices ({(done.stderr.strip().splitlines() or ['no message'])[-1][:200]})")
+        rows = [line.split() for line in done.stdout.splitlines()[1:] if line.strip() and not line.startswith("*")]
+        return [(r[0], r[1]) for r in rows if len(r) >= 2]
+
+    def shell(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        import shlex
+
+        return self._adb(["shell", shlex.join(argv)], timeout, argv[0])
+
+    def push(self, local: Path, remote: str) -> None:
+        done = self._adb(["push", str(local), remote], 600, f"pushing {local.name}")
+        if done.returncode != 0:
+            raise EdgeError(f"adb push of {local} failed ({done.stderr.strip()[-200:]})")
+
+    def pull(self, remote: str, local: Path) -> None:
+        done = self._adb(["pull", remote, str(local)], 120, "pulling the results")
+        if done.returncode != 0:
+            raise EdgeError(f"adb: no results on the device ({done.stderr.strip()[-200:]})")
+
+
+class Adb:
+    """An Android phone over adb: adb[:SERIAL] (the only device connected, or the one with that serial).
+    The artifact and the native runner (the aarch64 build with its own C runtime, started through its
+    bundled loader: no NDK, no glibc on the phone) go to /data/local/tmp/edge; the runner writes its
+    JSON lines there; they come back with adb pull. Only the native runner runs on a phone."""
+
+    DIR = "/data/local/tmp/edge"
+    ABIS = {"arm64-v8a": "aarch64", "x86_64": "x86_64"}
+
+    def __init__(self, spec: str, transport=None):
+        self.spec = spec
+        serial = spec.split(":", 1)[1] if ":" in spec else None
+        if serial == "":
+            raise EdgeError(f"bad adb target {spec!r}: write adb or adb:SERIAL (a serial from `adb devices`)")
+        self.adb = transport or AdbClient(serial)
+        self.serial, self.remote_results = serial, ""
+        self._checked = False
+
+    def _device(self) -> None:
+        """The device must be there and ready: a clear error otherwise, before anything is pushed."""
+        if self._checked:
+            return
+        devices = self.adb.devices()
+        ready = [s for s, state in devices if state == "device"]
+        listed = ", ".join(f"{s} ({state})" for s, state in devices) or "none"
+        if self.serial is None:
+            if not ready:
+                raise EdgeError(f"no Android device is ready over adb (connected: {listed}); plug one in with USB "
+                                "debugging on and accept the prompt, then check `adb devices`")
+            if len(ready) > 1:
+                raise EdgeError(f"{len(ready)} Android devices are connected ({listed}); name one: --target adb:SERIAL")
+            self.serial = ready[0]
+        elif self.serial not in ready:
+            raise EdgeError(f"Android device {self.serial} is not ready over adb (connected: {listed}); check the "
+                            "serial with `adb devices`")
+        self._checked = True
+
+    def _getprop(self, name: str) -> str:
+        done = self.adb.shell(["getprop", name], 30)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    def describe(self) -> dict:
+        self._device()
+        done = self.adb.shell(["sh", "-c", "nproc; uname -sr"], 30)
+        lines = done.stdout.splitlines() + ["", ""]
+        return {"target": self.spec, "serial": self.serial, "machine": self._getprop("ro.product.cpu.abi"),
+                "cpu": f"{self._getprop('ro.product.manufacturer')} {self._getprop('ro.product.model')} "
+                       f"({self._getprop('ro.soc.model') or self._getprop('ro.board.platform')})".strip(),
+                "android": self._getprop("ro.build.version.release"),
+                "cores": int(lines[0]) if lines[0].strip().isdigit() else None, "os": lines[1],
+                "emulated": bool(self.adb.emulated)}
+
+    def push(self, artifact: Path, work: Path) -> Path:
+        self._device()
+        remote = f"{self.DIR}/{artifact.name}"
+        self.adb.shell(["rm", "-rf", remote], 60)
+        self.adb.shell(["mkdir", "-p", self.DIR], 60)
+        self.adb.push(artifact, remote)
+        return Path(remote)
+
+    def command(self, runner: str) -> list[str]:
+        if runner != "native":
+            raise EdgeError("an Android phone runs the native runner only: profile with --runner native")
+        from profiler import native
+
+        abi = self._getprop("ro.product.cpu.abi")
+        if abi not in self.ABIS:
+            raise EdgeError(f"no runner build for the device's ABI {abi or '(unknown)'}; known: {', '.join(self.ABIS)}")
+        arch = self.ABIS[abi]
+        local = native.ensure(arch).parent
+        remote = f"{self.DIR}/runner-{arch}"
+        self.adb.shell(["rm", "-rf", remote], 60)
+        self.adb.push(local, remote)
+        binary = f"{remote}/{native.BINARY}"
+        self.adb.shell(["chmod", "-R", "755", remote], 60)
+        return native.standalone(binary, arch)
+
+    def run(self, command: list[str], artifact: Path, results: Path, options: list[str], timeout: float,
+            watch=None) -> None:
+        self.remote_results = remote = f"{artifact}.results.jsonl"
+        self.adb.shell(["rm", "-f", remote], 60)
+        done = self.adb.shell(["timeout", str(int(timeout)), *command, str(artifact), "--out", remote, *options],
+                              timeout + 30)
+        if done.returncode == 124:
+            raise EdgeError(f"profiling on {self.spec} did not finish in {timeout:.0f} s; lower --runs or raise "
+                            "--timeout (the results so far are kept)")
+        if done.returncode != 0:
+            last = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()][-1:] or ["no message"]
+            raise EdgeError(f"the runner on {self.spec} failed (exit {done.returncode}: {last[0][:300]})")
+
+    def pull(self, results: Path, local: Path) -> Path:
+        self.adb.pull(self.remote_results, local)
+        return local
+
+
+TARGETS.register("adb")(Adb)

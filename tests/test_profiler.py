@@ -256,3 +256,53 @@ def test_aarch64_runner_under_qemu_on_the_ssh_board(artifact, board):
     assert "EMULATED" in report.table(r) and "no verdict" in report.table(r)
     with pytest.raises(EdgeError, match="timings are not latencies"):
         presets.choose(artifact, spec, 1e4, [artifact.inputs()], runs=2, progress=False, runner="native")
+
+
+# ---- the adb target: the real adb client where no phone is needed, a labelled fake device for the rest --
+def test_adb_target_with_the_real_adb_client_and_no_phone(monkeypatch):
+    from profiler.targets import target_for
+    from tests.sshd import free_port
+
+    if shutil.which("adb") is None:
+        pytest.skip("needs the adb client (setup.sh installs it as root)")
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(free_port()))  # a private adb server, killed below
+    try:
+        with pytest.raises(EdgeError, match=r"no Android device is ready over adb \(connected: none\); plug one in"):
+            target_for("adb").describe()
+        with pytest.raises(EdgeError, match="Android device R58M123 is not ready over adb"):
+            target_for("adb:R58M123").describe()
+    finally:
+        subprocess.run(["adb", "kill-server"], capture_output=True, timeout=30)
+    with pytest.raises(EdgeError, match="bad adb target"):
+        target_for("adb:")
+
+
+@needs_cross
+def test_adb_target_push_run_pull_on_a_fake_device(artifact, tmp_path):
+    """FAKE DEVICE (tests/fake_device.py): the sequence a phone would see, the aarch64 runner started
+    through its own bundled loader and C runtime (as on Android, where there is no glibc), under qemu."""
+    from profiler.targets import Adb
+    from tests.fake_device import FakeDevice
+
+    if artifact.plan["runtime"] != "executorch":
+        pytest.skip("the native runner runs ExecuTorch artifacts")
+    device = FakeDevice(tmp_path / "phone")
+    target = Adb("adb", transport=device)
+    with pytest.raises(EdgeError, match="runs the native runner only"):
+        profiler.profile(artifact.path, target, profiler.ProfileConfig(runs=1), progress=False)
+    r = profiler.profile(artifact.path, target, profiler.ProfileConfig(runs=2, branch_runs=1, budget_ms=1e4, runner="native"),
+                         progress=False)
+    assert_same_as_eager(r, artifact, python_branches(artifact))
+    assert r["target"]["serial"] == "FAKE-0001" and r["target"]["machine"] == "arm64-v8a" and r["emulated"]
+    run = next(c for c in device.commands if c[0] == "timeout")
+    assert run[2].endswith("/glibc/ld-linux-aarch64.so.1") and run[2].startswith("/data/local/tmp/edge/runner-aarch64")
+    assert (tmp_path / "phone/data/local/tmp/edge" / artifact.path.name / "plan.json").is_file()
+
+    class LosingDevice(FakeDevice):  # the artifact never arrives: the runner's own error comes back
+        def push(self, local, remote):
+            if not remote.endswith(artifact.path.name):
+                super().push(local, remote)
+
+    with pytest.raises(EdgeError, match=r"the runner on adb failed \(exit 2: .*cannot be read"):
+        profiler.profile(artifact.path, Adb("adb", transport=LosingDevice(tmp_path / "lost")),
+                         profiler.ProfileConfig(runs=1, runner="native"), progress=False)
