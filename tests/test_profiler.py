@@ -84,7 +84,8 @@ def test_profile_cli(artifact, tmp_path):
     for args, needle in [([tmp_path / "nothing"], "not an edge artifact"),
                          ([artifact.path, "--runs", "0"], "runs must be an integer >= 1"),
                          ([artifact.path, "--budget-ms", "-3"], "budget_ms must be a positive"),
-                         ([artifact.path, "--target", "adb:emulator-5554"], "unknown profiling target 'adb'; known: local, ssh"),
+                         ([artifact.path, "--target", "cuda"], "unknown profiling target 'cuda'; known: adb, local, ssh"),
+                         ([artifact.path, "--runner", "rust"], "runner must be one of python, native, got 'rust'"),
                          ([artifact.path, "-o", tmp_path / "p"], "already exists")]:
         r = edge_cli("profile", *args, "--quiet")
         lines = [line for line in r.stderr.splitlines() if line.strip()]
