@@ -40,19 +40,19 @@ class Artifact:
         """The program files (one .pte; one .onnx per method in the routed mode)."""
         return [self.path / f for f in sorted(set(self.plan["methods"].values()))]
 
-    def runner(self, threads: int | None = None):
+    def runner(self, threads: int | None = None, device: str = "cpu"):
         """A function list of np arrays (inputs then knobs, as the plan lists them) -> outputs.
-        threads: the runtime's CPU threads (default: its own choice). In the routed mode the plan's
-        driver (export.routed.drive) runs the methods."""
+        threads: the runtime's CPU threads (default: its own choice); device: "cpu" or "cuda". In the
+        routed mode the plan's driver (export.routed.drive) runs the methods."""
         from export.runtime import RUNTIMES
 
-        return self._run_plan(RUNTIMES.get(self.plan["runtime"]).load(self.path, self.plan["methods"], threads))
+        return self._run_plan(RUNTIMES.get(self.plan["runtime"]).load(self.path, self.plan["methods"], threads, device))
 
-    def profiled_runner(self, threads: int | None = None):
+    def profiled_runner(self, threads: int | None = None, device: str = "cpu"):
         """(run, ops): `runner` with the runtime's per-operator profiler on; ops() sums what ran so far."""
         from export.runtime import RUNTIMES
 
-        methods, ops = RUNTIMES.get(self.plan["runtime"]).profile(self.path, self.plan["methods"], threads)
+        methods, ops = RUNTIMES.get(self.plan["runtime"]).profile(self.path, self.plan["methods"], threads, device)
         return self._run_plan(methods), ops
 
     def checks(self) -> dict[str, np.ndarray]:

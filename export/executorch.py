@@ -39,9 +39,15 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
     return {method: FILE for method in eps}
 
 
-def load(directory: Path, files: dict[str, str], threads: int | None = None) -> dict:
+def _cpu_only(device: str) -> None:
+    if device != "cpu":  # (the pip wheel registers XNNPACK, QNN and OpenVINO only)
+        raise EdgeError(f"this ExecuTorch build has no {device} backend; export for onnx to run on {device}")
+
+
+def load(directory: Path, files: dict[str, str], threads: int | None = None, device: str = "cpu") -> dict:
     from executorch.runtime import Runtime as EtRuntime
 
+    _cpu_only(device)
     if threads:  # XNNPACK's thread pool is process-wide
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
@@ -69,13 +75,14 @@ def load(directory: Path, files: dict[str, str], threads: int | None = None) -> 
     return runs
 
 
-def profile(directory: Path, files: dict[str, str], threads: int | None = None):
+def profile(directory: Path, files: dict[str, str], threads: int | None = None, device: str = "cpu"):
     """ExecuTorch's ETDump: every operator the program runs is an event (XNNPACK's own operators
     inside a delegate call too), read back with the devtools Inspector."""
     import tempfile
 
     from executorch.extension.pybindings import portable_lib
 
+    _cpu_only(device)
     if threads:
         portable_lib._unsafe_reset_threadpool(threads)
     modules = {}

@@ -23,11 +23,17 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
     return files
 
 
-PROVIDER = "CPUExecutionProvider"
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # (cuda: onnxruntime-gpu, edge[cuda])
 
 
-def _sessions(directory: Path, files: dict[str, str], threads: int | None, profile: bool = False) -> dict:
+def _sessions(directory: Path, files: dict[str, str], threads: int | None, profile: bool = False,
+              device: str = "cpu") -> dict:
     import onnxruntime as ort
+
+    provider = PROVIDERS[device]
+    if provider not in ort.get_available_providers():  # asking anyway would silently give the CPU
+        raise EdgeError(f"ONNX Runtime here has no {provider} (it has {', '.join(ort.get_available_providers())}); "
+                        f"on a machine with an NVIDIA GPU and driver: pip install 'edge[cuda]' (onnxruntime-gpu)")
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -42,11 +48,11 @@ def _sessions(directory: Path, files: dict[str, str], threads: int | None, profi
     for method, name in files.items():
         path = Path(directory) / name
         try:
-            session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(path), opts, providers=[provider])
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/... types
             raise EdgeError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]}); export it again") from None
-        if session.get_providers()[0] != PROVIDER:  # a silent fallback would measure something else
-            raise EdgeError(f"ONNX Runtime runs {path} on {session.get_providers()}, not {PROVIDER}")
+        if session.get_providers()[0] != provider:  # a silent fallback would measure something else
+            raise EdgeError(f"ONNX Runtime runs {path} on {session.get_providers()}, not {provider}")
         sessions[method] = session
     return sessions
 
@@ -60,17 +66,17 @@ def _runner(session):
     return run
 
 
-def load(directory: Path, files: dict[str, str], threads: int | None = None) -> dict:
-    return {m: _runner(s) for m, s in _sessions(directory, files, threads).items()}
+def load(directory: Path, files: dict[str, str], threads: int | None = None, device: str = "cpu") -> dict:
+    return {m: _runner(s) for m, s in _sessions(directory, files, threads, device=device).items()}
 
 
-def profile(directory: Path, files: dict[str, str], threads: int | None = None):
+def profile(directory: Path, files: dict[str, str], threads: int | None = None, device: str = "cpu"):
     """ONNX Runtime's profiler: a Chrome-trace JSON per session; every "Node" event is one operator
     run, with its op type, execution provider and duration."""
     import json
     import shutil
 
-    sessions = _sessions(directory, files, threads, profile=True)
+    sessions = _sessions(directory, files, threads, profile=True, device=device)
 
     def ops() -> dict:
         table, total = {}, 0.0

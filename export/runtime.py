@@ -22,8 +22,9 @@ class Runtime:
     mode: "graph" or "routed", the default (measured: bench/results/export_speed.txt);
     lower(eps, directory, control_flow) -> {method: file}: write the ExportedPrograms {method: ep} into
       the directory (control_flow: the programs hold torch.cond);
-    load(directory, {method: file}, threads=None) -> {method: run}, run(list of np arrays) -> list;
-    profile(directory, {method: file}, threads=None) -> ({method: run}, ops): load with the runtime's
+    load(directory, {method: file}, threads=None, device="cpu") -> {method: run}, run(list of np arrays)
+      -> list; device: "cpu" or "cuda" (a runtime without it raises: never a silent CPU fallback);
+    profile(directory, {method: file}, threads=None, device="cpu") -> ({method: run}, ops): load with the runtime's
       own per-operator profiler on; ops() -> {"ops": [{"op", "backend", "ms", "calls"}] summed over the
       runs so far, "total_ms", "delegated_ms", "backends": what ran the work};
     stats(directory, {method: file}) -> {"branches": conditional jumps / If nodes, "gathers": NonZero

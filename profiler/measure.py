@@ -3,7 +3,7 @@ lines, one record per budget level and per branch-forcing case, then the operato
 memory, flushed as it goes, so that a crash or a timeout keeps what was measured. A target runs this
 where the artifact is (the local target: in a subprocess of its own, so its peak memory is its own).
 
-    python -m profiler.measure ARTIFACT_DIR --out results.jsonl [--runs 50] [--warmup 5] [--threads 1]
+    python -m profiler.measure ARTIFACT_DIR --out results.jsonl [--runs 50] [--warmup 5] [--threads 1] [--device cpu]
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
-def describe(threads: int, runtime: str) -> dict:
-    """The machine, the runtime and its version, the threads."""
+def describe(threads: int, runtime: str, device: str = "cpu") -> dict:
+    """The machine, the runtime and its version, the threads, the device it runs on."""
     from export.runtime import RUNTIMES
 
     return {**machine(), "runtime": runtime, "runtime_version": version(RUNTIMES.get(runtime).package),
-            "threads": threads}
+            "threads": threads, "device": device}
 
 
 def branch(plan: dict, out: list[np.ndarray]) -> dict:
@@ -65,16 +65,16 @@ def knob_arrays(plan: dict, values: dict) -> list[np.ndarray]:
 
 
 def measure(path: str, out, runs: int = 50, warmup: int = 5, threads: int = 1, branch_runs: int = 10,
-            ops: bool = True) -> None:
+            ops: bool = True, device: str = "cpu") -> None:
     """Measure the artifact at `path`, writing records (dicts) to `out` (a function)."""
     from export.artifact import load_artifact
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     a = load_artifact(path)
     plan = a.plan
-    out({"kind": "device", **describe(threads, plan["runtime"])})
-    t = a.checks()
-    run, x = a.runner(threads), a.inputs(t)
+    run, t = a.runner(threads, device), a.checks()  # (first: a missing device is an error, not a record)
+    out({"kind": "device", **describe(threads, plan["runtime"], device)})
+    x = a.inputs(t)
     for level in plan["budget_levels"]:
         ms, o = timed(run, x + knob_arrays(plan, level), runs, warmup)
         out({"kind": "level", "name": level["name"], "ms": ms, "branch": branch(plan, o)})
@@ -83,7 +83,7 @@ def measure(path: str, out, runs: int = 50, warmup: int = 5, threads: int = 1, b
         ms, o = timed(run, x + knobs, branch_runs, 1)
         out({"kind": "branch", "case": check["case"], "ms": ms, "branch": branch(plan, o)})
     if ops:  # a run of its own: the operator profiler costs time
-        prun, collect = a.profiled_runner(threads)
+        prun, collect = a.profiled_runner(threads, device)
         knobs = knob_arrays(plan, plan["budget_levels"][0])
         n = max(1, min(runs, 10))
         for _ in range(n):
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--branch-runs", type=int, default=10)
     ap.add_argument("--no-ops", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args(argv)
     with open(args.out, "a") as f:
         def write(record: dict) -> None:
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             f.flush()
 
         try:
-            measure(args.artifact, write, args.runs, args.warmup, args.threads, args.branch_runs, not args.no_ops)
+            measure(args.artifact, write, args.runs, args.warmup, args.threads, args.branch_runs, not args.no_ops,
+                    args.device)
         except EdgeError as e:
             write({"kind": "error", "message": str(e)})
             print(f"error: {e}", file=sys.stderr)

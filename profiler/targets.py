@@ -3,8 +3,8 @@ name the measuring program there (`command`: profiler.measure on the Python runt
 runner, pushed first where it must be), run it, pull the results. Every remote step has a timeout; a
 failure is one EdgeError that says what to check.
 
-Registered: "local" (this machine, in a subprocess), "ssh" (a Linux board) and "adb" (an Android
-phone). An unknown target name lists the registered ones."""
+Registered: "local" (this machine, in a subprocess), "cuda" (its NVIDIA GPU, ONNX Runtime), "ssh"
+(a Linux board) and "adb" (an Android phone). An unknown target name lists the registered ones."""
 from __future__ import annotations
 
 import shutil
@@ -73,6 +73,22 @@ class Local:
 
 
 TARGETS.register("local")(Local)
+
+
+@dataclass(frozen=True)
+class Cuda(Local):
+    """This machine's NVIDIA GPU through ONNX Runtime's CUDA execution provider (onnxruntime-gpu, the
+    `cuda` extra). Without it the measuring side stops with an error: a CPU fallback is not a result."""
+
+    spec: str = "cuda"
+
+    def command(self, runner: str) -> list[str]:
+        if runner == "native":
+            raise EdgeError("the native runner runs on the CPU (ExecuTorch, XNNPACK); profile cuda with --runner python")
+        return [*super().command(runner), "--device", "cuda"]
+
+
+TARGETS.register("cuda")(Cuda)
 
 
 def target_for(spec):

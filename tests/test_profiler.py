@@ -84,7 +84,7 @@ def test_profile_cli(artifact, tmp_path):
     for args, needle in [([tmp_path / "nothing"], "not an edge artifact"),
                          ([artifact.path, "--runs", "0"], "runs must be an integer >= 1"),
                          ([artifact.path, "--budget-ms", "-3"], "budget_ms must be a positive"),
-                         ([artifact.path, "--target", "cuda"], "unknown profiling target 'cuda'; known: adb, local, ssh"),
+                         ([artifact.path, "--target", "tpu"], "unknown profiling target 'tpu'; known: adb, cuda, local, ssh"),
                          ([artifact.path, "--runner", "rust"], "runner must be one of python, native, got 'rust'"),
                          ([artifact.path, "-o", tmp_path / "p"], "already exists")]:
         r = edge_cli("profile", *args, "--quiet")
@@ -307,3 +307,18 @@ def test_adb_target_push_run_pull_on_a_fake_device(artifact, tmp_path):
     with pytest.raises(EdgeError, match=r"the runner on adb failed \(exit 2: .*cannot be read"):
         profiler.profile(artifact.path, Adb("adb", transport=LosingDevice(tmp_path / "lost")),
                          profiler.ProfileConfig(runs=1, runner="native"), progress=False)
+
+
+def test_cuda_target_refuses_a_cpu_fallback(artifact):
+    """No NVIDIA GPU and no onnxruntime-gpu here: the cuda target says so in one line instead of
+    measuring the CPU under the name of the GPU (on a GPU machine this test is the first to change)."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has ONNX Runtime's CUDA provider: profile on it instead")
+    want = {"onnx": "ONNX Runtime here has no CUDAExecutionProvider", "executorch": "this ExecuTorch build has no cuda backend"}
+    with pytest.raises(EdgeError, match=want[artifact.plan["runtime"]]):
+        profiler.profile(artifact.path, "cuda", profiler.ProfileConfig(runs=1), progress=False)
+    if artifact.plan["runtime"] == "executorch":
+        with pytest.raises(EdgeError, match="the native runner runs on the CPU"):
+            profiler.profile(artifact.path, "cuda", profiler.ProfileConfig(runs=1, runner="native"), progress=False)
