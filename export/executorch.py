@@ -99,29 +99,41 @@ def profile(directory: Path, files: dict[str, str], threads: int | None = None, 
         return run
 
     def ops() -> dict:
-        from executorch.devtools import Inspector
-
-        table, total, delegated = {}, 0.0, 0.0
-        for name, module in modules.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                module.write_etdump_result_to_file(f"{tmp}/etdump.etdp")
-                df = Inspector(etdump_path=f"{tmp}/etdump.etdp").to_dataframe()
-            for _, e in df[df["event_block_name"] == "Execute"].iterrows():
-                ms = float(sum(e["raw"]))
-                if e["event_name"] == "Method::execute":
-                    total += ms
-                elif e["event_name"] == "DELEGATE_CALL":
-                    delegated += ms
-                elif e["event_name"] != "OPERATOR_CALL":  # (that one wraps each native_call_*)
-                    backend = "XnnpackBackend" if e["is_delegated_op"] else "portable kernels"
-                    op = e["event_name"].split(" #")[0].removeprefix("native_call_").removesuffix(".out")
-                    row = table.setdefault((op, backend), {"op": op, "backend": backend, "ms": 0.0, "calls": 0})
-                    row["ms"] += ms
-                    row["calls"] += len(e["raw"])
-        rows = sorted(table.values(), key=lambda r: -r["ms"])
-        return {"ops": rows, "total_ms": total, "delegated_ms": delegated, "backends": sorted({r["backend"] for r in rows})}
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for i, module in enumerate(modules.values()):
+                paths.append(Path(tmp) / f"etdump{i}.etdp")
+                module.write_etdump_result_to_file(str(paths[-1]))
+            return read_etdump(paths)
 
     return {m: runner(modules[f], m) for m, f in files.items()}, ops
+
+
+def read_etdump(paths: list[Path]) -> dict:
+    """The per-operator profile in ETDump files (from the Python runtime or the native runner), read
+    with the devtools Inspector: {"ops": [{op, backend, ms, calls}], "total_ms", "delegated_ms", "backends"}."""
+    from executorch.devtools import Inspector
+
+    table, total, delegated = {}, 0.0, 0.0
+    for path in paths:
+        try:
+            df = Inspector(etdump_path=str(path)).to_dataframe()
+        except Exception as e:
+            raise EdgeError(f"{path} is not a readable ETDump ({str(e).splitlines()[0][:200]})") from None
+        for _, e in df[df["event_block_name"] == "Execute"].iterrows():
+            ms = float(sum(e["raw"]))
+            if e["event_name"] == "Method::execute":
+                total += ms
+            elif e["event_name"] == "DELEGATE_CALL":
+                delegated += ms
+            elif e["event_name"] != "OPERATOR_CALL":  # (that one wraps each native_call_*)
+                backend = "XnnpackBackend" if e["is_delegated_op"] else "portable kernels"
+                op = e["event_name"].split(" #")[0].removeprefix("native_call_").removesuffix(".out")
+                row = table.setdefault((op, backend), {"op": op, "backend": backend, "ms": 0.0, "calls": 0})
+                row["ms"] += ms
+                row["calls"] += len(e["raw"])
+    rows = sorted(table.values(), key=lambda r: -r["ms"])
+    return {"ops": rows, "total_ms": total, "delegated_ms": delegated, "backends": sorted({r["backend"] for r in rows})}
 
 
 def stats(directory: Path, files: dict[str, str]) -> dict:

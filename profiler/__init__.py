@@ -24,7 +24,7 @@ class ProfileConfig:
     case; threads: the runtime's CPU threads; budget_ms at percentile (e.g. 90: p90 <= budget);
     ops: also run the runtime's per-operator profiler; timeout_s: the whole measurement's limit;
     runner: the measuring program, "python" (the runtime's Python API, profiler.measure) or "native"
-    (the C++ runner on ExecuTorch's Module API, profiler/runner; no per-operator profile yet)."""
+    (the C++ runner on ExecuTorch's Module API, profiler/runner; its ETDump is read here)."""
 
     runs: int = 50
     warmup: int = 5
@@ -53,7 +53,7 @@ class ProfileConfig:
     def options(self) -> list[str]:
         """The measuring side's command-line options (profiler.measure and the native runner share them)."""
         return ["--runs", str(self.runs), "--warmup", str(self.warmup), "--threads", str(self.threads),
-                "--branch-runs", str(self.branch_runs), *([] if self.ops or self.runner == "native" else ["--no-ops"])]
+                "--branch-runs", str(self.branch_runs), *([] if self.ops else ["--no-ops"])]
 
 
 RUNNERS = ("python", "native")
@@ -113,6 +113,17 @@ def _records(text: str) -> list[dict]:
     return out
 
 
+def _etdump_ops(record: dict, t, results: Path, work: Path) -> dict:
+    """The native runner's ETDump, fetched from the target and read here into an "ops" record."""
+    from export.executorch import read_etdump
+
+    try:
+        local = t.pull(results, work / "pulled.etdump", ".etdump")
+        return {"kind": "ops", "level": record["level"], "runs": record["runs"], **read_etdump([local])}
+    except (EdgeError, OSError) as e:
+        return {"kind": "ops-missing", "why": str(e)}
+
+
 def profile(artifact: str | Path, target="local", config: ProfileConfig = ProfileConfig(),
             progress: bool = True) -> dict:
     """Measure `artifact` on `target` at every budget level of its plan (and each branch-forcing case):
@@ -165,6 +176,7 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
             if error is None:
                 raise
             records = []
+        records = [_etdump_ops(r, t, results, work) if r["kind"] == "etdump" else r for r in records]
     report = summarize(records, config, a.plan, t.describe())
     if error:
         report["error"] = error

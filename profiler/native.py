@@ -27,7 +27,8 @@ from edge.errors import EdgeError
 SOURCE = Path(__file__).parent / "runner" / "edge_runner.cpp"
 BINARY = "edge_runner"
 # what the runner links (the XNNPACK backend and the kernels register themselves when loaded)
-LIBS = ["executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized", "executorch_threadpool"]
+LIBS = ["executorch", "executorch_backend_xnnpack", "executorch_kernels_optimized", "executorch_threadpool",
+        "executorch_etdump"]
 # a cross build also carries its C/C++ runtime in glibc/ (not in lib/: a board's own glibc must not
 # pick these up through the RPATH), so that it runs where no glibc is installed: an Android phone
 GLIBC = ["libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libpthread.so.0", "libdl.so.2"]

@@ -67,8 +67,9 @@ class Local:
                 last = [line for line in err.read().strip().splitlines() if line.strip()][-1:] or ["no message"]
                 raise EdgeError(f"the measuring process failed (exit {proc.returncode}: {last[0][:300]})")
 
-    def pull(self, results: Path, local: Path) -> Path:
-        shutil.copyfile(results, local)
+    def pull(self, results: Path, local: Path, suffix: str = "") -> Path:
+        """Fetch the results (or the file beside them named results + suffix, e.g. ".etdump")."""
+        shutil.copyfile(f"{results}{suffix}", local)
         return local
 
 
@@ -204,8 +205,8 @@ class Ssh:
             last = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()][-1:] or ["no message"]
             raise EdgeError(f"the measuring process on {self.spec} failed (exit {done.returncode}: {last[0][:300]})")
 
-    def pull(self, results: Path, local: Path) -> Path:
-        done = self._ssh(["cat", self.remote_results], 120, what="fetching the results")
+    def pull(self, results: Path, local: Path, suffix: str = "") -> Path:
+        done = self._ssh(["cat", self.remote_results + suffix], 120, what="fetching the results")
         if done.returncode != 0:
             raise EdgeError(f"{self.spec}: no results on the board ({done.stderr.decode(errors='replace').strip()[-200:]})")
         local.write_bytes(done.stdout)
@@ -347,8 +348,8 @@ class Adb:
             last = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()][-1:] or ["no message"]
             raise EdgeError(f"the runner on {self.spec} failed (exit {done.returncode}: {last[0][:300]})")
 
-    def pull(self, results: Path, local: Path) -> Path:
-        self.adb.pull(self.remote_results, local)
+    def pull(self, results: Path, local: Path, suffix: str = "") -> Path:
+        self.adb.pull(self.remote_results + suffix, local)
         return local
 
 

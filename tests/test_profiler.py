@@ -201,6 +201,9 @@ def test_native_runner_matches_the_python_runtime_locally(artifact):
                          progress=False)
     assert_same_as_eager(r, artifact, python_branches(artifact))
     assert r["device"]["runner"] == "native" and r["device"]["machine"] == __import__("platform").machine()
+    ops = r["ops"]  # the runner's ETDump, read here by the devtools Inspector
+    assert ops["runs"] > 0 and ops["total_ms"] > 0 and set(ops["backends"]) == {"XnnpackBackend", "portable kernels"}
+    assert 0 < ops["delegate_share"] < 1 and any(o["op"] == "argmax" for o in ops["ops"])
     assert [lv["name"] for lv in r["levels"]] == ["full", "fast"] and r["levels"][1]["branch"]["exit_layer"] == 1
     assert r["budget"]["pass"] and not r["emulated"] and r["memory"]["peak_rss_mb"] > 0
 

@@ -3,10 +3,13 @@
 // call of "forward"), times it per budget level and per branch-forcing check, compares every check's
 // outputs with the eager outputs bundled beside the program, and writes the same JSON-line records as
 // `python -m profiler.measure`, flushed one by one so that a crash or a kill keeps what was measured.
+// Unless --no-ops, a last pass at the first budget level runs with ExecuTorch's ETDump event tracer
+// and writes it beside the records (FILE.etdump; the host reads it with the devtools Inspector).
 //
-//   edge_runner ARTIFACT_DIR [--out FILE] [--runs 50] [--warmup 5] [--branch-runs 10] [--threads 1]
+//   edge_runner ARTIFACT_DIR [--out FILE] [--runs 50] [--warmup 5] [--branch-runs 10] [--threads 1] [--no-ops]
 //
 // Exit status: 0 done, 2 a fault (also written as {"kind": "error", "message": ...}), 64 bad usage.
+#include <executorch/devtools/etdump/etdump_flatcc.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
 
@@ -248,7 +251,8 @@ std::map<std::string, Array> read_safetensors(const std::string& path) {
 // ---- the program: methods called by name on host arrays ------------------------------------------
 class Program {
  public:
-  explicit Program(const std::string& path) : module_(path, Module::LoadMode::Mmap) {
+  explicit Program(const std::string& path, std::unique_ptr<executorch::runtime::EventTracer> tracer = nullptr)
+      : module_(path, Module::LoadMode::Mmap, std::move(tracer)) {
     if (module_.load() != executorch::runtime::Error::Ok)
       throw Fault(path + " is not a loadable ExecuTorch program; export it again");
   }
@@ -273,6 +277,17 @@ class Program {
     std::vector<Array> out;
     for (const auto& v : *result) out.push_back(from_evalue(v, method));
     return out;
+  }
+
+  // the ETDump recorded so far (a program loaded with an ETDumpGen), written to `path`
+  void write_etdump(const std::string& path) {
+    auto* gen = static_cast<executorch::etdump::ETDumpGen*>(module_.event_tracer());
+    executorch::etdump::ETDumpResult r = gen->get_etdump_data();
+    if (r.buf == nullptr) throw Fault("ExecuTorch recorded no ETDump events");
+    std::ofstream f(path, std::ios::binary);
+    f.write(static_cast<const char*>(r.buf), static_cast<std::streamsize>(r.size));
+    std::free(r.buf);
+    if (!f) throw Fault("cannot write " + path);
   }
 
  private:
@@ -385,6 +400,7 @@ struct Artifact {
   std::map<std::string, Array> checks;
   std::unique_ptr<Program> program;
   Values inputs;
+  std::string file;  // the program file
 
   explicit Artifact(const std::string& dir) {
     plan = Parser(read_file(dir + "/plan.json")).parse();
@@ -392,8 +408,8 @@ struct Artifact {
     if (!plan.has("version") || plan["version"].integer() != 2)
       throw Fault(dir + "/plan.json has a plan version this runner does not read (it reads 2); rebuild the runner or export again");
     if (plan["runtime"].str != "executorch") throw Fault(dir + " is a " + plan["runtime"].str + " artifact; this runner runs ExecuTorch artifacts");
-    std::string file = plan["methods"].fields.begin()->second.str;
-    program = std::make_unique<Program>(dir + "/" + file);
+    file = dir + "/" + plan["methods"].fields.begin()->second.str;
+    program = std::make_unique<Program>(file);
     checks = read_safetensors(dir + "/checks.safetensors");
     for (const auto& spec : plan["inputs"].items) inputs[spec["name"].str] = check("input." + spec["name"].str);
   }
@@ -515,7 +531,7 @@ double rss_mb() {
 }
 
 int usage() {
-  std::cerr << "usage: edge_runner ARTIFACT_DIR [--out FILE] [--runs N] [--warmup N] [--branch-runs N] [--threads N]\n";
+  std::cerr << "usage: edge_runner ARTIFACT_DIR [--out FILE] [--runs N] [--warmup N] [--branch-runs N] [--threads N] [--no-ops]\n";
   return 64;
 }
 
@@ -525,8 +541,10 @@ int main(int argc, char** argv) {
   if (argc < 2) return usage();
   std::string dir = argv[1], out_path;
   int runs = 50, warmup = 5, branch_runs = 10, threads = 1;
+  bool ops = true;
   for (int i = 2; i < argc; ++i) {
     std::string flag = argv[i];
+    if (flag == "--no-ops") { ops = false; continue; }
     if (i + 1 >= argc) return usage();
     std::string v = argv[++i];
     try {
@@ -572,6 +590,17 @@ int main(int argc, char** argv) {
       write("{\"kind\": \"branch\", \"case\": " + quote(checks[c]["case"].str) + ", \"ms\": " + ms + ", \"branch\": " +
             a.branch(o) + ", \"max_abs_diff\": " + (std::isfinite(diff) ? d.str() : "null") +
             ", \"outputs_match\": " + (same && diff <= a.plan["tolerance"].num ? "true" : "false") + "}");
+    }
+    if (ops && !out_path.empty()) {  // a pass of its own: the tracer costs time
+      const Json& level = a.plan["budget_levels"][0];
+      Values knobs = a.knobs(level);
+      a.program.reset();  // (first: the peak memory stays one program's)
+      a.program = std::make_unique<Program>(a.file, std::make_unique<executorch::etdump::ETDumpGen>());
+      int n = std::max(1, std::min(runs, 10));
+      for (int i = 0; i < n; ++i) o = a.run(knobs);
+      a.program->write_etdump(out_path + ".etdump");
+      write("{\"kind\": \"etdump\", \"file\": " + quote(out_path + ".etdump") + ", \"level\": " + quote(level["name"].str) +
+            ", \"runs\": " + std::to_string(n) + "}");
     }
     std::ostringstream m;
     m << "{\"kind\": \"memory\", \"peak_rss_mb\": " << rss_mb() << ", \"rss_at_start_mb\": " << rss0 << "}";
