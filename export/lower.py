@@ -132,6 +132,32 @@ def _check_levels(levels: list[dict], own: dict) -> list[dict]:
     return levels
 
 
+def plan_of(graph: GraphModel, model: nn.Module, runtime: str, mode: str, methods: dict[str, str],
+            args: list[torch.Tensor], section: dict, levels: list[dict]) -> dict:
+    """The plan's description of the program (all but its checks and file hashes): what every driver
+    (export.routed.drive, the native runner, the Android demo's interpreter) reads."""
+    arch = graph.arch
+    dyn = {"min": 2, "max": int(getattr(model.config, "max_position_embeddings", 512))} if arch.seq_inputs else None
+    return {
+        "format": PLAN_FORMAT, "version": PLAN_VERSION, "edge_version": edge.__version__,
+        "runtime": runtime, "mode": mode, "methods": methods,
+        "model": {"type": model.config.model_type, "architecture": arch.name, "layers": len(graph.layers),
+                  "output_kind": arch.output_kind(model)},
+        "inputs": [_spec(n, a, dyn if n in arch.seq_inputs else None) for n, a in zip(graph.input_names, args)],
+        "knobs": [_spec(k, v) for k, v in graph.knobs().items()],
+        "outputs": graph.output_names(),
+        "control_flow": {
+            "exits": [{"after": a, "knob": "exit_thresholds", "index": j} for a, j in sorted(graph.exit_index.items())],
+            "routers": [{"layer": i, "target": graph.target, "knob": "skip_thresholds", "index": j}
+                        for i, j in sorted(graph.router_index.items())],
+            "acms": [{"layer": i, "learners": graph.acms[i - 1].n, "knob": "gate_bias", "index": j}
+                     for i, j in sorted(graph.acm_index.items())],
+        },
+        **section,
+        "budget_levels": levels,
+    }
+
+
 def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, overwrite: bool = False,
                progress: bool = True, mode: str | None = None, levels: list[dict] | None = None,
                tokenizer=None) -> Artifact:
@@ -165,7 +191,6 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     max_tok = int(getattr(model.config, "max_position_embeddings", 512))
     if n_tok is not None and not 2 <= n_tok <= max_tok:
         raise EdgeError(f"the example input has {n_tok} tokens; this model takes 2..{max_tok}")
-    dyn = {"min": 2, "max": max_tok} if arch.seq_inputs else None
     t0 = time.time()
     say(f"edge export: tracing {type(model).__name__} ({len(graph.layers)} layers, {len(graph.heads)} exits, "
         f"{len(graph.routers)} routers, {len(graph.acm_index)} ACMs) for {runtime}, {mode} mode ...")
@@ -195,22 +220,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
             tokenizer.save_pretrained(str(tmp / TOKENIZER))
         extra = sorted(str(f.relative_to(tmp)) for f in (tmp / TOKENIZER).rglob("*") if f.is_file()) if tokenizer is not None else []
         plan = {
-            "format": PLAN_FORMAT, "version": PLAN_VERSION, "edge_version": edge.__version__,
-            "runtime": runtime, "mode": mode, "methods": methods,
-            "model": {"type": model.config.model_type, "architecture": arch.name, "layers": len(graph.layers),
-                      "output_kind": arch.output_kind(model)},
-            "inputs": [_spec(n, a, dyn if n in arch.seq_inputs else None) for n, a in zip(graph.input_names, args)],
-            "knobs": [_spec(k, v) for k, v in own.items()],
-            "outputs": graph.output_names(),
-            "control_flow": {
-                "exits": [{"after": a, "knob": "exit_thresholds", "index": j} for a, j in sorted(graph.exit_index.items())],
-                "routers": [{"layer": i, "target": graph.target, "knob": "skip_thresholds", "index": j}
-                            for i, j in sorted(graph.router_index.items())],
-                "acms": [{"layer": i, "learners": graph.acms[i - 1].n, "knob": "gate_bias", "index": j}
-                         for i, j in sorted(graph.acm_index.items())],
-            },
-            **section,
-            "budget_levels": levels,
+            **plan_of(graph, model, runtime, mode, methods, args, section, levels),
             "checks": checks, "tolerance": TOLERANCE,
             **({"tokenizer": TOKENIZER} if tokenizer is not None else {}),
             "files": {f: sha256(tmp / f) for f in sorted({*methods.values(), CHECKS, *extra})},

@@ -1,0 +1,158 @@
+package org.edge.plan;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+/** Runs a plan: the routed mode as export/routed.py's drive does (each segment one method call, the
+ * decision after it taken here from the segment's scores and the knobs; ACM learner j on the tokens
+ * that chose more than j learners, sorted once so that each learner takes a prefix), or the graph
+ * mode's single "forward". The program's methods are called through {@link Methods}: ExecuTorch's
+ * Module in the app, recorded outputs in the tests. */
+public final class Driver {
+    /** One method of the program on host tensors. */
+    public interface Methods {
+        Tensor[] call(String method, Tensor[] inputs);
+    }
+
+    /** What a run returned and what it did. */
+    public static final class Result {
+        public final Tensor output;
+        public final int exitLayer;
+        public final boolean[] skipped; // per layer
+        public final long[][] ks; // per ACM layer, per token: learners run (-1: layer not reached); null without ACMs
+
+        Result(Tensor output, int exitLayer, boolean[] skipped, long[][] ks) {
+            this.output = output;
+            this.exitLayer = exitLayer;
+            this.skipped = skipped;
+            this.ks = ks;
+        }
+
+        /** The plan's outputs in its order: output, exit_layer, skipped[, ks]. */
+        public Tensor[] tensors() {
+            Tensor exit = Tensor.of(new long[] {exitLayer}, 1);
+            Tensor skip = Tensor.of(skipped.clone(), skipped.length);
+            if (ks == null) return new Tensor[] {output, exit, skip};
+            long[] flat = new long[ks.length * ks[0].length];
+            for (int a = 0; a < ks.length; a++) System.arraycopy(ks[a], 0, flat, a * ks[0].length, ks[0].length);
+            return new Tensor[] {output, exit, skip, Tensor.of(flat, ks.length, ks[0].length)};
+        }
+
+        /** The share of learners run over the tokens of the layers reached (0 without ACMs). */
+        public double acmFraction(int learners) {
+            long sum = 0, n = 0;
+            if (ks != null) for (long[] row : ks) for (long k : row) if (k >= 0) { sum += k; n++; }
+            return n == 0 || learners == 0 ? 0.0 : (double) sum / n / learners;
+        }
+    }
+
+    private Driver() {}
+
+    public static Result run(Plan plan, Methods methods, Map<String, Tensor> inputs, Map<String, float[]> knobs) {
+        for (Map.Entry<String, Integer> k : plan.knobs.entrySet()) {
+            float[] v = knobs.get(k.getKey());
+            if (v == null || v.length != k.getValue()) throw new PlanException("knob " + k.getKey() + " needs " + k.getValue() + " values");
+        }
+        for (String name : plan.inputs) if (!inputs.containsKey(name)) throw new PlanException("the plan reads input " + name + ", which was not given");
+        return plan.mode.equals("graph") ? graph(plan, methods, inputs, knobs) : routed(plan, methods, inputs, knobs);
+    }
+
+    private static Result graph(Plan plan, Methods methods, Map<String, Tensor> inputs, Map<String, float[]> knobs) {
+        List<Tensor> args = new ArrayList<>();
+        for (String name : plan.inputs) args.add(inputs.get(name));
+        for (Map.Entry<String, Integer> k : plan.knobs.entrySet()) args.add(Tensor.of(knobs.get(k.getKey()), k.getValue()));
+        Tensor[] out = call(methods, "forward", args.toArray(new Tensor[0]), plan.outputs.size());
+        boolean[] skipped = out[2].b;
+        long[][] ks = null;
+        if (out.length > 3) {
+            int a = (int) out[3].shape[0], t = (int) out[3].shape[1];
+            ks = new long[a][t];
+            for (int i = 0; i < a; i++) System.arraycopy(out[3].l, i * t, ks[i], 0, t);
+        }
+        return new Result(out[0], (int) out[1].l[0], skipped, ks);
+    }
+
+    private static Result routed(Plan plan, Methods methods, Map<String, Tensor> inputs, Map<String, float[]> knobs) {
+        Map<String, Tensor> values = new HashMap<>(inputs);
+        int exitLayer = plan.layers;
+        boolean[] skipped = new boolean[plan.layers];
+        long[][] ks = null;
+        Tensor output;
+        int s = 0;
+        while (true) {
+            Plan.Segment seg = plan.segments.get(s);
+            Plan.Then then = seg.then;
+            Tensor[] feeds = new Tensor[seg.inputs.size()];
+            for (int i = 0; i < feeds.length; i++) {
+                String name = seg.inputs.get(i);
+                feeds[i] = name.equals("gate_bias") ? Tensor.of(new float[] {knobs.get("gate_bias")[then.acm]}, 1) : get(values, name);
+            }
+            Tensor[] out = call(methods, seg.method, feeds, seg.outputs.size());
+            for (int i = 0; i < out.length; i++) values.put(seg.outputs.get(i), out[i]);
+            if (then.kind.equals("end")) {
+                output = get(values, "output");
+                break;
+            }
+            if (then.kind.equals("exit")) {
+                if (get(values, "conf").f[0] >= knobs.get("exit_thresholds")[then.exit]) {
+                    output = get(values, "exit_output");
+                    exitLayer = then.layer;
+                    break;
+                }
+                s = then.next;
+            } else if (then.kind.equals("skip")) {
+                boolean keep = get(values, "score").f[0] >= knobs.get("skip_thresholds")[then.router];
+                skipped[then.layer - 1] = !keep;
+                s = keep ? then.keep : then.skip;
+            } else { // "acm": learner j runs on the tokens that chose more than j learners
+                Tensor x = get(values, "x"), k = get(values, "k"); // (T, H), (T,)
+                int t = (int) x.shape[0], h = (int) x.shape[1];
+                Integer[] order = new Integer[t];
+                for (int i = 0; i < t; i++) order[i] = i;
+                final long[] kk = k.l;
+                Arrays.sort(order, (a, b) -> Long.compare(kk[b], kk[a])); // most learners first; stable
+                float[] xs = new float[t * h], ys = new float[t * h];
+                for (int r = 0; r < t; r++) System.arraycopy(x.f, order[r] * h, xs, r * h, h);
+                for (int j = 0; j < then.learners.size(); j++) {
+                    int n = 0;
+                    for (long v : kk) if (v > j) n++;
+                    if (n == 0) continue;
+                    Tensor prefix = Tensor.of(Arrays.copyOf(xs, n * h), n, h);
+                    float[] g = call(methods, then.learners.get(j), new Tensor[] {prefix}, 1)[0].f;
+                    if (g == null || g.length != n * h) throw new PlanException("learner " + then.learners.get(j) + " returned the wrong shape");
+                    for (int i = 0; i < n * h; i++) ys[i] += g[i];
+                }
+                float[] y = new float[t * h];
+                for (int r = 0; r < t; r++) System.arraycopy(ys, r * h, y, order[r] * h, h);
+                values.put("y", Tensor.of(y, 1, t, h));
+                if (ks == null) {
+                    ks = new long[plan.acms][t];
+                    for (long[] row : ks) Arrays.fill(row, -1);
+                }
+                ks[then.acm] = kk.clone();
+                s = then.next;
+            }
+        }
+        if (plan.acms > 0 && ks == null) { // no ACM was reached: every row is -1
+            ks = new long[plan.acms][(int) get(values, "h").shape[1]];
+            for (long[] row : ks) Arrays.fill(row, -1);
+        }
+        return new Result(output, exitLayer, skipped, plan.acms > 0 ? ks : null);
+    }
+
+    private static Tensor[] call(Methods methods, String method, Tensor[] inputs, int outputs) {
+        Tensor[] out = methods.call(method, inputs);
+        if (out == null || out.length != outputs)
+            throw new PlanException("method " + method + " returned " + (out == null ? 0 : out.length) + " outputs, the plan lists " + outputs + "; the program and plan.json do not belong together");
+        return out;
+    }
+
+    private static Tensor get(Map<String, Tensor> values, String name) {
+        Tensor t = values.get(name);
+        if (t == null) throw new PlanException("the plan reads \"" + name + "\" before any method wrote it; export the model again");
+        return t;
+    }
+}

@@ -1,0 +1,245 @@
+package org.edge.plan;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+
+/** The plan that `edge export` writes beside the program (plan.json, format "edge-plan", version 2):
+ * the inputs, the knobs, the outputs, the budget levels and, in the routed mode, the segments (one
+ * program method each) and the decision after each. Parsing checks everything the driver relies on,
+ * so that a malformed plan fails here with one line, not in the middle of a run. */
+public final class Plan {
+    public static final String FORMAT = "edge-plan";
+    public static final int VERSION = 2;
+
+    /** What follows a segment: kind "end", "exit", "skip" or "acm", and where to go next. */
+    public static final class Then {
+        public final String kind;
+        public final int layer, next, keep, skip, exit, router, acm;
+        public final List<String> learners;
+
+        Then(String kind, int layer, int next, int keep, int skip, int exit, int router, int acm, List<String> learners) {
+            this.kind = kind;
+            this.layer = layer;
+            this.next = next;
+            this.keep = keep;
+            this.skip = skip;
+            this.exit = exit;
+            this.router = router;
+            this.acm = acm;
+            this.learners = learners;
+        }
+    }
+
+    /** One method of the program, the values it reads and writes by name, and the decision after it. */
+    public static final class Segment {
+        public final String method;
+        public final List<String> inputs, outputs;
+        public final Then then;
+
+        Segment(String method, List<String> inputs, List<String> outputs, Then then) {
+            this.method = method;
+            this.inputs = inputs;
+            this.outputs = outputs;
+            this.then = then;
+        }
+    }
+
+    /** A budget level: a name and a value for every knob. */
+    public static final class Level {
+        public final String name;
+        public final Map<String, float[]> knobs;
+
+        Level(String name, Map<String, float[]> knobs) {
+            this.name = name;
+            this.knobs = knobs;
+        }
+    }
+
+    public final String runtime, mode, modelType;
+    public final int layers, acms, learners;
+    public final List<String> inputs, outputs;
+    public final Map<String, Integer> knobs; // name -> length
+    public final Map<String, String> methods; // method -> program file
+    public final List<Segment> segments; // (empty in the graph mode)
+    public final List<Level> levels;
+    public final List<String> checks; // the branch-forcing cases bundled in checks.safetensors
+    public final double tolerance;
+
+    private Plan(Map<String, Object> p) {
+        runtime = str(p, "runtime", "plan");
+        mode = str(p, "mode", "plan");
+        if (!mode.equals("routed") && !mode.equals("graph")) throw bad("mode is \"" + mode + "\"; this app runs \"routed\" and \"graph\"");
+        Map<String, Object> model = obj(p, "model", "plan");
+        modelType = str(model, "type", "model");
+        layers = count(model, "layers", "model", 1);
+        inputs = names(list(p, "inputs", "plan"), "inputs");
+        outputs = strings(list(p, "outputs", "plan"), "outputs");
+        if (!outputs.containsAll(List.of("output", "exit_layer", "skipped"))) throw bad("outputs must name output, exit_layer and skipped");
+        Map<String, Integer> k = new LinkedHashMap<>();
+        for (Object o : list(p, "knobs", "plan")) {
+            Map<String, Object> spec = asObj(o, "knobs");
+            List<Object> shape = list(spec, "shape", "knob");
+            if (shape.size() != 1) throw bad("knob " + str(spec, "name", "knob") + " must have one dimension");
+            k.put(str(spec, "name", "knob"), (int) num(shape.get(0), "knob shape"));
+        }
+        knobs = Collections.unmodifiableMap(k);
+        Map<String, String> m = new LinkedHashMap<>();
+        for (Map.Entry<String, Object> e : obj(p, "methods", "plan").entrySet()) m.put(e.getKey(), asStr(e.getValue(), "methods"));
+        if (m.isEmpty()) throw bad("methods is empty");
+        methods = Collections.unmodifiableMap(m);
+        List<Level> lv = new ArrayList<>();
+        for (Object o : list(p, "budget_levels", "plan")) {
+            Map<String, Object> level = asObj(o, "budget_levels");
+            Map<String, float[]> values = new LinkedHashMap<>();
+            for (Map.Entry<String, Integer> e : knobs.entrySet()) {
+                List<Object> v = list(level, e.getKey(), "budget level");
+                if (v.size() != e.getValue()) throw bad("budget level " + level.get("name") + " gives " + v.size() + " values for " + e.getKey() + ", the knob has " + e.getValue());
+                float[] f = new float[v.size()];
+                for (int i = 0; i < f.length; i++) f[i] = (float) num(v.get(i), e.getKey());
+                values.put(e.getKey(), f);
+            }
+            lv.add(new Level(str(level, "name", "budget level"), values));
+        }
+        if (lv.isEmpty()) throw bad("budget_levels is empty");
+        levels = Collections.unmodifiableList(lv);
+        List<String> cases = new ArrayList<>();
+        if (p.containsKey("checks")) for (Object o : list(p, "checks", "plan")) cases.add(str(asObj(o, "checks"), "case", "check"));
+        checks = Collections.unmodifiableList(cases);
+        tolerance = p.containsKey("tolerance") ? num(p.get("tolerance"), "tolerance") : 1e-4;
+        Object cf = p.get("control_flow");
+        List<Object> acmList = cf instanceof Map ? list(asObj(cf, "control_flow"), "acms", "control_flow") : List.of();
+        learners = acmList.isEmpty() ? 0 : count(asObj(acmList.get(0), "acms"), "learners", "acm", 1);
+        if (mode.equals("graph")) {
+            segments = List.of();
+            acms = acmList.size();
+            if (!methods.containsKey("forward")) throw bad("a graph-mode plan needs a \"forward\" method");
+            return;
+        }
+        Map<String, Object> routed = obj(p, "routed", "plan");
+        acms = count(routed, "acms", "routed", 0);
+        List<Segment> segs = new ArrayList<>();
+        for (Object o : list(routed, "segments", "routed")) segs.add(segment(asObj(o, "segments"), segs.size()));
+        if (segs.isEmpty()) throw bad("routed.segments is empty");
+        segments = Collections.unmodifiableList(segs);
+        for (int i = 0; i < segs.size(); i++) check(segs.get(i), i);
+    }
+
+    /** Parse and check plan.json's text. */
+    public static Plan parse(String text) {
+        return of(Json.parse(text));
+    }
+
+    /** Check a parsed plan (as Json.parse returns it). */
+    public static Plan of(Object o) {
+        if (!(o instanceof Map)) throw bad("it is not a JSON object");
+        @SuppressWarnings("unchecked") Map<String, Object> p = (Map<String, Object>) o;
+        if (!FORMAT.equals(p.get("format"))) throw bad("it is not an edge plan (format is not \"" + FORMAT + "\")");
+        Object v = p.get("version");
+        if (!(v instanceof Double) || ((Double) v).intValue() != VERSION)
+            throw new PlanException("plan.json has version " + v + "; this app reads version " + VERSION + ": export the model again with the matching edge, or update the app");
+        return new Plan(p);
+    }
+
+    /** The knobs of the budget level `name`. */
+    public Level level(String name) {
+        for (Level l : levels) if (l.name.equals(name)) return l;
+        throw new PlanException("the plan has no budget level \"" + name + "\"");
+    }
+
+    private Segment segment(Map<String, Object> s, int i) {
+        String where = "segment " + i;
+        Map<String, Object> t = obj(s, "then", where);
+        String kind = str(t, "kind", where);
+        int layer = count(t, "layer", where, 0);
+        switch (kind) {
+            case "end":
+                return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
+                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, List.of()));
+            case "exit":
+                return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, List.of()));
+            case "skip":
+                return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
+                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, List.of()));
+            case "acm":
+                return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, count(t, "acm", where, 0), strings(list(t, "learners", where), where)));
+            default:
+                throw bad(where + " ends in a decision of unknown kind \"" + kind + "\" (end, exit, skip, acm); the app is older than the plan");
+        }
+    }
+
+    private void check(Segment s, int i) {
+        String where = "segment " + i;
+        for (int target : new int[] {s.then.next, s.then.keep, s.then.skip})
+            if (target >= segments.size()) throw bad(where + " jumps to segment " + target + ", but there are " + segments.size());
+        if (!methods.containsKey(s.method)) throw bad(where + " calls method " + s.method + ", which the program does not have");
+        for (String l : s.then.learners) if (!methods.containsKey(l)) throw bad(where + " calls learner " + l + ", which the program does not have");
+        if (s.then.kind.equals("exit") && s.then.exit >= knobs.getOrDefault("exit_thresholds", 0)) throw bad(where + " reads exit threshold " + s.then.exit + ", which the knobs lack");
+        if (s.then.kind.equals("skip") && s.then.router >= knobs.getOrDefault("skip_thresholds", 0)) throw bad(where + " reads skip threshold " + s.then.router + ", which the knobs lack");
+        if (s.then.kind.equals("acm") && s.then.acm >= acms) throw bad(where + " routes ACM " + s.then.acm + ", but the plan has " + acms);
+        if (s.then.kind.equals("skip") && (s.then.layer < 1 || s.then.layer > layers)) throw bad(where + " skips layer " + s.then.layer + " of " + layers);
+    }
+
+    // ---- typed access with one-line errors ------------------------------------------------------------
+    static PlanException bad(String what) {
+        return new PlanException("plan.json is malformed: " + what + "; export the model again");
+    }
+
+    private static Object need(Map<String, Object> m, String key, String where) {
+        if (!m.containsKey(key)) throw bad(where + " has no \"" + key + "\"");
+        return m.get(key);
+    }
+
+    @SuppressWarnings("unchecked")
+    private static Map<String, Object> asObj(Object o, String where) {
+        if (!(o instanceof Map)) throw bad(where + " must hold objects");
+        return (Map<String, Object>) o;
+    }
+
+    private static Map<String, Object> obj(Map<String, Object> m, String key, String where) {
+        return asObj(need(m, key, where), where + "." + key);
+    }
+
+    @SuppressWarnings("unchecked")
+    private static List<Object> list(Map<String, Object> m, String key, String where) {
+        Object o = need(m, key, where);
+        if (!(o instanceof List)) throw bad(where + "." + key + " must be a list");
+        return (List<Object>) o;
+    }
+
+    private static String asStr(Object o, String where) {
+        if (!(o instanceof String) || ((String) o).isEmpty()) throw bad(where + " must be a non-empty string");
+        return (String) o;
+    }
+
+    private static String str(Map<String, Object> m, String key, String where) {
+        return asStr(need(m, key, where), where + "." + key);
+    }
+
+    private static double num(Object o, String where) {
+        if (!(o instanceof Double)) throw bad(where + " must be a number");
+        return (Double) o;
+    }
+
+    private static int count(Map<String, Object> m, String key, String where, int min) {
+        double d = num(need(m, key, where), where + "." + key);
+        if (d != Math.rint(d) || d < min) throw bad(where + "." + key + " must be an integer >= " + min + ", got " + d);
+        return (int) d;
+    }
+
+    private static List<String> strings(List<Object> l, String where) {
+        List<String> out = new ArrayList<>();
+        for (Object o : l) out.add(asStr(o, where));
+        return Collections.unmodifiableList(out);
+    }
+
+    private static List<String> names(List<Object> specs, String where) {
+        List<String> out = new ArrayList<>();
+        for (Object o : specs) out.add(str(asObj(o, where), "name", where));
+        return Collections.unmodifiableList(out);
+    }
+}

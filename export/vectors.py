@@ -1,0 +1,97 @@
+"""Shared test vectors for the plan drivers written in other languages (the Android demo's Java
+interpreter; the native runner can read them too): for every branch-forcing case of a model, its plan
+(routed mode), the inputs and knobs, every method call the Python driver (export.routed.drive) made,
+with the arrays it passed and got back, and the final outputs. Another driver replays the recorded
+method outputs: it must make the same calls with the same arrays and return the same outputs, so the
+decisions and the ACM token routing are checked without any runtime.
+
+    vectors = export.vectors.trace(model, batch)      # [{"case", "plan", "inputs", "knobs", "calls", "expected"}]
+    export.vectors.write(vectors, "out/vectors")       # one JSON file per case
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge.io import write_json_atomic
+from export.graph import GraphModel
+from export.lower import _inputs, force_cases, plan_of
+from export.routed import Routed, drive
+
+
+def tensor(a: np.ndarray) -> dict:
+    """An array as JSON: dtype, shape and the values in row-major order (float32 values are exact
+    in a JSON double)."""
+    a = np.asarray(a)
+    kind = {np.dtype(np.float32): "float32", np.dtype(np.int64): "int64", np.dtype(np.bool_): "bool"}[a.dtype]
+    return {"dtype": kind, "shape": list(a.shape), "data": a.ravel().tolist()}
+
+
+def trace(model: nn.Module, example: dict, name: str = "model") -> list[dict]:
+    graph = GraphModel(model)
+    routed, args = Routed(graph), _inputs(graph, example)
+    eager = routed.eager()
+    methods = {m: "model.pte" for m in routed.modules}
+    plan = plan_of(graph, model, "executorch", "routed", methods, args, {"routed": routed.section()},
+                   [{"name": "own", **{k: v.tolist() for k, v in graph.knobs().items()}}])
+    inputs = {n: a.numpy() for n, a in zip(graph.input_names, args)}
+    cases = force_cases(graph)
+    cases += _boundaries(plan, eager, inputs, dict(cases)["full"])
+    out = []
+    for case, knobs in cases:
+        calls = []
+
+        def call(method, arrays, calls=calls):
+            got = eager(method, arrays)
+            calls.append({"method": method, "inputs": [tensor(a) for a in arrays], "outputs": [tensor(o) for o in got]})
+            return got
+
+        with torch.no_grad():
+            result = drive(plan["routed"], plan["model"]["layers"], call, inputs, {k: np.asarray(v) for k, v in knobs.items()})
+        out.append({"name": f"{name}: {case}", "case": case, "plan": plan,
+                    "inputs": {n: tensor(a) for n, a in inputs.items()},
+                    "knobs": {k: np.asarray(v).tolist() for k, v in knobs.items()},
+                    "calls": calls, "expected": dict(zip(plan["outputs"], map(tensor, result)))})
+    return out
+
+
+def _boundaries(plan: dict, eager, inputs: dict, full: dict) -> list[tuple[str, dict]]:
+    """Cases whose threshold is exactly the score it is compared with (on the full path): the
+    decision at equality (>= : exit, keep) must be the same in every driver."""
+    seen = {}
+
+    def call(method, arrays):
+        got = eager(method, arrays)
+        seen[method] = got
+        return got
+
+    full = {k: v.numpy() for k, v in full.items()}
+    with torch.no_grad():
+        drive(plan["routed"], plan["model"]["layers"], call, inputs, full)
+    cases = []
+    for seg in plan["routed"]["segments"]:
+        then, got = seg["then"], seen.get(seg["method"])
+        if got is None or then["kind"] not in ("exit", "skip"):
+            continue
+        score = dict(zip(seg["outputs"], got))["conf" if then["kind"] == "exit" else "score"][0]
+        knob, j = ("exit_thresholds", then["exit"]) if then["kind"] == "exit" else ("skip_thresholds", then["router"])
+        t = full[knob].copy()
+        t[j] = score  # (float32: the very value the driver compares)
+        cases.append((f"{then['kind']} threshold at its score, layer {then['layer']}", {**full, knob: t}))
+    return cases
+
+
+def write(vectors: list[dict], directory: str | Path) -> list[Path]:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, v in enumerate(vectors):
+        paths.append(d / f"vector{i:03d}.json")
+        write_json_atomic(paths[-1], v)
+    return paths
+
+
+__all__ = ["tensor", "trace", "write"]
