@@ -235,8 +235,9 @@ def _add_measure_args(p, runs: int, budget: str) -> None:
                    help="where to measure: local (this CPU) or ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR"
                         "&arch=ARCH&emulator=QEMU] (a Linux board)")
     p.add_argument("--runner", default="python",
-                   help="the measuring program: the runtime's Python API (edge installed on the target) or the "
-                        "native C++ runner (ExecuTorch artifacts; built here and pushed)")
+                   help="the measuring program: python (the runtime's Python API, edge installed on the target), "
+                        "native (the C++ runner for ExecuTorch artifacts, built here and pushed) or app "
+                        "(android_demo's headless benchmark, adb target)")
     p.add_argument("--budget-ms", type=float, help=budget)
     p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
     p.add_argument("--runs", type=int, default=runs, help=f"timed runs per budget level (default {runs})")

@@ -23,8 +23,9 @@ class ProfileConfig:
     """runs/warmup: timed and untimed runs per budget level; branch_runs: timed runs per branch-forcing
     case; threads: the runtime's CPU threads; budget_ms at percentile (e.g. 90: p90 <= budget);
     ops: also run the runtime's per-operator profiler; timeout_s: the whole measurement's limit;
-    runner: the measuring program, "python" (the runtime's Python API, profiler.measure) or "native"
-    (the C++ runner on ExecuTorch's Module API, profiler/runner; its ETDump is read here)."""
+    runner: the measuring program, "python" (the runtime's Python API, profiler.measure), "native"
+    (the C++ runner on ExecuTorch's Module API, profiler/runner; its ETDump is read here) or "app"
+    (android_demo's headless benchmark on a phone; adb target; no operator profile)."""
 
     runs: int = 50
     warmup: int = 5
@@ -56,7 +57,7 @@ class ProfileConfig:
                 "--branch-runs", str(self.branch_runs), *([] if self.ops else ["--no-ops"])]
 
 
-RUNNERS = ("python", "native")
+RUNNERS = ("python", "native", "app")
 
 
 def stats(ms: list[float], percentile: float = 90.0) -> dict:
@@ -141,8 +142,8 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
     from export.artifact import load_artifact
 
     a = load_artifact(artifact)
-    if config.runner == "native" and a.plan["runtime"] != "executorch":
-        raise EdgeError(f"the native runner runs ExecuTorch artifacts; {a.path} is a {a.plan['runtime']} artifact "
+    if config.runner != "python" and a.plan["runtime"] != "executorch":
+        raise EdgeError(f"the {config.runner} runner runs ExecuTorch artifacts; {a.path} is a {a.plan['runtime']} artifact "
                         "(profile it with --runner python)")
     t = target_for(target)
     say = print if progress else (lambda *a, **k: None)

@@ -38,6 +38,7 @@ class Local:
 
     def command(self, runner: str) -> list[str]:
         """The measuring program: "python" (profiler.measure) or "native" (the C++ runner, built once)."""
+        _not_app(runner)
         if runner == "native":
             from profiler import native
 
@@ -74,6 +75,11 @@ class Local:
 
 
 TARGETS.register("local")(Local)
+
+
+def _not_app(runner: str) -> None:
+    if runner == "app":
+        raise EdgeError("the app runner is android_demo's benchmark on a phone: profile with --target adb")
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,7 @@ class Ssh:
         return Path(self._put(artifact, self.dir, "artifact"))
 
     def command(self, runner: str) -> list[str]:
+        _not_app(runner)
         if runner != "native":
             return [self.python, "-m", "profiler.measure"]
         from profiler import native
@@ -260,11 +267,14 @@ class AdbClient:
 
 class Adb:
     """An Android phone over adb: adb[:SERIAL] (the only device connected, or the one with that serial).
-    The artifact and the native runner (the aarch64 build with its own C runtime, started through its
-    bundled loader: no NDK, no glibc on the phone) go to /data/local/tmp/edge; the runner writes its
-    JSON lines there; they come back with adb pull. Only the native runner runs on a phone."""
+    The artifact goes to /data/local/tmp/edge. Runner "native": the aarch64 runner with its own C
+    runtime goes there too, started through its bundled loader (no NDK, no glibc on the phone).
+    Runner "app": android_demo's BenchmarkActivity, started with `am start`, writes the same records
+    next to the artifact; they are polled until complete. The results come back with adb pull."""
 
     DIR = "/data/local/tmp/edge"
+    APP = "org.edge.demo"
+    APP_OPTIONS = {"--runs": "runs", "--warmup": "warmup", "--branch-runs": "branch_runs"}  # (as intent extras)
     ABIS = {"arm64-v8a": "aarch64", "x86_64": "x86_64"}
 
     def __init__(self, spec: str, transport=None):
@@ -319,8 +329,14 @@ class Adb:
         return Path(remote)
 
     def command(self, runner: str) -> list[str]:
+        if runner == "app":
+            done = self.adb.shell(["pm", "list", "packages", self.APP], 60)
+            if f"package:{self.APP}" not in done.stdout.split():
+                raise EdgeError(f"the edge demo app ({self.APP}) is not installed on {self.serial}: build and install it "
+                                "(android_demo/README.md), or profile with --runner native")
+            return ["am", "start", "-W", "-n", f"{self.APP}/.BenchmarkActivity"]
         if runner != "native":
-            raise EdgeError("an Android phone runs the native runner only: profile with --runner native")
+            raise EdgeError("an Android phone runs the native runner or the demo app: profile with --runner native or app")
         from profiler import native
 
         abi = self._getprop("ro.product.cpu.abi")
@@ -339,6 +355,8 @@ class Adb:
             watch=None) -> None:
         self.remote_results = remote = f"{artifact}.results.jsonl"
         self.adb.shell(["rm", "-f", remote], 60)
+        if command[0] == "am":
+            return self._run_app(command, artifact, remote, options, timeout)
         done = self.adb.shell(["timeout", str(int(timeout)), *command, str(artifact), "--out", remote, *options],
                               timeout + 30)
         if done.returncode == 124:
@@ -347,6 +365,32 @@ class Adb:
         if done.returncode != 0:
             last = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()][-1:] or ["no message"]
             raise EdgeError(f"the runner on {self.spec} failed (exit {done.returncode}: {last[0][:300]})")
+
+    def _run_app(self, command: list[str], artifact: Path, remote: str, options: list[str], timeout: float) -> None:
+        """Start the app's benchmark and poll its records until the last one (memory or error) is there."""
+        import json
+
+        extras = ["--es", "model_dir", str(artifact)]
+        for flag, value in zip(options, options[1:]):
+            if flag in self.APP_OPTIONS:
+                extras += ["--ei", self.APP_OPTIONS[flag], value]
+        done = self.adb.shell([*command, *extras], 120)
+        if done.returncode != 0 or "Error" in done.stdout:
+            raise EdgeError(f"{self.spec}: the app's benchmark did not start ({(done.stdout + done.stderr).strip()[-200:]})")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            got = self.adb.shell(["cat", remote], 60)
+            kinds = []
+            for line in got.stdout.splitlines() if got.returncode == 0 else []:
+                try:
+                    kinds.append(json.loads(line)["kind"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    break  # (a line being written)
+            if "memory" in kinds or "error" in kinds:
+                return
+            time.sleep(1)
+        raise EdgeError(f"the app's benchmark on {self.spec} did not finish in {timeout:.0f} s; lower --runs or raise "
+                        "--timeout (the results so far are kept)")
 
     def pull(self, results: Path, local: Path, suffix: str = "") -> Path:
         self.adb.pull(self.remote_results + suffix, local)

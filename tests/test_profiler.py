@@ -292,7 +292,7 @@ def test_adb_target_push_run_pull_on_a_fake_device(artifact, tmp_path):
         pytest.skip("the native runner runs ExecuTorch artifacts")
     device = FakeDevice(tmp_path / "phone")
     target = Adb("adb", transport=device)
-    with pytest.raises(EdgeError, match="runs the native runner only"):
+    with pytest.raises(EdgeError, match="runs the native runner or the demo app"):
         profiler.profile(artifact.path, target, profiler.ProfileConfig(runs=1), progress=False)
     r = profiler.profile(artifact.path, target, profiler.ProfileConfig(runs=2, branch_runs=1, budget_ms=1e4, runner="native"),
                          progress=False)
@@ -325,3 +325,30 @@ def test_cuda_target_refuses_a_cpu_fallback(artifact):
     if artifact.plan["runtime"] == "executorch":
         with pytest.raises(EdgeError, match="the native runner runs on the CPU"):
             profiler.profile(artifact.path, "cuda", profiler.ProfileConfig(runs=1, runner="native"), progress=False)
+
+
+def test_adb_target_drives_the_demo_app_on_a_fake_device(artifact, tmp_path):
+    """runner "app": `am start` of android_demo's BenchmarkActivity with the artifact and the run counts
+    as intent extras, then its records polled and pulled. FAKE DEVICE: the host's native runner answers
+    for the app (tests/fake_device.py)."""
+    from profiler.targets import Adb
+    from tests.fake_device import FakeDevice
+
+    if artifact.plan["runtime"] != "executorch":
+        with pytest.raises(EdgeError, match="the app runner runs ExecuTorch artifacts"):
+            profiler.profile(artifact.path, Adb("adb", transport=FakeDevice(tmp_path)), profiler.ProfileConfig(runner="app"),
+                             progress=False)
+        return
+    device = FakeDevice(tmp_path / "phone")
+    r = profiler.profile(artifact.path, Adb("adb", transport=device),
+                         profiler.ProfileConfig(runs=3, branch_runs=1, runner="app"), progress=False)
+    assert_same_as_eager(r, artifact, python_branches(artifact))
+    assert all(lv["stats"]["n"] == 3 for lv in r["levels"])
+    start = next(c for c in device.commands if c[:2] == ["am", "start"])
+    assert start[:5] == ["am", "start", "-W", "-n", "org.edge.demo/.BenchmarkActivity"]
+    assert start[5:8] == ["--es", "model_dir", f"/data/local/tmp/edge/{artifact.path.name}"] and "runs" in start
+    with pytest.raises(EdgeError, match="the edge demo app .* is not installed on FAKE-0001"):
+        profiler.profile(artifact.path, Adb("adb", transport=FakeDevice(tmp_path / "bare", app=False)),
+                         profiler.ProfileConfig(runner="app"), progress=False)
+    with pytest.raises(EdgeError, match="the app runner is android_demo's benchmark on a phone"):
+        profiler.profile(artifact.path, "local", profiler.ProfileConfig(runner="app"), progress=False)

@@ -35,7 +35,6 @@ public final class BenchmarkActivity extends Activity {
                     device.put("cpu", Build.MANUFACTURER + " " + Build.MODEL + " (" + Build.HARDWARE + ")");
                     device.put("cores", Runtime.getRuntime().availableProcessors());
                     device.put("os", "Android " + Build.VERSION.RELEASE);
-                    device.put("threads", 1);
                     Benchmark.run(a, methods, runs, warmup, branchRuns, device, line -> write(out, line));
                     methods.destroy();
                 } catch (Exception e) {
