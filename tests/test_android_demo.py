@@ -76,12 +76,17 @@ def test_java_reads_what_edge_export_writes(classes, tmp_path):
     got = [list(map(int, line.split())) for line in done.stdout.splitlines()]
     want = [tok(t, truncation=True, max_length=128)["input_ids"] for t in texts]
     assert got == want
-    (a.path / "plan.json").write_text('{"format": "edge-plan", "version": 1}')
+    plan = (a.path / "plan.json").read_text()
+    for text, needle in [(plan.replace('"runtime": "executorch"', '"runtime": "onnx"'), "the app runs ExecuTorch artifacts"),
+                         ('{"format": "edge-plan", "version": 1}', "this app reads version 2"),
+                         (plan[:100], "malformed JSON")]:
+        (a.path / "plan.json").write_text(text)
+        done = java(classes, "Artifact", a.path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and needle in done.stderr, done.stderr
+    (a.path / "plan.json").write_text(plan)
+    (a.path / "model.pte").unlink()
     done = java(classes, "Artifact", a.path)
-    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "this app reads version 2" in done.stderr
-    onnx = export.to_runtime(model, "onnx", tmp_path / "o", batch, progress=False, mode="routed")
-    done = java(classes, "Artifact", onnx.path)
-    assert done.returncode == 1 and "the app runs ExecuTorch artifacts" in done.stderr
+    assert done.returncode == 1 and "model.pte is missing" in done.stderr
 
 
 @pytest.mark.skipif(shutil.which("aapt") is None or not FRAMEWORK.is_file(),

@@ -61,7 +61,7 @@ public final class Artifact {
         return t;
     }
 
-    public static void main(String[] args) throws IOException {
+    public static void main(String[] args) {
         try {
             Artifact a = open(Paths.get(args[0]));
             System.out.println("OK " + a.plan.modelType + " " + a.plan.mode + " methods=" + a.plan.methods.size() + " segments=" + a.plan.segments.size()
@@ -69,6 +69,9 @@ public final class Artifact {
                     + " tokenizer=" + (a.tokenizerJson() != null) + " input_ids=" + java.util.Arrays.toString(a.exampleInputs().values().iterator().next().l));
         } catch (PlanException e) {
             System.err.println("error: " + e.getMessage());
+            System.exit(1);
+        } catch (IOException e) {
+            System.err.println("error: cannot read the artifact (" + e.getMessage() + ")");
             System.exit(1);
         }
     }
