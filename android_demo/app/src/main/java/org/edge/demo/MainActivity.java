@@ -78,8 +78,10 @@ public final class MainActivity extends Activity {
         long[] ids = tokenizer.encode(text, MAX_TOKENS);
         long[] mask = new long[ids.length];
         java.util.Arrays.fill(mask, 1);
-        return Driver.run(artifact.plan, methods, Map.of("input_ids", Tensor.of(ids, 1, ids.length),
-                "attention_mask", Tensor.of(mask, 1, mask.length)), knobs);
+        Map<String, Tensor> inputs = new java.util.HashMap<>();
+        inputs.put("input_ids", Tensor.of(ids, 1, ids.length));
+        inputs.put("attention_mask", Tensor.of(mask, 1, mask.length));
+        return Driver.run(artifact.plan, methods, inputs, knobs);
     }
 
     private void search(String text, String levelName, String budgetText) {
@@ -113,7 +115,7 @@ public final class MainActivity extends Activity {
     private void verify() {
         if (artifact == null) throw new IllegalStateException("load an artifact first");
         StringBuilder s = new StringBuilder();
-        org.edge.plan.Benchmark.run(artifact, methods, 1, 0, 1, Map.of(), line -> {
+        org.edge.plan.Benchmark.run(artifact, methods, 1, 0, 1, new java.util.HashMap<>(), line -> {
             if (line.contains("\"kind\": \"branch\"")) s.append(line.replaceAll(".*\"case\": \"([^\"]*)\".*\"outputs_match\": (\\w+).*", "$1: $2")).append('\n');
         });
         result.setText(s.toString());

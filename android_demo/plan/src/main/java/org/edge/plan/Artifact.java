@@ -6,6 +6,7 @@ import java.nio.file.Path;
 import java.nio.file.Paths;
 import java.util.LinkedHashMap;
 import java.util.Map;
+import java.nio.charset.StandardCharsets;
 
 /** An artifact directory as `edge export --to executorch` writes it, checked for what the app needs:
  * plan.json (routed mode), the program file(s) it names, checks.safetensors (the example input and
@@ -27,7 +28,7 @@ public final class Artifact {
     public static Artifact open(Path dir) throws IOException {
         Path planFile = dir.resolve("plan.json");
         if (!Files.isRegularFile(planFile)) throw new PlanException(dir + " is not an edge artifact (no plan.json); export one with `edge export --to executorch`");
-        Plan plan = Plan.parse(Files.readString(planFile));
+        Plan plan = Plan.parse(new String(Files.readAllBytes(planFile), StandardCharsets.UTF_8));
         if (!plan.runtime.equals("executorch")) throw new PlanException(dir + " is a " + plan.runtime + " artifact; the app runs ExecuTorch artifacts (edge export --to executorch)");
         if (!plan.mode.equals("routed")) throw new PlanException(dir + " is exported in the " + plan.mode + " mode; the app runs the routed mode (edge export --mode routed)");
         for (String file : plan.methods.values())

@@ -5,6 +5,7 @@ import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Arrays;
 
 /** The plan that `edge export` writes beside the program (plan.json, format "edge-plan", version 2):
  * the inputs, the knobs, the outputs, the budget levels and, in the routed mode, the segments (one
@@ -77,7 +78,7 @@ public final class Plan {
         layers = count(model, "layers", "model", 1);
         inputs = names(list(p, "inputs", "plan"), "inputs");
         outputs = strings(list(p, "outputs", "plan"), "outputs");
-        if (!outputs.containsAll(List.of("output", "exit_layer", "skipped"))) throw bad("outputs must name output, exit_layer and skipped");
+        if (!outputs.containsAll(Arrays.asList("output", "exit_layer", "skipped"))) throw bad("outputs must name output, exit_layer and skipped");
         Map<String, Integer> k = new LinkedHashMap<>();
         for (Object o : list(p, "knobs", "plan")) {
             Map<String, Object> spec = asObj(o, "knobs");
@@ -110,10 +111,10 @@ public final class Plan {
         checks = Collections.unmodifiableList(cases);
         tolerance = p.containsKey("tolerance") ? num(p.get("tolerance"), "tolerance") : 1e-4;
         Object cf = p.get("control_flow");
-        List<Object> acmList = cf instanceof Map ? list(asObj(cf, "control_flow"), "acms", "control_flow") : List.of();
+        List<Object> acmList = cf instanceof Map ? list(asObj(cf, "control_flow"), "acms", "control_flow") : Collections.emptyList();
         learners = acmList.isEmpty() ? 0 : count(asObj(acmList.get(0), "acms"), "learners", "acm", 1);
         if (mode.equals("graph")) {
-            segments = List.of();
+            segments = Collections.emptyList();
             acms = acmList.size();
             if (!methods.containsKey("forward")) throw bad("a graph-mode plan needs a \"forward\" method");
             return;
@@ -157,13 +158,13 @@ public final class Plan {
         switch (kind) {
             case "end":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, List.of()));
+                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, Collections.emptyList()));
             case "exit":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, List.of()));
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, Collections.emptyList()));
             case "skip":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, List.of()));
+                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, Collections.emptyList()));
             case "acm":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
                         new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, count(t, "acm", where, 0), strings(list(t, "learners", where), where)));

@@ -8,6 +8,8 @@ import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.nio.charset.StandardCharsets;
+import java.util.Collections;
 
 /** BERT's WordPiece tokenizer, read from the tokenizer.json that `edge export` bundles (tokenizer/):
  * the BertNormalizer (clean text, spaces around CJK characters, lowercase and strip accents), the
@@ -33,13 +35,13 @@ public final class Tokenizer {
 
     @SuppressWarnings("unchecked")
     public static Tokenizer load(Path tokenizerJson) throws IOException {
-        Map<String, Object> t = (Map<String, Object>) Json.parse(Files.readString(tokenizerJson));
+        Map<String, Object> t = (Map<String, Object>) Json.parse(new String(Files.readAllBytes(tokenizerJson), StandardCharsets.UTF_8));
         Map<String, Object> model = (Map<String, Object>) t.get("model");
         if (model == null || !"WordPiece".equals(model.get("type")))
             throw new PlanException(tokenizerJson + " is not a WordPiece tokenizer; the app reads BERT-family tokenizers");
         Map<String, Integer> vocab = new HashMap<>();
         for (Map.Entry<String, Object> e : ((Map<String, Object>) model.get("vocab")).entrySet()) vocab.put(e.getKey(), ((Double) e.getValue()).intValue());
-        Map<String, Object> norm = t.get("normalizer") instanceof Map ? (Map<String, Object>) t.get("normalizer") : Map.of();
+        Map<String, Object> norm = t.get("normalizer") instanceof Map ? (Map<String, Object>) t.get("normalizer") : Collections.<String, Object>emptyMap();
         boolean lower = !Boolean.FALSE.equals(norm.get("lowercase"));
         Object strip = norm.get("strip_accents");
         return new Tokenizer(vocab, lower, strip == null ? lower : (Boolean) strip, !Boolean.FALSE.equals(norm.get("handle_chinese_chars")),
@@ -115,7 +117,7 @@ public final class Tokenizer {
     }
 
     private List<Integer> pieces(String word) {
-        if (word.codePointCount(0, word.length()) > maxChars) return List.of(id(unk));
+        if (word.codePointCount(0, word.length()) > maxChars) return Collections.singletonList(id(unk));
         List<Integer> out = new ArrayList<>();
         int start = 0;
         while (start < word.length()) {
@@ -127,7 +129,7 @@ public final class Tokenizer {
                 if (found != null) break;
                 end = word.offsetByCodePoints(end, -1);
             }
-            if (found == null) return List.of(id(unk));
+            if (found == null) return Collections.singletonList(id(unk));
             out.add(found);
             start = end;
         }
@@ -159,7 +161,7 @@ public final class Tokenizer {
 
     /** java -cp plan.jar org.edge.plan.Tokenizer TOKENIZER_JSON MAX_LENGTH < lines: one line of ids per line. */
     public static void main(String[] args) throws IOException {
-        Tokenizer t = load(Path.of(args[0]));
+        Tokenizer t = load(java.nio.file.Paths.get(args[0]));
         int max = Integer.parseInt(args[1]);
         java.io.BufferedReader r = new java.io.BufferedReader(new java.io.InputStreamReader(System.in, java.nio.charset.StandardCharsets.UTF_8));
         StringBuilder out = new StringBuilder();

@@ -121,6 +121,12 @@ public final class VectorsTest {
         return (List<Object>) at(p, "routed").get("segments");
     }
 
+    static Map<String, Tensor> inputsFor(Plan plan) {
+        Map<String, Tensor> in = new LinkedHashMap<>();
+        for (String name : plan.inputs) in.put(name, Tensor.of(new long[] {1, 2}, 1, 2));
+        return in;
+    }
+
     @SuppressWarnings("unchecked")
     public static void main(String[] args) throws IOException {
         List<Path> files;
@@ -131,7 +137,7 @@ public final class VectorsTest {
         TreeSet<Long> kSeen = new TreeSet<>();
         Object anyPlan = null;
         for (Path f : files) {
-            Map<String, Object> v = (Map<String, Object>) Json.parse(Files.readString(f));
+            Map<String, Object> v = (Map<String, Object>) Json.parse(new String(Files.readAllBytes(f), java.nio.charset.StandardCharsets.UTF_8));
             String name = (String) v.get("name");
             Plan plan = Plan.of(v.get("plan"));
             anyPlan = v.get("plan");
@@ -180,9 +186,7 @@ public final class VectorsTest {
         }
         try { // a program that does not belong to the plan
             Plan plan = Plan.of(good);
-            Driver.run(plan, (m, in) -> new Tensor[0], new LinkedHashMap<>(Map.of("input_ids", Tensor.of(new long[] {1, 2}, 1, 2),
-                    "attention_mask", Tensor.of(new long[] {1, 1}, 1, 2), "pixel_values", Tensor.of(new float[] {0}, 1),
-                    "input_features", Tensor.of(new float[] {0}, 1))), plan.levels.get(0).knobs);
+            Driver.run(plan, (m, in) -> new Tensor[0], inputsFor(plan), plan.levels.get(0).knobs);
             throw new AssertionError("a method with no outputs was accepted");
         } catch (PlanException e) {
             check(e.getMessage().contains("do not belong together"), e.getMessage());
