@@ -1,12 +1,15 @@
-"""A real SSH server for tests: asyncssh on 127.0.0.1 with public-key auth only, running each
-command through the shell (as sshd would), with its stdin, stdout and stderr. Started in a thread of
-its own; the ssh target under test talks to it with the system's OpenSSH client."""
+"""A real SSH server for tests: OpenSSH's sshd (Debian's openssh-server, which setup.sh installs as
+root) on 127.0.0.1, public-key auth only, with its own host key, authorized key and config in a test
+directory. The ssh target under test talks to it with the system's OpenSSH client."""
 from __future__ import annotations
 
-import asyncio
+import shutil
 import socket
-import threading
+import subprocess
+import time
 from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
 
 
 def free_port() -> int:
@@ -15,43 +18,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True, timeout=60)
+    return path
+
+
+def available() -> bool:
+    return Path(SSHD).is_file() and shutil.which("ssh-keygen") is not None
+
+
 class SshServer:
     def __init__(self, directory: Path):
-        import asyncssh
-
-        self.dir = directory
-        self.port = free_port()
-        host_key = asyncssh.generate_private_key("ssh-ed25519")
-        client_key = asyncssh.generate_private_key("ssh-ed25519")
-        self.key = directory / "id_ed25519"
-        client_key.write_private_key(str(self.key))
-        self.key.chmod(0o600)
-        (directory / "authorized_keys").write_bytes(client_key.export_public_key())
-        self._host_key, self._loop = host_key, asyncio.new_event_loop()
-        self._ready = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-        if not self._ready.wait(30):
-            raise RuntimeError("the test SSH server did not start")
-
-    async def _run(self, process):
-        proc = await asyncio.create_subprocess_shell(process.command or "true", stdin=asyncio.subprocess.PIPE,
-                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await proc.communicate(await process.stdin.read())  # (stdin to EOF, e.g. a tar stream)
-        process.stdout.write(out)
-        process.stderr.write(err)
-        process.exit(proc.returncode)
-
-    def _serve(self):
-        import asyncssh
-
-        asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(asyncssh.listen(
-            "127.0.0.1", self.port, server_host_keys=[self._host_key],
-            authorized_client_keys=str(self.dir / "authorized_keys"), process_factory=self._run,
-            encoding=None))
-        self._ready.set()
-        self._loop.run_forever()
+        self.dir, self.port = directory, free_port()
+        self.key = keygen(directory / "id_ed25519")
+        (directory / "authorized_keys").write_text((directory / "id_ed25519.pub").read_text())
+        config = directory / "sshd_config"
+        config.write_text("\n".join([
+            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {keygen(directory / 'host_ed25519')}",
+            f"AuthorizedKeysFile {directory / 'authorized_keys'}", "PubkeyAuthentication yes",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            "PermitRootLogin prohibit-password", f"PidFile {directory / 'sshd.pid'}", "Subsystem sftp internal-sftp", ""]))
+        Path("/run/sshd").mkdir(exist_ok=True)  # (privilege separation's empty directory)
+        self.log = open(directory / "sshd.log", "w")
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
+        for _ in range(100):  # until it listens
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"the test sshd did not start: {(directory / 'sshd.log').read_text()[-500:]}")
 
     def stop(self):
-        self._loop.call_soon_threadsafe(self._server.close)
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()

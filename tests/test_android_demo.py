@@ -63,7 +63,7 @@ def test_java_reads_what_edge_export_writes(classes, tmp_path):
     import edge
     from transformers import AutoTokenizer
 
-    model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True)
+    model, batch = adaptive(("bert", "bert"), exits=True)  # (few methods: a quick export)
     tok = AutoTokenizer.from_pretrained(str(edge.pretrained.default_model_dir()))
     a = export.to_runtime(model, "executorch", tmp_path / "a", batch, progress=False, tokenizer=tok)
     done = java(classes, "Artifact", a.path)

@@ -91,6 +91,22 @@ def test_every_architecture_exports_with_all_gates(runtime, mode, case, tmp_path
     assert checks["exit after 1"]["exit_layer"] == 1 and checks["full"]["exit_layer"] == 2
     assert checks["skip all"]["skipped"] == [1, 1] and checks["full"]["skipped"] == [0, 0]
     assert report["k_seen"] == [0, 1, 2]  # every k of the 2-learner ACMs ran for some token
+    if runtime == "executorch":  # the native runner (C++) too gives eager's outputs on every branch, in both modes
+        records = native_records(a.path)
+        branches = [r for r in records if r["kind"] == "branch"]
+        assert [b["case"] for b in branches] == list(checks) and all(b["outputs_match"] for b in branches), branches
+        assert [b["branch"]["exit_layer"] for b in branches] == [c["exit_layer"] for c in checks.values()]
+
+
+def native_records(path) -> list[dict]:
+    import subprocess
+
+    from profiler import native
+
+    done = subprocess.run([str(native.ensure()), str(path), "--runs", "1", "--warmup", "0", "--branch-runs", "1", "--no-ops"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1000:]
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 KNOWN_WRONG = {("executorch", "graph", "skip-block"): "ExecuTorch 1.5.1 runs a cond whose branch holds the ACM "

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -198,28 +199,37 @@ struct Array {
   template <class T> const T* as() const { return reinterpret_cast<const T*>(data.data()); }
 };
 
-// a borrowed tensor: the first rows of an Array, say
+// a borrowed tensor: an Array's memory (or its first rows), or a method's output in the program's own
+// memory, valid until that method runs again (a run of the plan calls each method at most once)
 struct View {
   const void* data;
   std::vector<int32_t> shape;
   ScalarType type;
+
+  template <class T> const T* as() const { return static_cast<const T*>(data); }
 };
 
 View view(const Array& a) { return {a.data.data(), a.shape, a.type}; }
 
 size_t itemsize(ScalarType t) { return t == ScalarType::Float ? 4 : t == ScalarType::Long ? 8 : 1; }
 
-Array from_evalue(const EValue& v, const std::string& method) {
+Array copy(const View& v) {
+  Array a;
+  a.type = v.type;
+  a.shape = v.shape;
+  size_t n = itemsize(v.type);
+  for (auto d : v.shape) n *= d;
+  a.data.assign(static_cast<const uint8_t*>(v.data), static_cast<const uint8_t*>(v.data) + n);
+  return a;
+}
+
+View from_evalue(const EValue& v, const std::string& method) {
   if (!v.isTensor()) throw Fault("method " + method + " returned a non-tensor output");
   const auto& t = v.toTensor();
-  Array a;
-  a.type = t.scalar_type();
-  if (a.type != ScalarType::Float && a.type != ScalarType::Long && a.type != ScalarType::Bool)
+  View out{t.const_data_ptr(), {t.sizes().begin(), t.sizes().end()}, t.scalar_type()};
+  if (out.type != ScalarType::Float && out.type != ScalarType::Long && out.type != ScalarType::Bool)
     throw Fault("method " + method + " returned an unsupported dtype");
-  a.shape.assign(t.sizes().begin(), t.sizes().end());
-  a.data.resize(t.nbytes());
-  std::memcpy(a.data.data(), t.const_data_ptr(), t.nbytes());
-  return a;
+  return out;
 }
 
 // checks.safetensors: an 8-byte header length, a JSON header {name: {dtype, shape, data_offsets}}, data
@@ -256,7 +266,8 @@ class Program {
     if (module_.load() != executorch::runtime::Error::Ok)
       throw Fault(path + " is not a loadable ExecuTorch program; export it again");
   }
-  std::vector<Array> call(const std::string& method, const std::vector<View>& args) {
+  // the outputs alias the method's memory: see View
+  std::vector<View> call(const std::string& method, const std::vector<View>& args) {
     std::vector<executorch::extension::TensorPtr> tensors;
     std::vector<EValue> inputs;
     for (const View& a : args) {
@@ -274,7 +285,7 @@ class Program {
       throw Fault("ExecuTorch failed running method " + method + " on inputs of shape " + shapes + " (error " +
                   std::to_string(static_cast<int>(result.error())) + "); check the inputs against plan.json");
     }
-    std::vector<Array> out;
+    std::vector<View> out;
     for (const auto& v : *result) out.push_back(from_evalue(v, method));
     return out;
   }
@@ -309,7 +320,8 @@ Array filled(ScalarType type, std::vector<int32_t> shape, int64_t value) {
   return a;
 }
 
-const Array& get(const Values& v, const std::string& name) {
+template <class Map>
+const typename Map::mapped_type& get(const Map& v, const std::string& name) {
   auto it = v.find(name);
   if (it == v.end()) throw Fault("the plan reads \"" + name + "\" before any method wrote it; export the model again");
   return it->second;
@@ -317,7 +329,9 @@ const Array& get(const Values& v, const std::string& name) {
 
 // The routed plan, as export/routed.py's drive runs it: returns [output, exit_layer, skipped, (ks)].
 std::vector<Array> drive(Program& program, const Json& section, int layers, const Values& inputs, const Values& knobs) {
-  Values values = inputs;
+  std::map<std::string, View> values;  // (no copies: views of the inputs and of the methods' outputs)
+  for (const auto& [name, a] : inputs) values[name] = view(a);
+  std::deque<Array> owned;  // what the driver itself makes (y), with stable addresses
   const Json& segments = section["segments"];
   const long acms = section["acms"].integer();
   int64_t exit_layer = layers;
@@ -333,21 +347,21 @@ std::vector<Array> drive(Program& program, const Json& section, int layers, cons
       if (name.str == "gate_bias") {  // this ACM's entry of the knob, as a (1,) tensor
         feeds.push_back({get(knobs, "gate_bias").as<float>() + then["acm"].integer(), {1}, ScalarType::Float});
       } else {
-        feeds.push_back(view(get(values, name.str)));
+        feeds.push_back(get(values, name.str));
       }
     }
-    std::vector<Array> outs = program.call(seg["method"].str, feeds);
+    std::vector<View> outs = program.call(seg["method"].str, feeds);
     const auto& names = seg["outputs"].items;
     if (outs.size() != names.size()) throw Fault("method " + seg["method"].str + " returned a different number of outputs than plan.json lists");
-    for (size_t i = 0; i < names.size(); ++i) values[names[i].str] = std::move(outs[i]);
+    for (size_t i = 0; i < names.size(); ++i) values[names[i].str] = outs[i];
     const std::string& kind = then["kind"].str;
     if (kind == "end") {
-      output = get(values, "output");
+      output = copy(get(values, "output"));
       break;
     }
     if (kind == "exit") {
       if (get(values, "conf").as<float>()[0] >= get(knobs, "exit_thresholds").as<float>()[then["exit"].integer()]) {
-        output = get(values, "exit_output");
+        output = copy(get(values, "exit_output"));
         exit_layer = then["layer"].integer();
         break;
       }
@@ -357,8 +371,8 @@ std::vector<Array> drive(Program& program, const Json& section, int layers, cons
       skipped.as<bool>()[then["layer"].integer() - 1] = !keep;
       s = (keep ? then["keep"] : then["skip"]).integer();
     } else if (kind == "acm") {  // learner j runs on the tokens that chose more than j learners
-      const Array& x = get(values, "x");  // (T, H)
-      const Array& k = get(values, "k");  // (T,)
+      const View& x = get(values, "x");  // (T, H)
+      const View& k = get(values, "k");  // (T,)
       const int T = x.shape[0], H = x.shape[1];
       std::vector<int> order(T);
       std::iota(order.begin(), order.end(), 0);
@@ -370,14 +384,15 @@ std::vector<Array> drive(Program& program, const Json& section, int layers, cons
       for (size_t j = 0; j < learners.size(); ++j) {
         int n = static_cast<int>(std::count_if(kk, kk + T, [&](int64_t v) { return v > static_cast<int64_t>(j); }));
         if (!n) continue;
-        std::vector<Array> got = program.call(learners[j].str, {{xs.data.data(), {n, H}, ScalarType::Float}});
+        std::vector<View> got = program.call(learners[j].str, {{xs.data.data(), {n, H}, ScalarType::Float}});
         const float* g = got.at(0).as<float>();
         float* y = ys.as<float>();
         for (size_t i = 0; i < static_cast<size_t>(n) * H; ++i) y[i] += g[i];
       }
       Array y = filled(ScalarType::Float, {1, T, H}, 0);
       for (int r = 0; r < T; ++r) std::memcpy(y.as<float>() + order[r] * H, ys.as<float>() + r * H, H * 4);
-      values["y"] = std::move(y);
+      owned.push_back(std::move(y));
+      values["y"] = view(owned.back());
       if (ks.data.empty()) ks = filled(ScalarType::Long, {static_cast<int32_t>(acms), T}, -1);
       std::memcpy(ks.as<int64_t>() + then["acm"].integer() * T, kk, T * 8);
       s = then["next"].integer();
@@ -436,7 +451,9 @@ struct Artifact {
       std::vector<View> args;
       for (const auto& spec : plan["inputs"].items) args.push_back(view(inputs.at(spec["name"].str)));
       for (const auto& spec : plan["knobs"].items) args.push_back(view(knobs.at(spec["name"].str)));
-      return program->call("forward", args);
+      std::vector<Array> out;
+      for (const View& v : program->call("forward", args)) out.push_back(copy(v));
+      return out;
     }
     return drive(*program, plan["routed"], static_cast<int>(plan["model"]["layers"].integer()), inputs, knobs);
   }
