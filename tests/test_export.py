@@ -91,6 +91,16 @@ def test_every_architecture_exports_with_all_gates(runtime, mode, case, tmp_path
     assert checks["exit after 1"]["exit_layer"] == 1 and checks["full"]["exit_layer"] == 2
     assert checks["skip all"]["skipped"] == [1, 1] and checks["full"]["skipped"] == [0, 0]
     assert report["k_seen"] == [0, 1, 2]  # every k of the 2-learner ACMs ran for some token
+    if edge.ARCHS.get(case[0]).seq_inputs:  # the token count is dynamic: shorter inputs run as they are
+        g, go = GraphModel(model), a.runner()
+        for n in (3, 7):
+            one = {k: v[:1, :n] for k, v in batch.items()}
+            args = [one[name] for name in g.input_names] + list(g.knobs().values())
+            with torch.no_grad():
+                ref = g(*args)
+            got = go([x.numpy() for x in args])
+            np.testing.assert_allclose(got[0], ref[0].numpy(), atol=1e-5)
+            assert got[1].tolist() == ref[1].tolist()
     if runtime == "executorch":  # the native runner (C++) too gives eager's outputs on every branch, in both modes
         records = native_records(a.path)
         branches = [r for r in records if r["kind"] == "branch"]
@@ -136,22 +146,6 @@ def test_every_gate_type_exports(runtime, mode, gate, tmp_path, request):
             m for s in segments if s["then"]["kind"] == "acm" for m in s["then"]["learners"]}
     if runtime == "executorch":  # XNNPACK takes what it can: in the routed mode, every method
         assert stats["delegates"] >= (len(a.plan["methods"]) if mode == "routed" else 1)
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("runtime", RUNTIMES)
-def test_token_count_is_dynamic(runtime, mode, tmp_path):
-    model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True)
-    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False, mode=mode)
-    g, go = GraphModel(model), a.runner()
-    for n in (3, 7, 12):
-        one = {k: v[:1, :n] for k, v in batch.items()}
-        args = [one[name] for name in g.input_names] + list(g.knobs().values())
-        with torch.no_grad():
-            ref = g(*args)
-        got = go([x.numpy() for x in args])
-        np.testing.assert_allclose(got[0], ref[0].numpy(), atol=1e-5)
-        assert got[1].tolist() == ref[1].tolist()
 
 
 def test_bad_artifacts_and_inputs_give_clear_errors(tmp_path):
