@@ -38,49 +38,43 @@ def trace(model: nn.Module, example: dict, name: str = "model") -> list[dict]:
     plan = plan_of(graph, model, "executorch", "routed", methods, args, {"routed": routed.section()},
                    [{"name": "own", **{k: v.tolist() for k, v in graph.knobs().items()}}])
     inputs = {n: a.numpy() for n, a in zip(graph.input_names, args)}
-    cases = force_cases(graph)
-    cases += _boundaries(plan, eager, inputs, dict(cases)["full"])
-    out = []
-    for case, knobs in cases:
+
+    def vector(case: str, knobs: dict) -> dict:
         calls = []
 
-        def call(method, arrays, calls=calls):
+        def call(method, arrays):
             got = eager(method, arrays)
             calls.append({"method": method, "inputs": [tensor(a) for a in arrays], "outputs": [tensor(o) for o in got]})
             return got
 
+        knobs = {k: np.asarray(v, dtype=np.float32) for k, v in knobs.items()}  # (the plan's knobs are float32)
         with torch.no_grad():
-            result = drive(plan["routed"], plan["model"]["layers"], call, inputs, {k: np.asarray(v) for k, v in knobs.items()})
-        out.append({"name": f"{name}: {case}", "case": case, "plan": plan,
-                    "inputs": {n: tensor(a) for n, a in inputs.items()},
-                    "knobs": {k: np.asarray(v).tolist() for k, v in knobs.items()},
-                    "calls": calls, "expected": dict(zip(plan["outputs"], map(tensor, result)))})
-    return out
+            result = drive(plan["routed"], plan["model"]["layers"], call, inputs, knobs)
+        return {"name": f"{name}: {case}", "case": case, "plan": plan,
+                "inputs": {n: tensor(a) for n, a in inputs.items()}, "knobs": {k: v.tolist() for k, v in knobs.items()},
+                "calls": calls, "expected": dict(zip(plan["outputs"], map(tensor, result)))}
+
+    out = [vector(case, knobs) for case, knobs in force_cases(graph)]
+    full = next(v for v in out if v["case"] == "full")
+    return out + [vector(case, knobs) for case, knobs in _boundaries(plan, full)]
 
 
-def _boundaries(plan: dict, eager, inputs: dict, full: dict) -> list[tuple[str, dict]]:
-    """Cases whose threshold is exactly the score it is compared with (on the full path): the
-    decision at equality (>= : exit, keep) must be the same in every driver."""
-    seen = {}
-
-    def call(method, arrays):
-        got = eager(method, arrays)
-        seen[method] = got
-        return got
-
-    full = {k: v.numpy() for k, v in full.items()}
-    with torch.no_grad():
-        drive(plan["routed"], plan["model"]["layers"], call, inputs, full)
+def _boundaries(plan: dict, full: dict) -> list[tuple[str, dict]]:
+    """Cases whose threshold is exactly the score it is compared with on the full path (read from
+    that path's recorded calls): the decision at equality (>= : exit, keep) must be the same in every
+    driver."""
+    got = {c["method"]: c["outputs"] for c in full["calls"]}
     cases = []
     for seg in plan["routed"]["segments"]:
-        then, got = seg["then"], seen.get(seg["method"])
-        if got is None or then["kind"] not in ("exit", "skip"):
+        then = seg["then"]
+        if seg["method"] not in got or then["kind"] not in ("exit", "skip"):
             continue
-        score = dict(zip(seg["outputs"], got))["conf" if then["kind"] == "exit" else "score"][0]
+        outputs = dict(zip(seg["outputs"], got[seg["method"]]))
+        score = outputs["conf" if then["kind"] == "exit" else "score"]["data"][0]
         knob, j = ("exit_thresholds", then["exit"]) if then["kind"] == "exit" else ("skip_thresholds", then["router"])
-        t = full[knob].copy()
-        t[j] = score  # (float32: the very value the driver compares)
-        cases.append((f"{then['kind']} threshold at its score, layer {then['layer']}", {**full, knob: t}))
+        t = list(full["knobs"][knob])
+        t[j] = score  # (a float32 value, exact in the JSON double: the very value the driver compares)
+        cases.append((f"{then['kind']} threshold at its score, layer {then['layer']}", {**full["knobs"], knob: t}))
     return cases
 
 

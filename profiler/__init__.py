@@ -7,7 +7,6 @@ branch, against a latency budget; and presets chosen from those measurements (pr
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import EdgeError
+from profiler.measure import read_records
 from profiler.targets import TARGETS, target_for
 
 
@@ -103,17 +103,6 @@ def summarize(records: list[dict], config: ProfileConfig, plan: dict, target: di
     return report
 
 
-def _records(text: str) -> list[dict]:
-    """The measuring side's JSON lines; a last line cut off by a kill is dropped."""
-    out = []
-    for line in text.splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return out
-
-
 def _etdump_ops(record: dict, t, results: Path, work: Path) -> dict:
     """The native runner's ETDump, fetched from the target and read here into an "ops" record."""
     from export.executorch import read_etdump
@@ -155,7 +144,7 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
         def watch():
             if not results.exists():
                 return
-            records = _records(results.read_text())  # (a line being written is not read yet)
+            records = read_records(results.read_text())  # (a line being written is not read yet)
             for r in records[seen[0]:]:
                 if r["kind"] in ("level", "branch"):
                     say(f"  {r['kind']} {r.get('name') or r.get('case')}: median {np.median(r['ms']):.2f} ms over {len(r['ms'])} runs")
@@ -172,7 +161,7 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
             error = str(e)
         try:  # after a failure too: the records measured so far are kept
             local = t.pull(results, work / "pulled.jsonl")
-            records = _records(local.read_text())
+            records = read_records(local.read_text())
         except (EdgeError, OSError):
             if error is None:
                 raise

@@ -37,6 +37,18 @@ def describe(threads: int, runtime: str, device: str = "cpu") -> dict:
             "threads": threads, "device": device}
 
 
+def read_records(text: str) -> list[dict]:
+    """The records in `text`, up to the first line that is not one (a line still being written, or
+    one cut off by a kill)."""
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
 def branch(plan: dict, out: list[np.ndarray]) -> dict:
     """What the artifact did on one run: the exit taken, the layers skipped, learners per token."""
     got = dict(zip(plan["outputs"], out))

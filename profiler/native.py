@@ -40,6 +40,7 @@ class Arch:
 
     name: str
     compiler: str
+    package: str  # the Debian package of the compiler
     wheel_platform: str  # the executorch wheel whose libraries it links
     qemu: str | None = None  # (to run it on an x86_64 host: user-mode emulation, outputs only)
     sysroot: str | None = None  # the cross toolchain's C runtime, bundled in glibc/ (see standalone)
@@ -47,8 +48,8 @@ class Arch:
 
 
 ARCHES = {a.name: a for a in [
-    Arch("x86_64", "g++", "manylinux_2_28_x86_64"),
-    Arch("aarch64", "aarch64-linux-gnu-g++", "manylinux_2_28_aarch64", "qemu-aarch64-static", "/usr/aarch64-linux-gnu",
+    Arch("x86_64", "g++", "g++", "manylinux_2_28_x86_64"),
+    Arch("aarch64", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "manylinux_2_28_aarch64", "qemu-aarch64-static", "/usr/aarch64-linux-gnu",
          "ld-linux-aarch64.so.1"),
 ]}
 
@@ -103,8 +104,8 @@ def build(arch_name: str | None = None, out: str | Path | None = None) -> Path:
     arch = get_arch(arch_name or host_arch())
     out = Path(out or Path("build") / f"runner-{arch.name}")
     if shutil.which(arch.compiler) is None:
-        raise EdgeError(f"{arch.compiler} is not installed; on Debian: apt-get install "
-                        f"{'g++' if arch.compiler == 'g++' else 'g++-aarch64-linux-gnu'} (setup.sh does it as root)")
+        raise EdgeError(f"{arch.compiler} is not installed; on Debian: apt-get install {arch.package} "
+                        "(setup.sh does it as root)")
     include = Path(importlib.util.find_spec("executorch").submodule_search_locations[0]) / "include"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:

@@ -77,6 +77,16 @@ class Local:
 TARGETS.register("local")(Local)
 
 
+def _check_exit(spec: str, code: int, output: str, timeout: float, who: str) -> None:
+    """The exit status of `timeout N PROGRAM ...` run on a target, as one EdgeError (124: timed out)."""
+    if code == 124:
+        raise EdgeError(f"profiling on {spec} did not finish in {timeout:.0f} s; lower --runs or raise "
+                        "--timeout (the results so far are kept)")
+    if code != 0:
+        last = [line for line in output.splitlines() if line.strip()][-1:] or ["no message"]
+        raise EdgeError(f"the {who} on {spec} failed (exit {code}: {last[0][:300]})")
+
+
 def _not_app(runner: str) -> None:
     if runner == "app":
         raise EdgeError("the app runner is android_demo's benchmark on a phone: profile with --target adb")
@@ -202,15 +212,10 @@ class Ssh:
         self._ssh(["rm", "-f", remote], 60)
         done = self._ssh(["timeout", str(int(timeout)), *command, str(artifact), "--out", remote, *options],
                          timeout + 30, what="profiling")
-        if done.returncode == 124:
-            raise EdgeError(f"profiling on {self.spec} did not finish in {timeout:.0f} s; lower --runs or raise "
-                            "--timeout (the results so far are kept)")
         if done.returncode in (126, 127):  # (timeout's codes: the program is missing or cannot be executed)
             raise EdgeError(f"{self.spec}: {command[0]} cannot be run on the board; install edge there and pass "
                             "?python=, or profile with the native runner (--runner native)")
-        if done.returncode != 0:
-            last = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()][-1:] or ["no message"]
-            raise EdgeError(f"the measuring process on {self.spec} failed (exit {done.returncode}: {last[0][:300]})")
+        _check_exit(self.spec, done.returncode, done.stderr.decode(errors="replace"), timeout, "measuring process")
 
     def pull(self, results: Path, local: Path, suffix: str = "") -> Path:
         done = self._ssh(["cat", self.remote_results + suffix], 120, what="fetching the results")
@@ -359,16 +364,11 @@ class Adb:
             return self._run_app(command, artifact, remote, options, timeout)
         done = self.adb.shell(["timeout", str(int(timeout)), *command, str(artifact), "--out", remote, *options],
                               timeout + 30)
-        if done.returncode == 124:
-            raise EdgeError(f"profiling on {self.spec} did not finish in {timeout:.0f} s; lower --runs or raise "
-                            "--timeout (the results so far are kept)")
-        if done.returncode != 0:
-            last = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()][-1:] or ["no message"]
-            raise EdgeError(f"the runner on {self.spec} failed (exit {done.returncode}: {last[0][:300]})")
+        _check_exit(self.spec, done.returncode, done.stderr + done.stdout, timeout, "runner")
 
     def _run_app(self, command: list[str], artifact: Path, remote: str, options: list[str], timeout: float) -> None:
         """Start the app's benchmark and poll its records until the last one (memory or error) is there."""
-        import json
+        from profiler.measure import read_records
 
         extras = ["--es", "model_dir", str(artifact)]
         for flag, value in zip(options, options[1:]):
@@ -380,13 +380,8 @@ class Adb:
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             got = self.adb.shell(["cat", remote], 60)
-            kinds = []
-            for line in got.stdout.splitlines() if got.returncode == 0 else []:
-                try:
-                    kinds.append(json.loads(line)["kind"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    break  # (a line being written)
-            if "memory" in kinds or "error" in kinds:
+            kinds = {r.get("kind") for r in read_records(got.stdout)} if got.returncode == 0 else set()
+            if kinds & {"memory", "error"}:
                 return
             time.sleep(1)
         raise EdgeError(f"the app's benchmark on {self.spec} did not finish in {timeout:.0f} s; lower --runs or raise "
