@@ -1,5 +1,6 @@
 """Does the exported control flow save time on the runtime? MiniLM (128 tokens), side by side in one
-run, medians of --runs calls each, for every registered runtime:
+run, medians of --runs calls each (all cases of a runtime and mode timed in turn, so that the
+machine's noise falls on all alike), for every registered runtime:
 
   dense      the original model through the same lowering (torch.export + XNNPACK for ExecuTorch,
              torch.onnx dynamo export for ONNX Runtime, eager attention): the ratios are against it;
@@ -7,8 +8,10 @@ run, medians of --runs calls each, for every registered runtime:
              reported as user_ms and acm50_vs_user (edge's export also picks a faster attention);
   gated      MiniLM with ACM FFNs (4 learners), exits after layers 2..5 and a skip router per layer,
              exported once per mode (graph: the control flow inside one program; routed: segments
-             between the gates run by the plan's driver) and steered only through its knob inputs: every gate open (all learners, no exit, no skip), ACM at 50 % of the learners
-             (gate bias chosen so that the mean k is N/2), ACM at k = 0, and an exit after layer k.
+             between the gates run by the plan's driver) and steered only through its knob inputs:
+             every gate open (all learners, no exit, no skip), ACM at 50 % of the learners (each
+             ACM's gate bias set so that its mean k is N/2, as calibration sets a converted model),
+             ACM at k = 0, and an exit after layer k.
 
 Figures (ratios of medians):
   acm50_model_ratio  gated at 50 % learners / dense;
@@ -39,13 +42,11 @@ import torch.nn as nn
 import edge
 import export
 from export.graph import GraphModel
+from export.routed import drive
+from export.runtime import RUNTIMES
 from profiler.measure import timed
 
 EXIT_AFTER = 2
-
-
-def median_ms(run, args: list[np.ndarray], runs: int) -> float:
-    return statistics.median(timed(run, args, runs, warmup=3)[0])
 
 
 def user_dense(model: nn.Module, rt: str, directory: Path, inputs: list[torch.Tensor]):
@@ -66,17 +67,57 @@ def user_dense(model: nn.Module, rt: str, directory: Path, inputs: list[torch.Te
 
 
 def bias_for_half(graph: GraphModel, inputs: list[torch.Tensor], knobs: dict) -> torch.Tensor:
-    """A gate-bias shift (one for all ACMs) that makes the mean k over the real tokens N/2."""
+    """Gate biases, one per ACM, that make each ACM's mean k over the real tokens N/2, layer by layer
+    under the earlier ones (how edge.calibrate_budget_ sets a converted model: every layer at its budget)."""
     n = graph.acms[0].n
     mask = inputs[1][0].bool()
-    lo, hi = -20.0, 20.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        with torch.no_grad():
-            ks = graph(*inputs, *{**knobs, "gate_bias": knobs["gate_bias"] + mid}.values())[3]
-        mean = float(ks[:, mask].float().mean())
-        lo, hi = (lo, mid) if mean < n / 2 else (mid, hi)
-    return knobs["gate_bias"] + (lo + hi) / 2
+    bias = knobs["gate_bias"].clone()
+    for a in range(len(bias)):
+        lo, hi = -20.0, 20.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            bias[a] = knobs["gate_bias"][a] + mid
+            with torch.no_grad():
+                ks = graph(*inputs, *{**knobs, "gate_bias": bias}.values())[3]
+            lo, hi = (lo, mid) if float(ks[a, mask].float().mean()) < n / 2 else (mid, hi)
+        bias[a] = knobs["gate_bias"][a] + (lo + hi) / 2
+    return bias
+
+
+def interleaved(cases: dict, runs: int, warmup: int = 3) -> dict:
+    """{name: (run, args)} -> {name: median ms}, the cases timed in turn so that the machine's noise
+    falls on all of them alike (the ratios are what the bench reports)."""
+    for run, args in cases.values():
+        timed(run, args, warmup, 0)
+    ms = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, (run, args) in cases.items():
+            ms[name] += timed(run, args, 1, 0)[0]
+    return {name: statistics.median(v) for name, v in ms.items()}
+
+
+def routed_split(artifact, values: list[np.ndarray], runs: int) -> dict:
+    """Where a routed run's time goes: ms per run in the learner methods, the segments that hold an
+    attention, the other segments, and the driver itself (numpy and the calls' own cost)."""
+    plan = artifact.plan
+    methods = RUNTIMES.get(plan["runtime"]).load(artifact.path, plan["methods"], 1, "cpu")
+    names = [s["name"] for s in plan["inputs"] + plan["knobs"]]
+    n = len(plan["inputs"])
+    spent = {"learners": 0.0, "attention segments": 0.0, "other segments": 0.0}
+
+    def call(method, arrays):
+        t0 = time.perf_counter()
+        out = methods[method](arrays)
+        kind = "learners" if method.startswith("learner") else "attention segments" if "attention" in method else "other segments"
+        spent[kind] += time.perf_counter() - t0
+        return out
+
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        drive(plan["routed"], plan["model"]["layers"], call, dict(zip(names[:n], values[:n])), dict(zip(names[n:], values[n:])))
+    total = time.perf_counter() - t0
+    split = {k: v / runs * 1e3 for k, v in spent.items()}
+    return {**split, "driver": total / runs * 1e3 - sum(split.values())}
 
 
 def main() -> None:
@@ -119,8 +160,8 @@ def main() -> None:
             dense_a = export.to_runtime(model, rt, Path(tmp) / f"dense-{rt}", example, progress=False)
             dense_s = time.time() - t0
             x = [t.numpy() for t in inputs]
-            dense_ms = median_ms(dense_a.runner(threads=1), x, args.runs)
-            user_ms = median_ms(user_dense(model, rt, Path(tmp) / f"user-{rt}", inputs), x, args.runs)
+            dense_run = dense_a.runner(threads=1)
+            user_run = user_dense(model, rt, Path(tmp) / f"user-{rt}", inputs)
             for mode in args.modes:
                 t0 = time.time()
                 gated_a = export.to_runtime(gated, rt, Path(tmp) / f"gated-{rt}-{mode}", example, progress=False,
@@ -128,8 +169,10 @@ def main() -> None:
                 gated_s = time.time() - t0
                 report = export.verify(gated_a)
                 run = gated_a.runner(threads=1)
-                ms = {"dense": dense_ms, "user": user_ms, **{name: median_ms(run, x + [v.numpy().astype(np.float32) for v in k.values()],
-                                                            args.runs) for name, k in settings.items()}}
+                cases = {"dense": (dense_run, x), "user": (user_run, x),
+                         **{name: (run, x + [v.numpy().astype(np.float32) for v in k.values()])
+                            for name, k in settings.items()}}
+                ms = interleaved(cases, args.runs)
                 row = {"runtime": f"{rt}:{mode}", "ms": {k: round(v, 3) for k, v in ms.items()},
                        "acm50_ffn_ratio": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["k0"]),
                        "acm50_model_ratio": ms["acm50"] / ms["dense"],
@@ -138,6 +181,10 @@ def main() -> None:
                        "acm50_vs_user": ms["acm50"] / ms["user"],
                        "max_abs_diff": report["max_abs_diff"],
                        "export_seconds_gated": round(gated_s, 1), "export_seconds_dense": round(dense_s, 1)}
+                if mode == "routed":
+                    split = routed_split(gated_a, cases["open"][1], args.runs)
+                    print(f"{rt}:routed, every gate open, ms per run: "
+                          + ", ".join(f"{k} {v:.2f}" for k, v in split.items()) + f" (dense {ms['dense']:.2f})")
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print(f"acm50 ran {half:.3f} of the learners on real tokens; exit after layer {EXIT_AFTER} of 6 "
