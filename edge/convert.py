@@ -5,7 +5,8 @@
   2. gate pre-training: each gate learns the smallest k whose error is close to the next one's
      (err_k / err_{k+1} < ratio);
   3. end-to-end: hard gates (straight-through) and learners train to reproduce the original model's
-     final output with a budget loss pulling the average compute towards the target;
+     final output with a budget loss pulling the average compute towards the target (with
+     DistillConfig.tune_backbone, the rest of the model, attention and norms, trains too);
 then the budget knob (ACM.gate_bias) is calibrated so the average compute on calibration data meets
 the target.
 """
@@ -43,6 +44,7 @@ class DistillConfig:
     hidden_weight: float = 1.0
     calib_iters: int = 30
     seed: int = 0
+    tune_backbone: bool = False  # phase 3 also fine-tunes the rest of the model (attention, norms)
 
     def __post_init__(self):
         for f in ("repr_steps", "gate_steps", "e2e_steps", "calib_iters"):
@@ -57,6 +59,8 @@ class DistillConfig:
                 raise EdgeError(f"DistillConfig.{f} must be > 0, got {v!r}")
         if not self.gate_ratio > 1.0:
             raise EdgeError(f"DistillConfig.gate_ratio must be > 1, got {self.gate_ratio!r}")
+        if not isinstance(self.tune_backbone, bool):
+            raise EdgeError(f"DistillConfig.tune_backbone must be true or false, got {self.tune_backbone!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -285,11 +289,13 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
     student.eval()  # no dropout: the student must match the teacher's deterministic outputs
     learners = [p for a in acms for p in (a.w1, a.b1, a.w2, a.b2)]
     gates = [p for a in acms for p in a.gate.parameters()]
+    own = {id(p) for p in learners + gates}
+    backbone = [p for p in student.parameters() if id(p) not in own] if cfg.tune_backbone else []
     student.requires_grad_(False)
-    for p in learners + gates:
+    for p in learners + gates + backbone:
         p.requires_grad_(True)
     # pretrained-scale learners move little (fine-tuning rates); the gates are small and new
-    opt = torch.optim.Adam([{"params": learners, "lr": cfg.e2e_lr}, {"params": gates, "lr": cfg.gate_lr}])
+    opt = torch.optim.Adam([{"params": learners + backbone, "lr": cfg.e2e_lr}, {"params": gates, "lr": cfg.gate_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.e2e_steps)
     bar = tqdm(range(cfg.e2e_steps), desc="phase 3/3 end-to-end", disable=not progress)
     try:

@@ -67,3 +67,19 @@ def test_retarget_moves_the_budget_and_keeps_the_source():
     assert all(torch.equal(v, acm.state_dict()[k]) for k, v in before.items())
     with pytest.raises(edge.EdgeError, match="budget"):
         edge.retarget(acm, model, 1.5, [batch], distill=FEW, progress=False)
+
+
+@pytest.mark.parametrize("tune_backbone", [False, True])
+def test_end_to_end_phase_tunes_the_backbone_only_when_asked(tune_backbone):
+    arch = edge.ARCHS.get("bert")
+    model, batch = arch.tiny("bert")
+    acm = edge.acmize(model, edge.AcmConfig(budget=0.9, learners=2, gate_hidden=4), [batch],
+                      distill=FEW, progress=False)
+    tuned = edge.retarget(acm, model, 0.6, [batch], progress=False,
+                          distill=edge.DistillConfig(e2e_steps=3, calib_iters=10, tune_backbone=tune_backbone))
+    own = {n for n, _ in acm.named_parameters() if ".intermediate." in n}  # the ACMs (BERT: intermediate)
+    changed = [n for n, p in tuned.named_parameters()
+               if n not in own and not torch.equal(p, dict(acm.named_parameters())[n])]
+    assert bool(changed) == tune_backbone, changed
+    with pytest.raises(edge.EdgeError, match="tune_backbone"):
+        edge.DistillConfig(tune_backbone="yes")
