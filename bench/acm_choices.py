@@ -21,14 +21,20 @@ VARIANTS = {"slices+error": dict(init="slices", gate="error"),
             "slices+ratio": dict(init="slices", gate="ratio")}
 
 
-def main():
+def austen(test_passages: int):
+    """MiniLM, Austen batches for training (32 passages) and calibration (512), the first
+    `test_passages` held-out passages and the original model's embeddings of them."""
     torch.manual_seed(0)
     model, tok = edge.load_pretrained()
     p = edge.austen_passages()
     train = edge.batches(tok, p.split("train").texts, 32)
     calib = edge.batches(tok, p.split("calib").texts[:512], 64)
-    test = edge.batches(tok, p.split("test").texts[:512], 64)
-    teacher_out, _ = outputs(model, test)
+    test = edge.batches(tok, p.split("test").texts[:test_passages], 64)
+    return model, train, calib, test, outputs(model, test)[0]
+
+
+def main():
+    model, train, calib, test, teacher_out = austen(512)
     distill = edge.DistillConfig(repr_steps=100, gate_steps=50, e2e_steps=0)
     result = {}
     for name, kw in VARIANTS.items():

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import time
 
-import torch
-
 import edge
-from edge.evaluate import compare, outputs
+from acm_choices import austen  # (bench/ is the script's directory)
+from edge.evaluate import compare
 
 VARIANTS = {"default": {},
             "learner lr 3e-4, hidden 0.1": dict(e2e_lr=3e-4, hidden_weight=0.1),
@@ -23,13 +22,7 @@ VARIANTS = {"default": {},
 
 
 def main():
-    torch.manual_seed(0)
-    model, tok = edge.load_pretrained()
-    p = edge.austen_passages()
-    train = edge.batches(tok, p.split("train").texts, 32)
-    calib = edge.batches(tok, p.split("calib").texts[:512], 64)
-    test = edge.batches(tok, p.split("test").texts[:768], 64)
-    teacher_out, _ = outputs(model, test)
+    model, train, calib, test, teacher_out = austen(768)
     shared = edge.acmize(model, edge.AcmConfig(budget=1.0), train, calib, edge.DistillConfig(e2e_steps=0),
                          progress=False)
     result = {}
