@@ -1,0 +1,108 @@
+"""One ACM layer on ExecuTorch (XNNPACK, 1 thread), without the rest of the model: how the routed
+mode's learner methods compare with the dense FFN, and with a "prefix" form (one method per k that
+holds the first k learners as one FFN: fewer, wider GEMMs, but 2.5x the FFN weights for N = 4).
+MiniLM's sizes (d 384, F 1536, N 4, 128 tokens), random weights; for several distributions of k over
+the tokens, medians of --runs interleaved calls, as ratios to the dense FFN.
+
+    taskset -c 0 .venv/bin/python bench/acm_layer.py      # about 2 minutes
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from export.executorch import load, lower
+
+D, F, N, T = 384, 1536, 4, 128
+H = F // N
+
+
+class Ffn(nn.Module):
+    """Hidden units lo..hi of one FFN (the dense FFN, a learner, or a prefix of learners)."""
+
+    def __init__(self, w: tuple, lo: int, hi: int):
+        super().__init__()
+        w1, b1, w2, b2 = w
+        self.up, self.down, self.act = nn.Linear(D, hi - lo), nn.Linear(hi - lo, D), nn.GELU()
+        with torch.no_grad():
+            self.up.weight.copy_(w1[lo:hi])
+            self.up.bias.copy_(b1[lo:hi])
+            self.down.weight.copy_(w2[:, lo:hi])
+            self.down.bias.copy_(b2 if lo == 0 else torch.zeros(D))
+
+    def forward(self, x):
+        return self.down(self.act(self.up(x)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=200)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    w = (torch.randn(F, D) / 20, torch.randn(F) / 20, torch.randn(D, F) / 40, torch.randn(D) / 20)
+    mods = {"dense": Ffn(w, 0, F), **{f"learner{j}": Ffn(w, j * H, (j + 1) * H) for j in range(N)},
+            **{f"prefix{k}": Ffn(w, 0, k * H) for k in range(1, N + 1)}}
+    m = torch.export.Dim("m", min=1, max=T)
+    eps = {n: torch.export.export(mod, (torch.randn(8, D),), dynamic_shapes=({0: m},)) for n, mod in mods.items()}
+    tmp = Path(tempfile.mkdtemp())
+    runs = load(tmp, lower(eps, tmp, False), threads=1)
+    x = np.random.default_rng(0).standard_normal((T, D)).astype(np.float32)
+
+    def learners(k):  # as export.routed.drive: learner j on the tokens with k > j
+        order = np.argsort(-k, kind="stable")
+        xs, ys = x[order], np.zeros_like(x)
+        for j in range(N):
+            n = int(np.count_nonzero(k > j))
+            if n:
+                ys[:n] += runs[f"learner{j}"]([xs[:n]])[0]
+        y = np.empty_like(x)
+        y[order] = ys
+        return y
+
+    def prefix(k):  # the tokens of each k through prefix k, once
+        order = np.argsort(-k, kind="stable")
+        xs, ys = x[order], np.zeros_like(x)
+        start = 0
+        for kk in range(N, 0, -1):
+            c = int(np.count_nonzero(k == kk))
+            if c:
+                ys[start:start + c] = runs[f"prefix{kk}"]([xs[start:start + c]])[0]
+                start += c
+        y = np.empty_like(x)
+        y[order] = ys
+        return y
+
+    rng = np.random.default_rng(0)
+    dists = {"open (k=4)": np.full(T, 4), "all k=2": np.full(T, 2), "uniform 0..4": rng.integers(0, 5, T),
+             "bimodal 0|4": rng.choice([0, 4], T), "1|3": rng.choice([1, 3], T)}
+    result = {"dist": [], "mean_k": [], "dense_ms": [], "learners_ratio": [], "prefix_ratio": []}
+    for name, k in dists.items():
+        assert np.allclose(learners(k), prefix(k), atol=1e-4)
+        cases = {"dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k), "prefix": lambda: prefix(k)}
+        t = {c: [] for c in cases}
+        for _ in range(args.runs):
+            for c, f in cases.items():
+                t0 = time.perf_counter()
+                f()
+                t[c].append(time.perf_counter() - t0)
+        md = {c: statistics.median(v) * 1e3 for c, v in t.items()}
+        print(f"{name:14s} mean k {k.mean():.2f}  dense {md['dense']:.3f} ms  learners {md['learners'] / md['dense']:.3f}x  "
+              f"prefix {md['prefix'] / md['dense']:.3f}x", flush=True)
+        for key, v in (("dist", name), ("mean_k", round(float(k.mean()), 2)), ("dense_ms", round(md["dense"], 3)),
+                       ("learners_ratio", round(md["learners"] / md["dense"], 3)),
+                       ("prefix_ratio", round(md["prefix"] / md["dense"], 3))):
+            result[key].append(v)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
