@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,8 @@ import torch
 import torch.nn as nn
 
 from export.executorch import load, lower
+from export.routed import run_learners
+from export_speed import interleaved  # (bench/ is the script's directory)
 
 D, F, N, T = 384, 1536, 4, 128
 H = F // N
@@ -57,16 +57,8 @@ def main():
     runs = load(tmp, lower(eps, tmp, False), threads=1)
     x = np.random.default_rng(0).standard_normal((T, D)).astype(np.float32)
 
-    def learners(k):  # as export.routed.drive: learner j on the tokens with k > j
-        order = np.argsort(-k, kind="stable")
-        xs, ys = x[order], np.zeros_like(x)
-        for j in range(N):
-            n = int(np.count_nonzero(k > j))
-            if n:
-                ys[:n] += runs[f"learner{j}"]([xs[:n]])[0]
-        y = np.empty_like(x)
-        y[order] = ys
-        return y
+    def learners(k):  # what the routed driver does
+        return run_learners(x, k, [f"learner{j}" for j in range(N)], lambda m, a: runs[m](a))
 
     def prefix(k):  # the tokens of each k through prefix k, once
         order = np.argsort(-k, kind="stable")
@@ -87,14 +79,8 @@ def main():
     result = {"dist": [], "mean_k": [], "dense_ms": [], "learners_ratio": [], "prefix_ratio": []}
     for name, k in dists.items():
         assert np.allclose(learners(k), prefix(k), atol=1e-4)
-        cases = {"dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k), "prefix": lambda: prefix(k)}
-        t = {c: [] for c in cases}
-        for _ in range(args.runs):
-            for c, f in cases.items():
-                t0 = time.perf_counter()
-                f()
-                t[c].append(time.perf_counter() - t0)
-        md = {c: statistics.median(v) * 1e3 for c, v in t.items()}
+        md = interleaved({"dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k),
+                          "prefix": lambda: prefix(k)}, args.runs)
         print(f"{name:14s} mean k {k.mean():.2f}  dense {md['dense']:.3f} ms  learners {md['learners'] / md['dense']:.3f}x  "
               f"prefix {md['prefix'] / md['dense']:.3f}x", flush=True)
         for key, v in (("dist", name), ("mean_k", round(float(k.mean()), 2)), ("dense_ms", round(md["dense"], 3)),

@@ -42,9 +42,7 @@ import torch.nn as nn
 import edge
 import export
 from export.graph import GraphModel
-from export.routed import drive
 from export.runtime import RUNTIMES
-from profiler.measure import timed
 
 EXIT_AFTER = 2
 
@@ -85,14 +83,17 @@ def bias_for_half(graph: GraphModel, inputs: list[torch.Tensor], knobs: dict) ->
 
 
 def interleaved(cases: dict, runs: int, warmup: int = 3) -> dict:
-    """{name: (run, args)} -> {name: median ms}, the cases timed in turn so that the machine's noise
-    falls on all of them alike (the ratios are what the bench reports)."""
-    for run, args in cases.values():
-        timed(run, args, warmup, 0)
+    """{name: f()} -> {name: median ms}, the cases timed in turn so that the machine's noise falls on
+    all of them alike (the ratios are what the benches report)."""
+    for f in cases.values():
+        for _ in range(warmup):
+            f()
     ms = {name: [] for name in cases}
     for _ in range(runs):
-        for name, (run, args) in cases.items():
-            ms[name] += timed(run, args, 1, 0)[0]
+        for name, f in cases.items():
+            t0 = time.perf_counter()
+            f()
+            ms[name].append((time.perf_counter() - t0) * 1e3)
     return {name: statistics.median(v) for name, v in ms.items()}
 
 
@@ -101,20 +102,22 @@ def routed_split(artifact, values: list[np.ndarray], runs: int) -> dict:
     attention, the other segments, and the driver itself (numpy and the calls' own cost)."""
     plan = artifact.plan
     methods = RUNTIMES.get(plan["runtime"]).load(artifact.path, plan["methods"], 1, "cpu")
-    names = [s["name"] for s in plan["inputs"] + plan["knobs"]]
-    n = len(plan["inputs"])
     spent = {"learners": 0.0, "attention segments": 0.0, "other segments": 0.0}
 
-    def call(method, arrays):
-        t0 = time.perf_counter()
-        out = methods[method](arrays)
+    def timed_method(method, f):
         kind = "learners" if method.startswith("learner") else "attention segments" if "attention" in method else "other segments"
-        spent[kind] += time.perf_counter() - t0
-        return out
 
+        def run(arrays):
+            t0 = time.perf_counter()
+            out = f(arrays)
+            spent[kind] += time.perf_counter() - t0
+            return out
+        return run
+
+    run = artifact.plan_runner({m: timed_method(m, f) for m, f in methods.items()})
     t0 = time.perf_counter()
     for _ in range(runs):
-        drive(plan["routed"], plan["model"]["layers"], call, dict(zip(names[:n], values[:n])), dict(zip(names[n:], values[n:])))
+        run(values)
     total = time.perf_counter() - t0
     split = {k: v / runs * 1e3 for k, v in spent.items()}
     return {**split, "driver": total / runs * 1e3 - sum(split.values())}
@@ -169,9 +172,9 @@ def main() -> None:
                 gated_s = time.time() - t0
                 report = export.verify(gated_a)
                 run = gated_a.runner(threads=1)
-                cases = {"dense": (dense_run, x), "user": (user_run, x),
-                         **{name: (run, x + [v.numpy().astype(np.float32) for v in k.values()])
-                            for name, k in settings.items()}}
+                knob_values = {name: [v.numpy().astype(np.float32) for v in k.values()] for name, k in settings.items()}
+                cases = {"dense": lambda: dense_run(x), "user": lambda: user_run(x),
+                         **{name: (lambda v=v: run(x + v)) for name, v in knob_values.items()}}
                 ms = interleaved(cases, args.runs)
                 row = {"runtime": f"{rt}:{mode}", "ms": {k: round(v, 3) for k, v in ms.items()},
                        "acm50_ffn_ratio": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["k0"]),
@@ -182,7 +185,7 @@ def main() -> None:
                        "max_abs_diff": report["max_abs_diff"],
                        "export_seconds_gated": round(gated_s, 1), "export_seconds_dense": round(dense_s, 1)}
                 if mode == "routed":
-                    split = routed_split(gated_a, cases["open"][1], args.runs)
+                    split = routed_split(gated_a, x + knob_values["open"], args.runs)
                     print(f"{rt}:routed, every gate open, ms per run: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in split.items()) + f" (dense {ms['dense']:.2f})")
                 print(json.dumps(row), flush=True)

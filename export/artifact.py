@@ -46,14 +46,14 @@ class Artifact:
         routed mode the plan's driver (export.routed.drive) runs the methods."""
         from export.runtime import RUNTIMES
 
-        return self._run_plan(RUNTIMES.get(self.plan["runtime"]).load(self.path, self.plan["methods"], threads, device))
+        return self.plan_runner(RUNTIMES.get(self.plan["runtime"]).load(self.path, self.plan["methods"], threads, device))
 
     def profiled_runner(self, threads: int | None = None, device: str = "cpu"):
         """(run, ops): `runner` with the runtime's per-operator profiler on; ops() sums what ran so far."""
         from export.runtime import RUNTIMES
 
         methods, ops = RUNTIMES.get(self.plan["runtime"]).profile(self.path, self.plan["methods"], threads, device)
-        return self._run_plan(methods), ops
+        return self.plan_runner(methods), ops
 
     def checks(self) -> dict[str, np.ndarray]:
         """The bundled checks: "input.NAME", and per case c "caseC.KNOB" and "caseC.expected.OUTPUT"."""
@@ -66,7 +66,9 @@ class Artifact:
         t = checks if checks is not None else self.checks()
         return [t[f"input.{s['name']}"] for s in self.plan["inputs"]]
 
-    def _run_plan(self, methods: dict):
+    def plan_runner(self, methods: dict):
+        """`runner` over the given method functions {method: f(arrays) -> arrays} (wrap a runtime's
+        to observe the calls)."""
         from export.routed import drive
 
         plan = self.plan

@@ -170,6 +170,20 @@ class Routed:
         return call
 
 
+def run_learners(x: np.ndarray, k: np.ndarray, learners: list[str], call) -> np.ndarray:
+    """An ACM's output on tokens x (T, d) that chose k (T,): learner j (method learners[j]) runs on the
+    tokens with k > j, its output added."""
+    order = np.argsort(-k, kind="stable")  # tokens by k, most first: learner j takes a prefix
+    xs, ys = x[order], np.zeros_like(x)
+    for j, method in enumerate(learners):
+        n = int(np.count_nonzero(k > j))
+        if n:
+            ys[:n] += call(method, [xs[:n]])[0]
+    y = np.empty_like(x)
+    y[order] = ys
+    return y
+
+
 def drive(section: dict, layers: int, call, inputs: dict[str, np.ndarray], knobs: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run a routed plan: `call(method, arrays) -> arrays` runs one method of the program. Returns
     [output, exit_layer (1,), skipped (layers,), ks (A, T)] (ks only when the model has ACMs)."""
@@ -196,15 +210,7 @@ def drive(section: dict, layers: int, call, inputs: dict[str, np.ndarray], knobs
             s = then["keep"] if keep else then["skip"]
         else:  # "acm": learner j runs on the tokens that chose more than j learners, its output added
             x, k = values["x"], values["k"]
-            order = np.argsort(-k, kind="stable")  # tokens by k, most first: learner j takes a prefix
-            xs, ys = x[order], np.zeros_like(x)
-            for j, method in enumerate(then["learners"]):
-                n = int(np.count_nonzero(k > j))
-                if n:
-                    ys[:n] += call(method, [xs[:n]])[0]
-            y = np.empty_like(x)
-            y[order] = ys
-            values["y"] = y[None]
+            values["y"] = run_learners(x, k, then["learners"], call)[None]
             if ks is None:
                 ks = np.full((section["acms"], len(k)), -1, dtype=np.int64)
             ks[then["acm"]] = k
