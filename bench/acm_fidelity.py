@@ -63,6 +63,8 @@ def main():
     ap.add_argument("--repr-steps", type=int, default=edge.DistillConfig.repr_steps)
     ap.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps)
     ap.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps)
+    ap.add_argument("--save", metavar="DIR", help="also save each budget's model to DIR/acm-BUDGET "
+                    "(bench/depth.py --acm DIR/acm-0.5 reuses it)")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = edge.load_pretrained()
@@ -99,6 +101,8 @@ def main():
         if budget == 0.5:
             convert_seconds = seconds
         models[budget] = acm
+        if args.save:
+            edge.save(acm, f"{args.save}/acm-{budget}", tokenizer=tok, overwrite=True)
         rep, out = compare(acm, teacher_out, test_b, share)
         static_accs = []
         for learners in (phase1, acm):

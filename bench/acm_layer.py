@@ -1,6 +1,8 @@
 """One ACM layer on ExecuTorch (XNNPACK, 1 thread), without the rest of the model: how the routed
-mode's learner methods compare with the dense FFN, and with a "prefix" form (one method per k that
-holds the first k learners as one FFN: fewer, wider GEMMs, but 2.5x the FFN weights for N = 4).
+mode's learner methods (one call per learner) compare with the dense FFN, with a "group" form (one
+method holding all N learners, input j the tokens of learner j: one call per ACM, the same weights)
+and with a "prefix" form (one method per k that holds the first k learners as one FFN: fewer, wider
+GEMMs, but 2.5x the FFN weights for N = 4).
 MiniLM's sizes (d 384, F 1536, N 4, 128 tokens), random weights; for several distributions of k over
 the tokens, medians of --runs interleaved calls, as ratios to the dense FFN.
 
@@ -43,6 +45,18 @@ class Ffn(nn.Module):
         return self.down(self.act(self.up(x)))
 
 
+class Group(nn.Module):
+    """All N learners as one method: input j is the tokens learner j runs on (its own dynamic size),
+    output j its output (one call per ACM instead of one per learner)."""
+
+    def __init__(self, learners: list[Ffn]):
+        super().__init__()
+        self.learners = nn.ModuleList(learners)
+
+    def forward(self, xs: list[torch.Tensor]):
+        return tuple(f(x) for f, x in zip(self.learners, xs))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
@@ -53,12 +67,28 @@ def main():
             **{f"prefix{k}": Ffn(w, 0, k * H) for k in range(1, N + 1)}}
     m = torch.export.Dim("m", min=1, max=T)
     eps = {n: torch.export.export(mod, (torch.randn(8, D),), dynamic_shapes=({0: m},)) for n, mod in mods.items()}
+    ms = [torch.export.Dim(f"m{j}", min=1, max=T) for j in range(N)]
+    eps["group"] = torch.export.export(Group([mods[f"learner{j}"] for j in range(N)]),
+                                       ([torch.randn(8 - j, D) for j in range(N)],),
+                                       dynamic_shapes=([{0: d} for d in ms],))
     tmp = Path(tempfile.mkdtemp())
     runs = load(tmp, lower(eps, tmp, False), threads=1)
     x = np.random.default_rng(0).standard_normal((T, D)).astype(np.float32)
 
     def learners(k):  # what the routed driver does
         return run_learners(x, k, [f"learner{j}" for j in range(N)], lambda m, a: runs[m](a))
+
+    def group(k):  # one call: learner j's tokens are a prefix of the sorted tokens (1 dummy row if none)
+        order = np.argsort(-k, kind="stable")
+        xs, ys = x[order], np.zeros_like(x)
+        counts = [int(np.count_nonzero(k > j)) for j in range(N)]
+        if counts[0]:
+            outs = runs["group"]([xs[:max(c, 1)] for c in counts])
+            for c, o in zip(counts, outs):
+                ys[:c] += o[:c]
+        y = np.empty_like(x)
+        y[order] = ys
+        return y
 
     def prefix(k):  # the tokens of each k through prefix k, once
         order = np.argsort(-k, kind="stable")
@@ -76,15 +106,16 @@ def main():
     rng = np.random.default_rng(0)
     dists = {"open (k=4)": np.full(T, 4), "all k=2": np.full(T, 2), "uniform 0..4": rng.integers(0, 5, T),
              "bimodal 0|4": rng.choice([0, 4], T), "1|3": rng.choice([1, 3], T)}
-    result = {"dist": [], "mean_k": [], "dense_ms": [], "learners_ratio": [], "prefix_ratio": []}
+    result = {"dist": [], "mean_k": [], "dense_ms": [], "learners_ratio": [], "group_ratio": [], "prefix_ratio": []}
     for name, k in dists.items():
-        assert np.allclose(learners(k), prefix(k), atol=1e-4)
+        assert np.allclose(learners(k), prefix(k), atol=1e-4) and np.allclose(learners(k), group(k), atol=1e-4)
         md = interleaved({"dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k),
-                          "prefix": lambda: prefix(k)}, args.runs)
+                          "group": lambda: group(k), "prefix": lambda: prefix(k)}, args.runs)
         print(f"{name:14s} mean k {k.mean():.2f}  dense {md['dense']:.3f} ms  learners {md['learners'] / md['dense']:.3f}x  "
-              f"prefix {md['prefix'] / md['dense']:.3f}x", flush=True)
+              f"group {md['group'] / md['dense']:.3f}x  prefix {md['prefix'] / md['dense']:.3f}x", flush=True)
         for key, v in (("dist", name), ("mean_k", round(float(k.mean()), 2)), ("dense_ms", round(md["dense"], 3)),
                        ("learners_ratio", round(md["learners"] / md["dense"], 3)),
+                       ("group_ratio", round(md["group"] / md["dense"], 3)),
                        ("prefix_ratio", round(md["prefix"] / md["dense"], 3))):
             result[key].append(v)
     print(json.dumps(result))

@@ -77,7 +77,7 @@ def minilm_task(args) -> Task:
     return Task("minilm", model, edge.batches(tok, p.split("train").texts, 32),
                 edge.batches(tok, calib_p.texts, 64), torch.tensor(calib_p.labels),
                 edge.batches(tok, test_p.texts, 64), torch.tensor(test_p.labels),
-                probe.predict, [2, 3, 4, 5], edge.AcmConfig(budget=0.75))
+                probe.predict, [2, 3, 4, 5], edge.AcmConfig(budget=0.5))
 
 
 def vit_task(args) -> Task:
@@ -211,9 +211,13 @@ def bench_task(task: Task, args) -> tuple[list[dict], float]:
     depth, router_seconds = adaptive(task, task.model, args)
     print(f"router-tuning: {router_seconds:.1f} s on {args.router_samples} samples", flush=True)
     t0 = time.time()
-    distill = edge.DistillConfig(repr_steps=5, gate_steps=5, e2e_steps=5) if args.quick else edge.DistillConfig()
-    acm_base = edge.acmize(task.model, task.acm, task.train, task.calib, distill)
-    print(f"acmize: {time.time() - t0:.0f} s", flush=True)
+    if args.acm and task.name == "minilm":  # a conversion saved by bench/acm_fidelity.py --save
+        acm_base = edge.load(args.acm)
+        print(f"acmize: loaded {args.acm} (budget {acm_base.acm_config.budget})", flush=True)
+    else:
+        distill = edge.DistillConfig(repr_steps=5, gate_steps=5, e2e_steps=5) if args.quick else edge.DistillConfig()
+        acm_base = edge.acmize(task.model, task.acm, task.train, task.calib, distill)
+        print(f"acmize: {time.time() - t0:.0f} s", flush=True)
     acm, _ = adaptive(task, acm_base, args)
     models = {"depth": depth, "acm": acm}
 
@@ -246,6 +250,8 @@ def main():
     ap.add_argument("--calib-limit", type=int, default=1024)
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--router-samples", type=int, default=1000)
+    ap.add_argument("--acm", metavar="DIR", help="MiniLM's ACM model from `bench/acm_fidelity.py --save` "
+                    "(the same conversion at budget 0.5) instead of converting it again here")
     ap.add_argument("--quick", action="store_true", help="a few training steps: checks the script, not figures")
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -123,12 +123,40 @@ def routed_split(artifact, values: list[np.ndarray], runs: int) -> dict:
     return {**split, "driver": total / runs * 1e3 - sum(split.values())}
 
 
+def native_medians(dense: Path, gated: Path, runs: int, rounds: int = 5) -> dict:
+    """{case: median ms} through the native runner (profiler/runner: ExecuTorch's C++ Module API with
+    the plan's driver in C++, what a device runs): the dense artifact, then each budget level of the
+    gated one (named after the cases), alternating in `rounds` so that the noise falls on both."""
+    import profiler
+
+    config = profiler.ProfileConfig(runner="native", runs=max(10, runs // rounds), branch_runs=0, ops=False)
+    p50 = {}
+    for _ in range(rounds):
+        for path in (dense, gated):
+            for level in profiler.profile(path, "local", config, progress=False)["levels"]:
+                p50.setdefault("dense" if path == dense else level["name"], []).append(level["stats"]["p50"])
+    return {name: statistics.median(v) for name, v in p50.items()}
+
+
+def figures(name: str, ms: dict, report: dict, gated_s: float, dense_s: float) -> dict:
+    return {"runtime": name, "ms": {k: round(v, 3) for k, v in ms.items()},
+            "acm50_ffn_ratio": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["k0"]),
+            "acm50_model_ratio": ms["acm50"] / ms["dense"],
+            "overhead_ratio": ms["open"] / ms["dense"],
+            "exit_ratio": ms["exit"] / ms["open"],
+            "acm50_vs_user": ms["acm50"] / ms["user"] if "user" in ms else None,
+            "max_abs_diff": report["max_abs_diff"],
+            "export_seconds_gated": round(gated_s, 1), "export_seconds_dense": round(dense_s, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--runtimes", nargs="+", default=export.RUNTIMES.names())
     ap.add_argument("--modes", nargs="+", default=list(export.MODES), choices=export.MODES)
+    ap.add_argument("--no-native", action="store_true",
+                    help="skip the ExecuTorch routed timings through the native (C++) runner")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -156,6 +184,8 @@ def main() -> None:
         ks = graph(*inputs, *settings["acm50"].values())[3]
         assert int(graph(*inputs, *settings["exit"].values())[1]) == EXIT_AFTER
     half = float(ks[:, inputs[1][0].bool()].float().mean()) / 4
+    # the cases are also the artifacts' budget levels: what the native runner times
+    levels = [{"name": name, **{k: v.tolist() for k, v in knobs.items()}} for name, knobs in settings.items()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for rt in args.runtimes:
@@ -168,7 +198,7 @@ def main() -> None:
             for mode in args.modes:
                 t0 = time.time()
                 gated_a = export.to_runtime(gated, rt, Path(tmp) / f"gated-{rt}-{mode}", example, progress=False,
-                                            mode=mode)
+                                            mode=mode, levels=levels)
                 gated_s = time.time() - t0
                 report = export.verify(gated_a)
                 run = gated_a.runner(threads=1)
@@ -176,25 +206,22 @@ def main() -> None:
                 cases = {"dense": lambda: dense_run(x), "user": lambda: user_run(x),
                          **{name: (lambda v=v: run(x + v)) for name, v in knob_values.items()}}
                 ms = interleaved(cases, args.runs)
-                row = {"runtime": f"{rt}:{mode}", "ms": {k: round(v, 3) for k, v in ms.items()},
-                       "acm50_ffn_ratio": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["k0"]),
-                       "acm50_model_ratio": ms["acm50"] / ms["dense"],
-                       "overhead_ratio": ms["open"] / ms["dense"],
-                       "exit_ratio": ms["exit"] / ms["open"],
-                       "acm50_vs_user": ms["acm50"] / ms["user"],
-                       "max_abs_diff": report["max_abs_diff"],
-                       "export_seconds_gated": round(gated_s, 1), "export_seconds_dense": round(dense_s, 1)}
+                row = figures(f"{rt}:{mode}", ms, report, gated_s, dense_s)
                 if mode == "routed":
                     split = routed_split(gated_a, x + knob_values["open"], args.runs)
                     print(f"{rt}:routed, every gate open, ms per run: "
                           + ", ".join(f"{k} {v:.2f}" for k, v in split.items()) + f" (dense {ms['dense']:.2f})")
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+                if rt == "executorch" and mode == "routed" and not args.no_native:
+                    ms = native_medians(dense_a.path, gated_a.path, args.runs)
+                    rows.append(figures(f"{rt}:{mode}:native", ms, report, gated_s, dense_s))
+                    print(json.dumps(rows[-1]), flush=True)
     print(f"acm50 ran {half:.3f} of the learners on real tokens; exit after layer {EXIT_AFTER} of 6 "
           f"(target exit_ratio <= {EXIT_AFTER / 6 + 0.1:.3f})")
     keys = ["acm50_ffn_ratio", "acm50_model_ratio", "overhead_ratio", "exit_ratio", "max_abs_diff", "acm50_vs_user"]
-    print(json.dumps({"runtime": [r["runtime"] for r in rows], **{k: [round(r[k], 4) if k != "max_abs_diff"
-                      else r[k] for r in rows] for k in keys}, "learner_fraction_at_acm50": round(half, 3),
+    print(json.dumps({"runtime": [r["runtime"] for r in rows], **{k: [r[k] if k == "max_abs_diff" or r[k] is None
+                      else round(r[k], 4) for r in rows] for k in keys}, "learner_fraction_at_acm50": round(half, 3),
                       "export_seconds": [r["export_seconds_gated"] for r in rows]}))
 
 

@@ -48,7 +48,8 @@ def cmd_acmize(args) -> dict:
     from edge.io import atomic_dir, write_json_atomic
 
     config = edge.AcmConfig(budget=args.budget, learners=args.learners, init=args.init)
-    distill = DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps)
+    distill = DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
+                            tune_backbone=not args.freeze_backbone)
     out = Path(args.output)
     if out.exists() and not args.overwrite:  # fail before minutes of training, not after
         raise EdgeError(f"{out} already exists; choose another output directory or pass --overwrite")
@@ -226,6 +227,8 @@ def _add_acmize_args(p, output_default=None):
     p.add_argument("--repr-steps", type=int, default=DistillConfig.repr_steps, help="phase 1 steps (batches of 32)")
     p.add_argument("--gate-steps", type=int, default=DistillConfig.gate_steps, help="phase 2 steps")
     p.add_argument("--e2e-steps", type=int, default=DistillConfig.e2e_steps, help="phase 3 steps")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="phase 3 trains only the ACMs (by default attention and norms are fine-tuned too)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -38,13 +38,13 @@ class DistillConfig:
     e2e_steps: int = 200
     lr: float = 3e-4
     gate_lr: float = 1e-3
-    e2e_lr: float = 3e-5
+    e2e_lr: float = 1e-4
     gate_ratio: float = 1.2
     budget_weight: float = 4.0
-    hidden_weight: float = 1.0
+    hidden_weight: float = 0.1
     calib_iters: int = 30
     seed: int = 0
-    tune_backbone: bool = False  # phase 3 also fine-tunes the rest of the model (attention, norms)
+    tune_backbone: bool = True  # phase 3 also fine-tunes the rest of the model (attention, norms)
 
     def __post_init__(self):
         for f in ("repr_steps", "gate_steps", "e2e_steps", "calib_iters"):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 FEW = ["--repr-steps", "2", "--gate-steps", "2", "--e2e-steps", "2", "--train-limit", "64",
        "--eval-limit", "64", "--quiet"]
@@ -25,8 +26,13 @@ def assert_user_error(r, *needles):
 
 def test_acmize_then_eval_on_the_real_model(tmp_path):
     out = tmp_path / "acm"
-    r = edge_cli("acmize", "-o", out, "--budget", "0.75", *FEW)
+    r = edge_cli("acmize", "-o", out, "--budget", "0.75", "--freeze-backbone", *FEW)
     assert r.returncode == 0, r.stderr
+    import edge  # phase 3 left everything but the ACMs as it was (edge.convert's tests: it tunes it by default)
+
+    original, acm = edge.load_pretrained()[0].state_dict(), edge.load(out).state_dict()
+    assert all(torch.equal(original[k], acm[k]) for k in original if k in acm)
+    assert sum(k in acm for k in original) > 50
     report = json.loads((out / "report.json").read_text())
     assert report["ffn_fraction"] <= 0.75 + 0.05  # calibrated on calib data, measured on held-out
     assert 0 < report["model_fraction"] < 1 and 0.5 < report["ffn_share_of_model"] < 0.8
