@@ -19,10 +19,16 @@ Figures (ratios of medians):
   overhead_ratio     gated with every gate open / dense;
   exit_ratio         exit after layer 2 / the gated full path (target <= 2/6 + 0.1);
   max_abs_diff       over every bundled branch-forcing case (verify).
+ExecuTorch's routed artifact is also timed through the native runner (profiler/runner: the plan's
+driver in C++ on ExecuTorch's Module API, what an ARM board or a phone runs; the cases are the
+artifact's budget levels, dense and gated alternating in rounds): the row "executorch:routed:native",
+whose acm50_vs_user is null (the user's export is timed in Python only). The Python rows pay
+Python's cost per method call (43 calls a run with every gate open), which a device does not.
 The weights of the ACMs, exits and routers are untrained (timing does not depend on them; parity is
 checked on every branch all the same).
 
     taskset -c 0 .venv/bin/python bench/export_speed.py      # 1 core; ORT and XNNPACK on 1 thread
+                                                             # (about 15 minutes; --no-native: without the C++ runner)
 Last line: one JSON object.
 """
 from __future__ import annotations
