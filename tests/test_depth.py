@@ -173,7 +173,10 @@ def test_one_pass_answers_every_exit_threshold(case):
         full, trace = run(m, batch, exits=False, collect=True)
         confs = torch.cat([c for _, c in trace.exits.values()]).tolist()
         layers_seen = set()
-        for t in sorted({0.0, 1.0, *confs}):  # every threshold at which a decision changes
+        cs = sorted(set(confs))  # every decision the threshold can make: 0, 1 and midway between confidences
+        # (not at a confidence itself: the early-exiting run recomputes it on fewer sequences, and a
+        # last-bit difference there would flip a tie)
+        for t in sorted({0.0, 1.0, *[(a + b) / 2 for a, b in zip(cs, cs[1:])]}):
             m.exit_config = edge.ExitConfig(after=list(range(1, n)), threshold=t)
             want, want_trace = run(m, batch)
             got, flops, layer = edge.depth.take_exits(m, full, trace, t)
