@@ -210,11 +210,11 @@ def bench_task(task: Task, args) -> tuple[list[dict], float]:
 
     depth, router_seconds = adaptive(task, task.model, args)
     print(f"router-tuning: {router_seconds:.1f} s on {args.router_samples} samples", flush=True)
-    t0 = time.time()
     if args.acm and task.name == "minilm":  # a conversion saved by bench/acm_fidelity.py --save
         acm_base = edge.load(args.acm)
         print(f"acmize: loaded {args.acm} (budget {acm_base.acm_config.budget})", flush=True)
     else:
+        t0 = time.time()
         distill = edge.DistillConfig(repr_steps=5, gate_steps=5, e2e_steps=5) if args.quick else edge.DistillConfig()
         acm_base = edge.acmize(task.model, task.acm, task.train, task.calib, distill)
         print(f"acmize: {time.time() - t0:.0f} s", flush=True)

@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+import edge
+
 FEW = ["--repr-steps", "2", "--gate-steps", "2", "--e2e-steps", "2", "--train-limit", "64",
        "--eval-limit", "64", "--quiet"]
 
@@ -28,8 +30,8 @@ def test_acmize_then_eval_on_the_real_model(tmp_path):
     out = tmp_path / "acm"
     r = edge_cli("acmize", "-o", out, "--budget", "0.75", "--freeze-backbone", *FEW)
     assert r.returncode == 0, r.stderr
-    import edge  # phase 3 left everything but the ACMs as it was (edge.convert's tests: it tunes it by default)
-
+    # --freeze-backbone: phase 3 left everything but the ACMs as it was (by default it tunes the rest:
+    # tests/test_convert.py)
     original, acm = edge.load_pretrained()[0].state_dict(), edge.load(out).state_dict()
     assert all(torch.equal(original[k], acm[k]) for k in original if k in acm)
     assert sum(k in acm for k in original) > 50
