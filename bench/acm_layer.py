@@ -1,6 +1,7 @@
 """One ACM layer on ExecuTorch (XNNPACK, 1 thread), without the rest of the model: how the routed
-mode's learner methods (one call per learner) compare with the dense FFN, with a "group" form (one
-method holding all N learners, input j the tokens of learner j: one call per ACM, the same weights)
+mode's "group" form (export.routed.Learners: one method holding all N learners, input j the tokens of
+learner j: one call per ACM) compares with the dense FFN, with one method per learner (one call each,
+the routed mode before plan version 3; the same weights)
 and with a "prefix" form (one method per k that holds the first k learners as one FFN: fewer, wider
 GEMMs, but 2.5x the FFN weights for N = 4).
 MiniLM's sizes (d 384, F 1536, N 4, 128 tokens), random weights; for several distributions of k over
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from export.executorch import load, lower
-from export.routed import run_learners
+from export.routed import Learners, run_learners
 from export_speed import interleaved  # (bench/ is the script's directory)
 
 D, F, N, T = 384, 1536, 4, 128
@@ -45,18 +46,6 @@ class Ffn(nn.Module):
         return self.down(self.act(self.up(x)))
 
 
-class Group(nn.Module):
-    """All N learners as one method: input j is the tokens learner j runs on (its own dynamic size),
-    output j its output (one call per ACM instead of one per learner)."""
-
-    def __init__(self, learners: list[Ffn]):
-        super().__init__()
-        self.learners = nn.ModuleList(learners)
-
-    def forward(self, xs: list[torch.Tensor]):
-        return tuple(f(x) for f, x in zip(self.learners, xs))
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
@@ -68,27 +57,26 @@ def main():
     m = torch.export.Dim("m", min=1, max=T)
     eps = {n: torch.export.export(mod, (torch.randn(8, D),), dynamic_shapes=({0: m},)) for n, mod in mods.items()}
     ms = [torch.export.Dim(f"m{j}", min=1, max=T) for j in range(N)]
-    eps["group"] = torch.export.export(Group([mods[f"learner{j}"] for j in range(N)]),
-                                       ([torch.randn(8 - j, D) for j in range(N)],),
-                                       dynamic_shapes=([{0: d} for d in ms],))
+    eps["group"] = torch.export.export(Learners([mods[f"learner{j}"] for j in range(N)]),
+                                       tuple(torch.randn(8 - j, D) for j in range(N)),
+                                       dynamic_shapes={"xs": tuple({0: d} for d in ms)})
     tmp = Path(tempfile.mkdtemp())
     runs = load(tmp, lower(eps, tmp, False), threads=1)
     x = np.random.default_rng(0).standard_normal((T, D)).astype(np.float32)
 
-    def learners(k):  # what the routed driver does
-        return run_learners(x, k, [f"learner{j}" for j in range(N)], lambda m, a: runs[m](a))
-
-    def group(k):  # one call: learner j's tokens are a prefix of the sorted tokens (1 dummy row if none)
+    def learners(k):  # one call per learner (the routed driver before plan version 3)
         order = np.argsort(-k, kind="stable")
         xs, ys = x[order], np.zeros_like(x)
-        counts = [int(np.count_nonzero(k > j)) for j in range(N)]
-        if counts[0]:
-            outs = runs["group"]([xs[:max(c, 1)] for c in counts])
-            for c, o in zip(counts, outs):
-                ys[:c] += o[:c]
+        for j in range(N):
+            c = int(np.count_nonzero(k > j))
+            if c:
+                ys[:c] += runs[f"learner{j}"]([xs[:c]])[0]
         y = np.empty_like(x)
         y[order] = ys
         return y
+
+    def group(k):  # what the routed driver does: one call, learner j's tokens a prefix of the sorted tokens
+        return run_learners(x, k, "group", N, lambda m, a: runs[m](a))
 
     def prefix(k):  # the tokens of each k through prefix k, once
         order = np.argsort(-k, kind="stable")

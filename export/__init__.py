@@ -21,14 +21,14 @@ from export.runtime import RUNTIMES
 def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True,
             mode: str | None = None, levels: list[dict] | None = None, tokenizer=None) -> Artifact:
     """Export to ONNX (ONNX Runtime). graph (the default): exits and skips as If, ACM routing as NonZero/Gather/
-    ScatterND in one model; routed: one model per segment and learner, run by the plan's driver."""
+    ScatterND in one model; routed: one model per segment and per ACM (its learners), run by the plan's driver."""
     return to_runtime(model, "onnx", out, example, overwrite, progress, mode, levels, tokenizer)
 
 
 def to_executorch(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False,
                   progress: bool = True, mode: str | None = None, levels: list[dict] | None = None,
                   tokenizer=None) -> Artifact:
-    """Export to ExecuTorch (.pte). routed (the default): one XNNPACK-delegated method per segment and learner, run
+    """Export to ExecuTorch (.pte). routed (the default): one XNNPACK-delegated method per segment and per ACM (its learners), run
     by the plan's driver; graph: exits and skips as cond (branches on the portable kernels)."""
     return to_runtime(model, "executorch", out, example, overwrite, progress, mode, levels, tokenizer)
 

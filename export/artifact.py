@@ -16,7 +16,7 @@ PLAN = "plan.json"
 CHECKS = "checks.safetensors"
 TOKENIZER = "tokenizer"  # (a directory, present when the export was given a tokenizer)
 PLAN_FORMAT = "edge-plan"
-PLAN_VERSION = 2  # 2: "methods" (one or more per program) and the routed mode
+PLAN_VERSION = 3  # 2: "methods" (one or more per program) and the routed mode; 3: one learners method per ACM
 DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
 
 

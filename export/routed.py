@@ -8,7 +8,10 @@ then head. Four pieces end in a decision the driver takes:
   head    "end":  the output.
 A segment is every piece from a place the driver can jump to up to the next decision: one method of
 the program (no control flow inside, so XNNPACK takes all of it; tokens are a bounded dynamic size).
-Each ACM learner is a method of its own on the gathered tokens (m, d), m in 1..max tokens.
+The learners of an ACM are one method: input j is the (m_j, d) tokens learner j runs on (a prefix of
+the tokens sorted by k, most first; m_j in 1..max tokens, each its own dynamic size), output j what it
+adds to them. One call per ACM instead of one per learner: fewer calls a run, and fewer methods to
+lower (bench/acm_layer.py measures the forms).
 
 The plan's "routed" section lists the segments (method, inputs, outputs, decision); `drive` executes
 it with numpy and nothing else, in a loop simple enough to port to C++ and Java. It returns what the
@@ -115,6 +118,18 @@ class Learner(nn.Module):
         return self.down(self.act(self.up(x)))
 
 
+class Learners(nn.Module):
+    """Every learner of an ACM as one method: forward(x_0, .., x_{N-1}) -> (learner j on x_j for each j),
+    each x_j (m_j, d) with a size of its own."""
+
+    def __init__(self, learners: list[nn.Module]):
+        super().__init__()
+        self.learners = nn.ModuleList(learners)
+
+    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(learner(x) for learner, x in zip(self.learners, xs))
+
+
 class Routed:
     """The segments and learners of a model, and the plan's "routed" section that links them."""
 
@@ -137,8 +152,7 @@ class Routed:
                 d.update(router=g.router_index[p.layer], keep=q + 1,
                          skip=q + 2 if g.target == "attention" else after_ffn)
             elif p.kind == "gate":
-                d.update(acm=g.acm_index[p.layer], next=q + 1,
-                         learners=[f"learner{p.layer}_{j}" for j in range(g.acms[p.layer - 1].n)])
+                d.update(acm=g.acm_index[p.layer], next=q + 1, learners=f"learners{p.layer}", n=g.acms[p.layer - 1].n)
             elif p.kind == "exit":
                 d.update(exit=g.exit_index[p.layer], next=q + 1)
             decisions[n] = d
@@ -153,9 +167,8 @@ class Routed:
             d = {k: (index[v] if k in ("keep", "skip", "next") else v) for k, v in decisions[n].items()}
             self.modules[name] = seg
             self.segments.append({"method": name, "inputs": seg.inputs, "outputs": seg.outputs, "then": d})
-        for i, a in sorted(g.acm_index.items()):
-            for j in range(g.acms[i - 1].n):
-                self.modules[f"learner{i}_{j}"] = Learner(g.acms[i - 1], j)
+        for i in sorted(g.acm_index):
+            self.modules[f"learners{i}"] = Learners([Learner(g.acms[i - 1], j) for j in range(g.acms[i - 1].n)])
 
     def section(self) -> dict:
         return {"segments": self.segments, "acms": len(self.graph.acm_index)}
@@ -170,15 +183,18 @@ class Routed:
         return call
 
 
-def run_learners(x: np.ndarray, k: np.ndarray, learners: list[str], call) -> np.ndarray:
-    """An ACM's output on tokens x (T, d) that chose k (T,): learner j (method learners[j]) runs on the
-    tokens with k > j, its output added."""
+def run_learners(x: np.ndarray, k: np.ndarray, method: str, n: int, call) -> np.ndarray:
+    """An ACM's output on tokens x (T, d) that chose k (T,): learner j runs on the tokens with k > j,
+    its output added. One call of `method` (the ACM's n learners) on the prefixes of the tokens sorted
+    by k; a learner no token needs gets one row to run on (a method's input has at least one), which
+    is dropped; no call at all when no token runs a learner."""
+    counts = [int(np.count_nonzero(k > j)) for j in range(n)]
+    if not counts[0]:
+        return np.zeros_like(x)
     order = np.argsort(-k, kind="stable")  # tokens by k, most first: learner j takes a prefix
     xs, ys = x[order], np.zeros_like(x)
-    for j, method in enumerate(learners):
-        n = int(np.count_nonzero(k > j))
-        if n:
-            ys[:n] += call(method, [xs[:n]])[0]
+    for c, out in zip(counts, call(method, [xs[:max(c, 1)] for c in counts])):
+        ys[:c] += out[:c]
     y = np.empty_like(x)
     y[order] = ys
     return y
@@ -210,7 +226,7 @@ def drive(section: dict, layers: int, call, inputs: dict[str, np.ndarray], knobs
             s = then["keep"] if keep else then["skip"]
         else:  # "acm": learner j runs on the tokens that chose more than j learners, its output added
             x, k = values["x"], values["k"]
-            values["y"] = run_learners(x, k, then["learners"], call)[None]
+            values["y"] = run_learners(x, k, then["learners"], then["n"], call)[None]
             if ks is None:
                 ks = np.full((section["acms"], len(k)), -1, dtype=np.int64)
             ks[then["acm"]] = k

@@ -17,7 +17,7 @@ Run = Callable[[list[np.ndarray]], list[np.ndarray]]
 @dataclass(frozen=True)
 class Runtime:
     """A program is one or more named methods (the in-graph mode has one, "forward"; the routed mode
-    one per segment and learner).
+    one per segment and per ACM: its learners).
     name: what `--to` says;
     mode: "graph" or "routed", the default (measured: bench/results/export_speed.txt);
     lower(eps, directory, control_flow) -> {method: file}: write the ExportedPrograms {method: ep} into

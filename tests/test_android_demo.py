@@ -80,7 +80,7 @@ def test_java_reads_what_edge_export_writes(classes, tmp_path):
     assert got == want
     plan = (a.path / "plan.json").read_text()
     for text, needle in [(plan.replace('"runtime": "executorch"', '"runtime": "onnx"'), "the app runs ExecuTorch artifacts"),
-                         ('{"format": "edge-plan", "version": 1}', "this app reads version 2"),
+                         ('{"format": "edge-plan", "version": 1}', "this app reads version 3"),
                          (plan[:100], "malformed JSON")]:
         (a.path / "plan.json").write_text(text)
         done = java(classes, "Artifact", a.path)

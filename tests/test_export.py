@@ -68,7 +68,7 @@ def test_routed_driver_is_the_graph(case, gate):
     g = GraphModel(model)
     routed, args = Routed(g), _inputs(g, batch)
     methods = {s["method"] for s in routed.section()["segments"]}
-    assert methods | {m for s in routed.segments if s["then"]["kind"] == "acm" for m in s["then"]["learners"]} == set(routed.modules)
+    assert methods | {s["then"]["learners"] for s in routed.segments if s["then"]["kind"] == "acm"} == set(routed.modules)
     for name, knobs in export.force_cases(g):
         with torch.no_grad():
             want = [t.numpy() for t in g(*args, *knobs.values())]
@@ -137,13 +137,13 @@ def test_every_gate_type_exports(runtime, mode, gate, tmp_path, request):
     if mode == "graph":  # the control flow is kept in the program, not unrolled
         assert (stats["branches"] > 0) == bool(gates.get("exits") or gates.get("skips"))
         assert (stats["gathers"] > 0) == bool(gates.get("acm"))
-    else:  # the driver decides: the methods are plain, a segment between gates and a learner each
+    else:  # the driver decides: the methods are plain, a segment between gates and the learners of each ACM
         assert stats["branches"] == stats["gathers"] == 0
         segments = a.plan["routed"]["segments"]
         assert {s["then"]["kind"] for s in segments} >= {"end"} | ({"exit"} if gates.get("exits") else set()) | (
             {"skip"} if gates.get("skips") else set()) | ({"acm"} if gates.get("acm") else set())
         assert set(a.plan["methods"]) == {s["method"] for s in segments} | {
-            m for s in segments if s["then"]["kind"] == "acm" for m in s["then"]["learners"]}
+            s["then"]["learners"] for s in segments if s["then"]["kind"] == "acm"}
     if runtime == "executorch":  # XNNPACK takes what it can: in the routed mode, every method
         assert stats["delegates"] >= (len(a.plan["methods"]) if mode == "routed" else 1)
 

@@ -13,6 +13,7 @@ import yaml
 import export
 import profiler
 from edge.errors import EdgeError
+from export.artifact import PLAN_FORMAT, PLAN_VERSION
 from profiler import presets
 from tests.test_export import adaptive
 
@@ -216,7 +217,8 @@ def test_native_runner_faults_are_one_line(artifact, tmp_path):
     binary = native.ensure()
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "plan.json").write_text('{"format": "edge-plan", "version": 2, "runtime": "executorch", "methods": {"forward": "x.pte"}}')
+    (bad / "plan.json").write_text(json.dumps({"format": PLAN_FORMAT, "version": PLAN_VERSION, "runtime": "executorch",
+                                               "methods": {"forward": "x.pte"}}))
     for d, needle in [(tmp_path / "missing", "cannot be read"), (bad, "is not a loadable ExecuTorch program")]:
         done = subprocess.run([str(binary), str(d)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and needle in done.stderr.splitlines()[-1], done.stderr

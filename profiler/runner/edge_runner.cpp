@@ -374,20 +374,26 @@ std::vector<Array> drive(Program& program, const Json& section, int layers, cons
       const View& x = get(values, "x");  // (T, H)
       const View& k = get(values, "k");  // (T,)
       const int T = x.shape[0], H = x.shape[1];
+      const int64_t* kk = k.as<int64_t>();
+      std::vector<int> counts(then["n"].integer());  // tokens per learner: a prefix of the sorted tokens
+      for (size_t j = 0; j < counts.size(); ++j)
+        counts[j] = static_cast<int>(std::count_if(kk, kk + T, [&](int64_t v) { return v > static_cast<int64_t>(j); }));
       std::vector<int> order(T);
       std::iota(order.begin(), order.end(), 0);
-      const int64_t* kk = k.as<int64_t>();
       std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return kk[a] > kk[b]; });
       Array xs = filled(ScalarType::Float, {T, H}, 0), ys = filled(ScalarType::Float, {T, H}, 0);
-      for (int r = 0; r < T; ++r) std::memcpy(xs.as<float>() + r * H, x.as<float>() + order[r] * H, H * 4);
-      const auto& learners = then["learners"].items;
-      for (size_t j = 0; j < learners.size(); ++j) {
-        int n = static_cast<int>(std::count_if(kk, kk + T, [&](int64_t v) { return v > static_cast<int64_t>(j); }));
-        if (!n) continue;
-        std::vector<View> got = program.call(learners[j].str, {{xs.data.data(), {n, H}, ScalarType::Float}});
-        const float* g = got.at(0).as<float>();
+      if (!counts.empty() && counts[0]) {  // one call for all learners; one no token needs gets 1 row, dropped
+        for (int r = 0; r < T; ++r) std::memcpy(xs.as<float>() + r * H, x.as<float>() + order[r] * H, H * 4);
+        std::vector<View> prefixes;
+        for (int c : counts) prefixes.push_back({xs.data.data(), {std::max(c, 1), H}, ScalarType::Float});
+        const std::string& method = then["learners"].str;
+        std::vector<View> got = program.call(method, prefixes);
+        if (got.size() != counts.size()) throw Fault("method " + method + " returned a different number of outputs than the ACM has learners");
         float* y = ys.as<float>();
-        for (size_t i = 0; i < static_cast<size_t>(n) * H; ++i) y[i] += g[i];
+        for (size_t j = 0; j < counts.size(); ++j) {
+          const float* g = got[j].as<float>();
+          for (size_t i = 0; i < static_cast<size_t>(counts[j]) * H; ++i) y[i] += g[i];
+        }
       }
       Array y = filled(ScalarType::Float, {1, T, H}, 0);
       for (int r = 0; r < T; ++r) std::memcpy(y.as<float>() + order[r] * H, ys.as<float>() + r * H, H * 4);
@@ -420,8 +426,8 @@ struct Artifact {
   explicit Artifact(const std::string& dir) {
     plan = Parser(read_file(dir + "/plan.json")).parse();
     if (!plan.has("format") || plan["format"].str != "edge-plan") throw Fault(dir + "/plan.json is not an edge plan; export the model again");
-    if (!plan.has("version") || plan["version"].integer() != 2)
-      throw Fault(dir + "/plan.json has a plan version this runner does not read (it reads 2); rebuild the runner or export again");
+    if (!plan.has("version") || plan["version"].integer() != 3)
+      throw Fault(dir + "/plan.json has a plan version this runner does not read (it reads 3); rebuild the runner or export again");
     if (plan["runtime"].str != "executorch") throw Fault(dir + " is a " + plan["runtime"].str + " artifact; this runner runs ExecuTorch artifacts");
     file = dir + "/" + plan["methods"].fields.begin()->second.str;
     program = std::make_unique<Program>(file);

@@ -114,16 +114,19 @@ public final class Driver {
                 for (int i = 0; i < t; i++) order[i] = i;
                 final long[] kk = k.l;
                 Arrays.sort(order, (a, b) -> Long.compare(kk[b], kk[a])); // most learners first; stable
+                int[] counts = new int[then.n]; // tokens per learner: a prefix of the sorted tokens
+                for (int j = 0; j < then.n; j++) for (long v : kk) if (v > j) counts[j]++;
                 float[] xs = new float[t * h], ys = new float[t * h];
-                for (int r = 0; r < t; r++) System.arraycopy(x.f, order[r] * h, xs, r * h, h);
-                for (int j = 0; j < then.learners.size(); j++) {
-                    int n = 0;
-                    for (long v : kk) if (v > j) n++;
-                    if (n == 0) continue;
-                    Tensor prefix = Tensor.of(Arrays.copyOf(xs, n * h), n, h);
-                    float[] g = call(methods, then.learners.get(j), new Tensor[] {prefix}, 1)[0].f;
-                    if (g == null || g.length != n * h) throw new PlanException("learner " + then.learners.get(j) + " returned the wrong shape");
-                    for (int i = 0; i < n * h; i++) ys[i] += g[i];
+                if (counts[0] > 0) { // one call for all learners; one no token needs gets 1 row, dropped
+                    for (int r = 0; r < t; r++) System.arraycopy(x.f, order[r] * h, xs, r * h, h);
+                    Tensor[] prefixes = new Tensor[then.n];
+                    for (int j = 0; j < then.n; j++) prefixes[j] = Tensor.of(Arrays.copyOf(xs, Math.max(counts[j], 1) * h), Math.max(counts[j], 1), h);
+                    Tensor[] got = call(methods, then.learners, prefixes, then.n);
+                    for (int j = 0; j < then.n; j++) {
+                        float[] g = got[j].f;
+                        if (g == null || g.length != Math.max(counts[j], 1) * h) throw new PlanException("learners " + then.learners + " returned the wrong shape");
+                        for (int i = 0; i < counts[j] * h; i++) ys[i] += g[i];
+                    }
                 }
                 float[] y = new float[t * h];
                 for (int r = 0; r < t; r++) System.arraycopy(ys, r * h, y, order[r] * h, h);

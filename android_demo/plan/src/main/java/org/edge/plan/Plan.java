@@ -7,21 +7,21 @@ import java.util.List;
 import java.util.Map;
 import java.util.Arrays;
 
-/** The plan that `edge export` writes beside the program (plan.json, format "edge-plan", version 2):
+/** The plan that `edge export` writes beside the program (plan.json, format "edge-plan", version 3):
  * the inputs, the knobs, the outputs, the budget levels and, in the routed mode, the segments (one
  * program method each) and the decision after each. Parsing checks everything the driver relies on,
  * so that a malformed plan fails here with one line, not in the middle of a run. */
 public final class Plan {
     public static final String FORMAT = "edge-plan";
-    public static final int VERSION = 2;
+    public static final int VERSION = 3;
 
     /** What follows a segment: kind "end", "exit", "skip" or "acm", and where to go next. */
     public static final class Then {
         public final String kind;
-        public final int layer, next, keep, skip, exit, router, acm;
-        public final List<String> learners;
+        public final int layer, next, keep, skip, exit, router, acm, n;
+        public final String learners; // "acm": the method of the ACM's n learners (null otherwise)
 
-        Then(String kind, int layer, int next, int keep, int skip, int exit, int router, int acm, List<String> learners) {
+        Then(String kind, int layer, int next, int keep, int skip, int exit, int router, int acm, String learners, int n) {
             this.kind = kind;
             this.layer = layer;
             this.next = next;
@@ -31,6 +31,7 @@ public final class Plan {
             this.router = router;
             this.acm = acm;
             this.learners = learners;
+            this.n = n;
         }
     }
 
@@ -158,16 +159,16 @@ public final class Plan {
         switch (kind) {
             case "end":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, Collections.emptyList()));
+                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, null, 0));
             case "exit":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, Collections.emptyList()));
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, null, 0));
             case "skip":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, Collections.emptyList()));
+                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, null, 0));
             case "acm":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, count(t, "acm", where, 0), strings(list(t, "learners", where), where)));
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, count(t, "acm", where, 0), str(t, "learners", where), count(t, "n", where, 1)));
             default:
                 throw bad(where + " ends in a decision of unknown kind \"" + kind + "\" (end, exit, skip, acm); the app is older than the plan");
         }
@@ -178,7 +179,7 @@ public final class Plan {
         for (int target : new int[] {s.then.next, s.then.keep, s.then.skip})
             if (target >= segments.size()) throw bad(where + " jumps to segment " + target + ", but there are " + segments.size());
         if (!methods.containsKey(s.method)) throw bad(where + " calls method " + s.method + ", which the program does not have");
-        for (String l : s.then.learners) if (!methods.containsKey(l)) throw bad(where + " calls learner " + l + ", which the program does not have");
+        if (s.then.learners != null && !methods.containsKey(s.then.learners)) throw bad(where + " calls learners " + s.then.learners + ", which the program does not have");
         if (s.then.kind.equals("exit") && s.then.exit >= knobs.getOrDefault("exit_thresholds", 0)) throw bad(where + " reads exit threshold " + s.then.exit + ", which the knobs lack");
         if (s.then.kind.equals("skip") && s.then.router >= knobs.getOrDefault("skip_thresholds", 0)) throw bad(where + " reads skip threshold " + s.then.router + ", which the knobs lack");
         if (s.then.kind.equals("acm") && s.then.acm >= acms) throw bad(where + " routes ACM " + s.then.acm + ", but the plan has " + acms);
