@@ -23,7 +23,7 @@ ExecuTorch's routed artifact is also timed through the native runner (profiler/r
 driver in C++ on ExecuTorch's Module API, what an ARM board or a phone runs; the cases are the
 artifact's budget levels, dense and gated alternating in rounds): the row "executorch:routed:native",
 whose acm50_vs_user is null (the user's export is timed in Python only). The Python rows pay
-Python's cost per method call (43 calls a run with every gate open), which a device does not.
+Python's cost per method call (25 calls a run with every gate open), which a device does not.
 The weights of the ACMs, exits and routers are untrained (timing does not depend on them; parity is
 checked on every branch all the same).
 
