@@ -201,6 +201,28 @@ def test_a_wrong_program_fails_verification(tmp_path):
         export.verify(a, other)
 
 
+def test_executorch_lowering_keeps_what_xnnpack_cannot_take_loadable(tmp_path):
+    """The ExecuTorch lowering skips a decomposition pass only when XNNPACK takes every op it asks to
+    keep whole: a linear on a weight that is an input (XNNPACK wants a constant) is decomposed as
+    before, so the program loads and runs (skipping it there leaves an op no kernel runs)."""
+    from export.executorch import load, lower
+
+    class Both(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fixed = torch.nn.Linear(4, 5)
+
+        def forward(self, x, w):
+            return torch.nn.functional.linear(x, w) + self.fixed(x)
+
+    model = Both()
+    x, w = torch.randn(3, 4), torch.randn(5, 4)
+    ep = torch.export.export(model, (x, w))
+    run = load(tmp_path, lower({"forward": ep}, tmp_path, False))["forward"]
+    with torch.no_grad():
+        assert np.abs(run([x.numpy(), w.numpy()])[0] - model(x, w).numpy()).max() < 1e-5
+
+
 def test_budget_levels_go_into_the_plan(tmp_path):
     """Budget levels are the knobs edge.set_budget_ picks per FLOP budget; the plan records them and a
     level without the model's knobs is refused."""
