@@ -223,6 +223,19 @@ def test_executorch_lowering_keeps_what_xnnpack_cannot_take_loadable(tmp_path):
         assert np.abs(run([x.numpy(), w.numpy()])[0] - model(x, w).numpy()).max() < 1e-5
 
 
+def test_executorch_takes_the_attention_head_splits_into_xnnpack(tmp_path, monkeypatch):
+    """A view to a shape with one dynamic size (the tokens) is written with -1, which XNNPACK takes:
+    every head split and merge of attention (4 a layer) leaves the portable kernels; same outputs."""
+    import export.executorch as et
+
+    model, batch = edge.ARCHS.get("bert").tiny("bert")
+    with_pass = export.to_executorch(model, tmp_path / "a", batch, progress=False)
+    monkeypatch.setattr(et, "one_inferred_size", lambda gm: None)  # (a pass returning None changes nothing)
+    without = export.to_executorch(model, tmp_path / "b", batch, progress=False)
+    kernels = [et.stats(a.path, a.plan["methods"])["kernels"] for a in (with_pass, without)]
+    assert kernels[1] - kernels[0] >= 4 * len(edge.arch_for(model).layers(model)), kernels
+
+
 def test_budget_levels_go_into_the_plan(tmp_path):
     """Budget levels are the knobs edge.set_budget_ picks per FLOP budget; the plan records them and a
     level without the model's knobs is refused."""
