@@ -6,6 +6,8 @@ machine's noise falls on all alike), for every registered runtime:
              torch.onnx dynamo export for ONNX Runtime, eager attention): the ratios are against it;
   user       the original model exported as a user would today, with its own (SDPA) attention:
              reported as user_ms and acm50_vs_user (edge's export also picks a faster attention);
+  noffn      the original model with its FFNs removed (residual and LayerNorm kept), same lowering:
+             dense - noffn is the time of the dense FFNs, measured rather than inferred;
   gated      MiniLM with ACM FFNs (4 learners), exits after layers 2..5 and a skip router per layer,
              exported once per mode (graph: the control flow inside one program; routed: segments
              between the gates run by the plan's driver) and steered only through its knob inputs:
@@ -15,7 +17,12 @@ machine's noise falls on all alike), for every registered runtime:
 
 Figures (ratios of medians):
   acm50_model_ratio  gated at 50 % learners / dense;
-  acm50_ffn_ratio    FFN part at 50 %: (gated@50% - gated@k=0) / (dense - gated@k=0);
+  acm50_ffn_ratio    FFN part at 50 %: (gated@50% - gated@k=0) / (dense - gated@k=0) (the issue's
+                     first form: its denominator is the dense FFN less the gated model's fixed cost);
+  acm50_ffn_vs_dense_ffn  (gated@50% - gated@k=0) / (dense - noffn): what running half the learners
+                     adds, over what the dense FFNs take (the gate MLP's own cost is in neither);
+  fixed_ratio        (gated@k=0 - noffn) / dense: the gated model's fixed cost (gate MLPs, exit heads,
+                     routers, the calls between segments) with no learner run;
   overhead_ratio     gated with every gate open / dense;
   exit_ratio         exit after layer 2 / the gated full path (target <= 2/6 + 0.1);
   max_abs_diff       over every bundled branch-forcing case (verify).
@@ -68,6 +75,20 @@ def user_dense(model: nn.Module, rt: str, directory: Path, inputs: list[torch.Te
     directory.mkdir()
     runtime = export.RUNTIMES.get(rt)
     return runtime.load(directory, runtime.lower({"forward": ep}, directory, False), 1)["forward"]
+
+
+class Zero(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+
+def without_ffn(model: nn.Module) -> nn.Module:
+    """The model with every FFN replaced by zeros (the layer's residual and LayerNorm kept)."""
+    model = copy.deepcopy(model)
+    arch = edge.arch_for(model)
+    for layer in arch.layers(model):
+        arch.install(layer, Zero())
+    return model
 
 
 def bias_for_half(graph: GraphModel, inputs: list[torch.Tensor], knobs: dict) -> torch.Tensor:
@@ -129,24 +150,26 @@ def routed_split(artifact, values: list[np.ndarray], runs: int) -> dict:
     return {**split, "driver": total / runs * 1e3 - sum(split.values())}
 
 
-def native_medians(dense: Path, gated: Path, runs: int, rounds: int = 5) -> dict:
+def native_medians(plain: dict[str, Path], gated: Path, runs: int, rounds: int = 5) -> dict:
     """{case: median ms} through the native runner (profiler/runner: ExecuTorch's C++ Module API with
-    the plan's driver in C++, what a device runs): the dense artifact, then each budget level of the
-    gated one (named after the cases), alternating in `rounds` so that the noise falls on both."""
+    the plan's driver in C++, what a device runs): the plain artifacts ({case: path}), then each budget
+    level of the gated one (named after the cases), alternating in `rounds` so that the noise falls on all."""
     import profiler
 
     config = profiler.ProfileConfig(runner="native", runs=max(10, runs // rounds), branch_runs=0, ops=False)
     p50 = {}
     for _ in range(rounds):
-        for path in (dense, gated):
+        for name, path in [*plain.items(), (None, gated)]:
             for level in profiler.profile(path, "local", config, progress=False)["levels"]:
-                p50.setdefault("dense" if path == dense else level["name"], []).append(level["stats"]["p50"])
+                p50.setdefault(name or level["name"], []).append(level["stats"]["p50"])
     return {name: statistics.median(v) for name, v in p50.items()}
 
 
 def figures(name: str, ms: dict, report: dict, gated_s: float, dense_s: float) -> dict:
     return {"runtime": name, "ms": {k: round(v, 3) for k, v in ms.items()},
             "acm50_ffn_ratio": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["k0"]),
+            "acm50_ffn_vs_dense_ffn": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["noffn"]),
+            "fixed_ratio": (ms["k0"] - ms["noffn"]) / ms["dense"],
             "acm50_model_ratio": ms["acm50"] / ms["dense"],
             "overhead_ratio": ms["open"] / ms["dense"],
             "exit_ratio": ms["exit"] / ms["open"],
@@ -198,8 +221,9 @@ def main() -> None:
             t0 = time.time()
             dense_a = export.to_runtime(model, rt, Path(tmp) / f"dense-{rt}", example, progress=False)
             dense_s = time.time() - t0
+            noffn_a = export.to_runtime(without_ffn(model), rt, Path(tmp) / f"noffn-{rt}", example, progress=False)
             x = [t.numpy() for t in inputs]
-            dense_run = dense_a.runner(threads=1)
+            dense_run, noffn_run = dense_a.runner(threads=1), noffn_a.runner(threads=1)
             user_run = user_dense(model, rt, Path(tmp) / f"user-{rt}", inputs)
             for mode in args.modes:
                 t0 = time.time()
@@ -209,7 +233,7 @@ def main() -> None:
                 report = export.verify(gated_a)
                 run = gated_a.runner(threads=1)
                 knob_values = {name: [v.numpy().astype(np.float32) for v in k.values()] for name, k in settings.items()}
-                cases = {"dense": lambda: dense_run(x), "user": lambda: user_run(x),
+                cases = {"dense": lambda: dense_run(x), "noffn": lambda: noffn_run(x), "user": lambda: user_run(x),
                          **{name: (lambda v=v: run(x + v)) for name, v in knob_values.items()}}
                 ms = interleaved(cases, args.runs)
                 row = figures(f"{rt}:{mode}", ms, report, gated_s, dense_s)
@@ -220,12 +244,13 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 if rt == "executorch" and mode == "routed" and not args.no_native:
-                    ms = native_medians(dense_a.path, gated_a.path, args.runs)
+                    ms = native_medians({"dense": dense_a.path, "noffn": noffn_a.path}, gated_a.path, args.runs)
                     rows.append(figures(f"{rt}:{mode}:native", ms, report, gated_s, dense_s))
                     print(json.dumps(rows[-1]), flush=True)
     print(f"acm50 ran {half:.3f} of the learners on real tokens; exit after layer {EXIT_AFTER} of 6 "
           f"(target exit_ratio <= {EXIT_AFTER / 6 + 0.1:.3f})")
-    keys = ["acm50_ffn_ratio", "acm50_model_ratio", "overhead_ratio", "exit_ratio", "max_abs_diff", "acm50_vs_user"]
+    keys = ["acm50_ffn_ratio", "acm50_model_ratio", "overhead_ratio", "exit_ratio", "max_abs_diff", "acm50_vs_user",
+            "acm50_ffn_vs_dense_ffn", "fixed_ratio"]
     print(json.dumps({"runtime": [r["runtime"] for r in rows], **{k: [r[k] if k == "max_abs_diff" or r[k] is None
                       else round(r[k], 4) for r in rows] for k in keys}, "learner_fraction_at_acm50": round(half, 3),
                       "export_seconds": [r["export_seconds_gated"] for r in rows]}))
