@@ -97,10 +97,11 @@ def _executorch_dir(arch: Arch, scratch: Path) -> Path:
     return scratch / "executorch"
 
 
-def build(arch_name: str | None = None, out: str | Path | None = None) -> Path:
+def build(arch_name: str | None = None, out: str | Path | None = None, replace: bool = True) -> Path:
     """Build the runner for `arch_name` (default: this machine's) into `out` (default:
     build/runner-ARCH); returns the path of the binary. The build happens in a temporary directory
-    that replaces `out` only when it succeeded."""
+    that replaces `out` only when it succeeded; with replace=False an `out` that another process
+    finished meanwhile is kept (it may be running) and this build dropped."""
     arch = get_arch(arch_name or host_arch())
     out = Path(out or Path("build") / f"runner-{arch.name}")
     if shutil.which(arch.compiler) is None:
@@ -127,9 +128,13 @@ def build(arch_name: str | None = None, out: str | Path | None = None) -> Path:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             raise EdgeError(f"building the {arch.name} runner failed: {r.stderr.strip().splitlines()[-1][:300]}")
-        if out.exists():
+        if out.exists() and replace:
             shutil.rmtree(out)
-        os.replace(stage, out)
+        try:
+            os.replace(stage, out)
+        except OSError:  # (a directory onto a non-empty one: another build won)
+            if replace or not (out / BINARY).is_file():
+                raise
     return out / BINARY
 
 
@@ -141,7 +146,7 @@ def ensure(arch_name: str | None = None) -> Path:
     arch = get_arch(arch_name or host_arch())
     digest = hashlib.sha256(SOURCE.read_bytes() + Path(__file__).read_bytes() + version("executorch").encode()).hexdigest()[:12]
     out = data_dir() / "runners" / f"{arch.name}-{digest}"
-    return out / BINARY if (out / BINARY).is_file() else build(arch.name, out)
+    return out / BINARY if (out / BINARY).is_file() else build(arch.name, out, replace=False)
 
 
 def standalone(binary: str, arch_name: str) -> list[str]:
