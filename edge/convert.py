@@ -338,38 +338,37 @@ def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iter
 
     Every layer gets the same budget and spends it where its gate predicts the most benefit, so an
     adaptive model is never worse placed than the static one that gives each token the same k.
-    Layers are calibrated in order, each on its inputs under the already calibrated earlier layers:
-    one forward pass per layer, then bisection on the gate scores alone. Returns the biases."""
+    Layers are calibrated in order, each on its inputs under the already calibrated earlier layers,
+    in one layer-by-layer pass over `batches` (every layer runs: exits and routers are not taken),
+    then bisection on the gate scores alone. Returns the biases."""
     arch = arch_for(model)
     biases = []
-    for acm in acm_modules(model):
-        scores = _gate_scores(model, arch, acm, batches)  # (M, N+1) over real tokens
-        ks = torch.arange(acm.n + 1, dtype=scores.dtype)
-
-        def fraction(bias: float) -> float:
-            k = (scores - bias * ks).argmax(-1).float().mean()
-            return float(gate_flops(acm) + learner_flops(acm) * k) / ffn_flops(acm)
-
-        lo, hi = -4.1, 4.1  # bias = sinh(t): fine steps near 0 (error scores), reach +-30 (logits)
-        if fraction(math.sinh(lo)) <= budget:
-            hi = lo
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if fraction(math.sinh(mid)) > budget else (lo, mid)
-        acm.gate_bias.fill_(math.sinh(hi))
-        biases.append(math.sinh(hi))
+    with torch.no_grad():
+        states = [(b, *arch.embed(model, b)) for b in batches]  # (batch, hidden states, context)
+        for layer in arch.layers(model):
+            states = [(b, arch.attention(layer, h, ctx), ctx) for b, h, ctx in states]
+            for acm in acm_modules(layer):
+                inputs = []  # the ACM's inputs over real tokens (a pass that stops short of the learners)
+                for b, h, ctx in states:
+                    arch.feed_forward(layer, h, ctx, ffn=lambda x: inputs.append(x[arch.token_mask(b, x.shape)]) or x)
+                biases.append(_calibrate_gate_(acm, acm.gate_logits(torch.cat(inputs)), budget, iters))
+            states = [(b, arch.feed_forward(layer, h, ctx), ctx) for b, h, ctx in states]
     return biases
 
 
-def _gate_scores(model, arch, acm: ACM, batches) -> torch.Tensor:
-    inputs = []
-    hook = acm.register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
-    try:
-        with torch.no_grad():
-            for b in batches:
-                arch.output(model, b)
-                inputs[-1] = inputs[-1][arch.token_mask(b, inputs[-1].shape)]
-    finally:
-        hook.remove()
-    with torch.no_grad():
-        return acm.gate_logits(torch.cat(inputs))
+def _calibrate_gate_(acm: ACM, scores: torch.Tensor, budget: float, iters: int) -> float:
+    """Bisection of one gate's bias on its scores (M, N+1); sets and returns the bias."""
+    ks = torch.arange(acm.n + 1, dtype=scores.dtype)
+
+    def fraction(bias: float) -> float:
+        k = (scores - bias * ks).argmax(-1).float().mean()
+        return float(gate_flops(acm) + learner_flops(acm) * k) / ffn_flops(acm)
+
+    lo, hi = -4.1, 4.1  # bias = sinh(t): fine steps near 0 (error scores), reach +-30 (logits)
+    if fraction(math.sinh(lo)) <= budget:
+        hi = lo
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fraction(math.sinh(mid)) > budget else (lo, mid)
+    acm.gate_bias.fill_(math.sinh(hi))
+    return math.sinh(hi)
