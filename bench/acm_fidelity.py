@@ -22,7 +22,7 @@ import torch
 import edge
 from edge.acm import acm_modules
 from edge.arch import arch_for
-from edge.evaluate import LinearProbe, compare, ffn_share_of_model, outputs
+from edge.evaluate import compare, ffn_share_of_model, outputs, teacher_probe
 from edge.flops import learner_flops, ffn_flops
 
 BUDGETS = (1.0, 0.75, 0.5, 0.25)
@@ -75,9 +75,8 @@ def main():
     if args.test_limit:
         test = test.head(args.test_limit)
     test_b = edge.batches(tok, test.texts, 64)
-    probe_p = passages.split("probe")
     teacher_out, _ = outputs(model, test_b)
-    probe = LinearProbe().fit(outputs(model, edge.batches(tok, probe_p.texts, 64))[0], torch.tensor(probe_p.labels))
+    probe = teacher_probe(model, tok, passages)
     y = torch.tensor(test.labels)
     acc_teacher = probe.accuracy(teacher_out, y)
     share = ffn_share_of_model(model, test_b[0])

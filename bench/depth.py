@@ -66,14 +66,14 @@ class Task:
 
 
 def minilm_task(args) -> Task:
-    from edge.evaluate import LinearProbe, outputs
+    from edge.evaluate import teacher_probe
 
     model, tok = edge.load_pretrained()
     p = edge.austen_passages()
-    probe_p, calib_p, test_p = p.split("probe"), p.split("calib").sample(args.calib_limit), p.split("test")
+    calib_p, test_p = p.split("calib").sample(args.calib_limit), p.split("test")
     if args.test_limit:
         test_p = test_p.head(args.test_limit)
-    probe = LinearProbe().fit(outputs(model, edge.batches(tok, probe_p.texts, 64))[0], torch.tensor(probe_p.labels))
+    probe = teacher_probe(model, tok, p)
     return Task("minilm", model, edge.batches(tok, p.split("train").texts, 32),
                 edge.batches(tok, calib_p.texts, 64), torch.tensor(calib_p.labels),
                 edge.batches(tok, test_p.texts, 64), torch.tensor(test_p.labels),

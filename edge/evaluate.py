@@ -2,6 +2,9 @@
 accuracy through a linear probe fitted on the ORIGINAL model's outputs, and achieved compute."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -56,6 +59,51 @@ class LinearProbe:
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((self.predict(x) == y).float().mean())
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "std": self.std, "weight": self.lin.weight.data, "bias": self.lin.bias.data}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> "LinearProbe":
+        probe = cls()
+        probe.mean, probe.std = t["mean"], t["std"]
+        probe.lin = nn.Linear(*t["weight"].shape[::-1])
+        probe.lin.weight.data, probe.lin.bias.data = t["weight"], t["bias"]
+        return probe
+
+
+PROBE_CACHE = 1  # the cache's format: bump it when a probe would come out differently
+
+
+def teacher_probe(teacher: nn.Module, tokenizer, passages, batch_size: int = 64) -> LinearProbe:
+    """The linear probe fitted on the ORIGINAL model's outputs of the probe split of `passages`.
+
+    Fitting it runs the model over every probe passage (MiniLM on the novels: 2,688 passages, the
+    better part of a minute on one core), so it is kept in the data directory under a hash of all it
+    depends on (the model's weights and config, the probe batches' tokens, the labels) and computed
+    again only when one of them changes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from edge.data import batches, data_dir
+    from edge.io import write_atomic
+
+    p = passages.split("probe")
+    probe_b, y = batches(tokenizer, p.texts, batch_size), torch.tensor(p.labels)
+    h = hashlib.sha256(json.dumps([PROBE_CACHE, arch_for(teacher).name, LinearProbe().l2]).encode())
+    config = getattr(teacher, "config", None)
+    h.update(config.to_json_string().encode() if hasattr(config, "to_json_string") else b"")
+    for name, t in [*sorted(teacher.state_dict().items()), *((k, t) for b in probe_b for k, t in sorted(b.items())),
+                    ("labels", y)]:
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    path = data_dir() / "probes" / f"{h.hexdigest()[:32]}.safetensors"
+    try:
+        return LinearProbe.from_tensors(load_file(path))
+    except (OSError, SafetensorError, KeyError):  # absent or unreadable: fit it (again)
+        probe = LinearProbe().fit(outputs(teacher, probe_b)[0], y)
+        write_atomic(path, lambda tmp: save_file(probe.tensors(), tmp))
+        return probe
+
 
 def ffn_share_of_model(model: nn.Module, batch: dict) -> float:
     """Share of the ORIGINAL model's FLOPs (counted by torch on `batch`) that its FFNs take."""
@@ -99,9 +147,7 @@ def evaluate(student: nn.Module, teacher: nn.Module, tokenizer, passages, limit:
     teacher_out, _ = outputs(teacher, test_b)
     report, student_out = compare(student, teacher_out, test_b, ffn_share_of_model(teacher, test_b[0]))
     if passages.labels is not None:
-        probe_p = passages.split("probe")
-        probe_out, _ = outputs(teacher, batches(tokenizer, probe_p.texts, batch_size))
-        probe = LinearProbe().fit(probe_out, torch.tensor(probe_p.labels))
+        probe = teacher_probe(teacher, tokenizer, passages, batch_size)
         y = torch.tensor(test.labels)
         report["acc_teacher"] = probe.accuracy(teacher_out, y)
         report["acc"] = probe.accuracy(student_out, y)

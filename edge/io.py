@@ -52,19 +52,23 @@ def usual_modes_(path: Path) -> None:
         os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
+def write_atomic(path: str | Path, write) -> None:
+    """Make `path` by write(tmp) on a temporary name beside it, then a rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        write(Path(tmp))
         usual_modes_(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 # what an adaptive model may carry: edge.json key -> model attribute holding its config

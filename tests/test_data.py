@@ -52,3 +52,39 @@ def test_corrupt_cache_is_a_clear_error(tmp_path, monkeypatch):
     austen_path().write_text("{trunc")
     with pytest.raises(edge.EdgeError, match="corrupt"):
         edge.austen_passages()
+
+
+def test_teacher_probe_is_kept_by_what_it_depends_on(tmp_path, monkeypatch):
+    """The probe on the original model's outputs is fitted once and read back while the model and
+    the probe passages stay the same; any change fits it again, and an unreadable copy is replaced."""
+    import torch
+
+    from edge.data import Passages
+    from edge.evaluate import LinearProbe, outputs, teacher_probe
+
+    p = edge.austen_passages()
+    passages = Passages(p.texts[::40], p.labels[::40], NOVELS, block=1)  # ~60 probe passages
+    monkeypatch.setenv("EDGE_DATA", str(tmp_path))
+    model, tok = edge.load_pretrained()
+    forwards = []
+    model.register_forward_hook(lambda *a: forwards.append(1))
+    first = teacher_probe(model, tok, passages)
+    files = list((tmp_path / "probes").iterdir())
+    assert len(files) == 1 and forwards
+    fresh = LinearProbe().fit(outputs(model, edge.batches(tok, passages.split("probe").texts, 64))[0],
+                              torch.tensor(passages.split("probe").labels))
+    forwards.clear()
+    again = teacher_probe(model, tok, passages)
+    assert not forwards  # read back: the model did not run
+    for want in (first, fresh):
+        assert all(torch.equal(a, b) for a, b in zip(again.tensors().values(), want.tensors().values()))
+    files[0].write_bytes(b"not safetensors")
+    assert torch.equal(teacher_probe(model, tok, passages).lin.weight, first.lin.weight) and forwards
+    with torch.no_grad():
+        model.base_model.encoder.layer[0].output.dense.bias.add_(0.01)
+    forwards.clear()
+    changed = teacher_probe(model, tok, passages)
+    assert forwards and len(list((tmp_path / "probes").iterdir())) == 2
+    assert not torch.equal(changed.lin.weight, first.lin.weight)
+    teacher_probe(model, tok, Passages(passages.texts[1:], passages.labels[1:], NOVELS, block=1))
+    assert len(list((tmp_path / "probes").iterdir())) == 3
