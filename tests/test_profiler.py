@@ -18,6 +18,8 @@ from profiler import presets
 from tests.test_export import adaptive
 
 RUNTIMES = export.RUNTIMES.names()
+# one worker takes this module: its artifacts (one export per runtime, ~40 s for ExecuTorch) are built once
+pytestmark = pytest.mark.xdist_group("profiler")
 
 
 def levels_for(model):
