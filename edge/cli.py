@@ -50,6 +50,8 @@ def cmd_acmize(args) -> dict:
     config = edge.AcmConfig(budget=args.budget, learners=args.learners, init=args.init)
     distill = DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
                             tune_backbone=not args.freeze_backbone)
+    if args.calib_limit < 1:
+        raise EdgeError(f"--calib-limit must be an integer >= 1, got {args.calib_limit}")
     out = Path(args.output)
     if out.exists() and not args.overwrite:  # fail before minutes of training, not after
         raise EdgeError(f"{out} already exists; choose another output directory or pass --overwrite")
@@ -59,8 +61,8 @@ def cmd_acmize(args) -> dict:
     if args.train_limit:
         train = train.head(args.train_limit)
     t0 = time.time()
-    acm = edge.acmize(model, config, batches(tok, train.texts, 32), batches(tok, passages.split("calib").texts[:512], 64),
-                      distill, progress=not args.quiet)
+    calib = batches(tok, passages.split("calib").texts[:args.calib_limit], 64)
+    acm = edge.acmize(model, config, batches(tok, train.texts, 32), calib, distill, progress=not args.quiet)
     seconds = time.time() - t0
     report = _public(evaluate(acm, model, tok, passages, limit=args.eval_limit))
     report.update(convert_seconds=seconds, budget=args.budget)
@@ -212,7 +214,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    args.model, args.text, args.init, args.train_limit, args.eval_limit = None, None, "slices", None, None
+    args.model, args.text, args.init, args.train_limit, args.eval_limit, args.calib_limit = None, None, "slices", None, None, 512
     args.overwrite = True  # the demo owns its default output directory; the swap is atomic
     print(f"edge demo: ACMize all-MiniLM-L6-v2 at budget {args.budget} on Jane Austen, then evaluate "
           "on held-out passages", file=sys.stderr)
@@ -263,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="your own UTF-8 text file, one passage per line (default: Jane Austen)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training passages")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out passages")
+    p.add_argument("--calib-limit", type=int, default=512,
+                   help="set the budget knob on the first N calibration passages (default 512)")
     _add_acmize_args(p)
     p.set_defaults(fn=cmd_acmize)
 

@@ -9,7 +9,7 @@ import torch
 import edge
 
 FEW = ["--repr-steps", "2", "--gate-steps", "2", "--e2e-steps", "2", "--train-limit", "64",
-       "--eval-limit", "64", "--quiet"]
+       "--eval-limit", "64", "--calib-limit", "128", "--quiet"]
 
 
 def edge_cli(*args, cwd=None):
@@ -85,12 +85,13 @@ def test_export_bad_input(tmp_path):
     (["--budget", "1.5"], "budget must be in (0, 1]"),
     (["--budget", "0"], "budget must be in (0, 1]"),
     (["--learners", "0"], "learners (N) must be an integer >= 1"),
+    (["--calib-limit", "0"], "--calib-limit must be an integer >= 1"),
     (["--text", "/nonexistent/passages.txt"], "not found"),
     (["/nonexistent/model"], "not found"),
 ])
 def test_acmize_bad_input(tmp_path, args, needle):
     out = tmp_path / "acm"
-    r = edge_cli("acmize", "-o", out, *args, *FEW)
+    r = edge_cli("acmize", "-o", out, *FEW, *args)
     assert_user_error(r, needle)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
