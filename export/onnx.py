@@ -28,6 +28,9 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
     for method, ep in eps.items():
         files[method] = file_of(method)
         program = _core.export(ep, registry=registry, dynamic_shapes={}, verbose=False, optimize=True, opset_version=opset)
+        for graph in [program.model.graph, *program.model.functions.values()]:
+            for node in graph.all_nodes():  # the exporting machine's source paths: not for shipping
+                node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
         program.save(str(Path(directory) / files[method]))
     return files
 

@@ -3,6 +3,7 @@ mode: the real exporter, the real runtime, parity with eager on inputs that forc
 import copy
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,8 @@ def test_every_architecture_exports_with_all_gates(runtime, mode, case, tmp_path
     a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False, mode=mode)
     report = export.verify(a, model)  # against the live model, not only the bundled expectations
     assert report["max_abs_diff"] <= 1e-4 and not report["branch_mismatches"]
+    here = str(Path(export.__file__).resolve().parents[1]).encode()  # no source path of the exporting machine
+    assert not [f.name for f in a.path.rglob("*") if f.is_file() and here in f.read_bytes()]
     checks = {c["case"]: c for c in a.plan["checks"]}
     assert checks["exit after 1"]["exit_layer"] == 1 and checks["full"]["exit_layer"] == 2
     assert checks["skip all"]["skipped"] == [1, 1] and checks["full"]["skipped"] == [0, 0]

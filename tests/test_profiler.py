@@ -31,11 +31,16 @@ def levels_for(model):
     return [{"name": "full", **full}, {"name": "fast", **own, "exit_thresholds": [0.0]}]
 
 
+_BUILT = {}  # runtime -> artifact: pytest sets a parametrized fixture up again each time the order switches params
+
+
 @pytest.fixture(scope="module", params=RUNTIMES)
 def artifact(request, tmp_path_factory):
-    model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True, threshold=1.0)
-    out = tmp_path_factory.mktemp(request.param) / "a"
-    return export.to_runtime(model, request.param, out, batch, progress=False, levels=levels_for(model))
+    if request.param not in _BUILT:
+        model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True, threshold=1.0)
+        out = tmp_path_factory.mktemp(request.param) / "a"
+        _BUILT[request.param] = export.to_runtime(model, request.param, out, batch, progress=False, levels=levels_for(model))
+    return _BUILT[request.param]
 
 
 def test_profile_reports_levels_branches_ops_and_budget(artifact):
