@@ -18,8 +18,6 @@ from profiler import presets
 from tests.test_export import adaptive
 
 RUNTIMES = export.RUNTIMES.names()
-# one worker takes this module: its artifacts (one export per runtime, ~40 s for ExecuTorch) are built once
-pytestmark = pytest.mark.xdist_group("profiler")
 
 
 def levels_for(model):
@@ -35,11 +33,21 @@ _BUILT = {}  # runtime -> artifact: pytest sets a parametrized fixture up again 
 
 
 @pytest.fixture(scope="module", params=RUNTIMES)
-def artifact(request, tmp_path_factory):
+def artifact(request, tmp_path_factory, worker_id):
+    """One artifact per runtime for the whole test session: the xdist workers of a session share
+    one build (under a file lock), where each used to export its own (~40 s for ExecuTorch)."""
+    from filelock import FileLock
+
     if request.param not in _BUILT:
-        model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True, threshold=1.0)
-        out = tmp_path_factory.mktemp(request.param) / "a"
-        _BUILT[request.param] = export.to_runtime(model, request.param, out, batch, progress=False, levels=levels_for(model))
+        root = tmp_path_factory.getbasetemp()
+        root = root if worker_id == "master" else root.parent  # (the parent: this session's, shared by its workers)
+        out = root / f"profiler-{request.param}" / "a"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{out.parent}.lock"):
+            if not out.is_dir():  # (written atomically: there whole or not at all)
+                model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True, threshold=1.0)
+                export.to_runtime(model, request.param, out, batch, progress=False, levels=levels_for(model))
+            _BUILT[request.param] = export.load_artifact(out)
     return _BUILT[request.param]
 
 
