@@ -11,6 +11,7 @@ from edge.convert import DistillConfig
 from edge.errors import EdgeError
 
 DEFAULT_OUT = "out/minilm-acm"
+CALIB_LIMIT = 512  # calibration passages the budget knob is set on (edge acmize --calib-limit)
 
 
 def _passages(text: str | None):
@@ -214,7 +215,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    args.model, args.text, args.init, args.train_limit, args.eval_limit, args.calib_limit = None, None, "slices", None, None, 512
+    args.model, args.text, args.init, args.train_limit, args.eval_limit, args.calib_limit = None, None, "slices", None, None, CALIB_LIMIT
     args.overwrite = True  # the demo owns its default output directory; the swap is atomic
     print(f"edge demo: ACMize all-MiniLM-L6-v2 at budget {args.budget} on Jane Austen, then evaluate "
           "on held-out passages", file=sys.stderr)
@@ -265,8 +266,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="your own UTF-8 text file, one passage per line (default: Jane Austen)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training passages")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out passages")
-    p.add_argument("--calib-limit", type=int, default=512,
-                   help="set the budget knob on the first N calibration passages (default 512)")
+    p.add_argument("--calib-limit", type=int, default=CALIB_LIMIT,
+                   help=f"set the budget knob on the first N calibration passages (default {CALIB_LIMIT})")
     _add_acmize_args(p)
     p.set_defaults(fn=cmd_acmize)
 

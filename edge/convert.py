@@ -350,7 +350,10 @@ def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iter
             for acm in acm_modules(layer):
                 inputs = []  # the ACM's inputs over real tokens (a pass that stops short of the learners)
                 for b, h, ctx in states:
-                    arch.feed_forward(layer, h, ctx, ffn=lambda x: inputs.append(x[arch.token_mask(b, x.shape)]) or x)
+                    def record(x, b=b):
+                        inputs.append(x[arch.token_mask(b, x.shape)])
+                        return x
+                    arch.feed_forward(layer, h, ctx, ffn=record)
                 biases.append(_calibrate_gate_(acm, acm.gate_logits(torch.cat(inputs)), budget, iters))
             states = [(b, arch.feed_forward(layer, h, ctx), ctx) for b, h, ctx in states]
     return biases

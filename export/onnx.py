@@ -18,7 +18,7 @@ def file_of(method: str) -> str:
 def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control_flow: bool) -> dict[str, str]:
     # What torch.onnx.export(ep, dynamo=True, optimize=True) does, with one registry of ONNX functions
     # for every method: torch.onnx.export builds it from torchlib anew on each call (~1 s; the
-    # routed program has a method per segment and ACM). The same .onnx files, byte for byte.
+    # routed program has a method per segment and ACM). The same graphs as that call gives.
     from torch.onnx import _constants
     from torch.onnx._internal.exporter import _core, _registration
 

@@ -33,6 +33,7 @@ GATES = {  # gate type -> what the tiny model carries
     "skip-block": dict(skips="block", acm=True),
     "acm": dict(acm=True),
 }
+ALL_GATES = dict(exits=True, skips="attention", acm=True)  # the model of test_every_architecture_exports_with_all_gates
 
 
 def adaptive(case, exits=False, skips=None, acm=False, threshold=0.5):
@@ -136,7 +137,6 @@ KNOWN_WRONG = {("executorch", "graph", "skip-block"): "ExecuTorch 1.5.1 runs a c
                 "gathers wrongly (max abs diff ~0.5 on 'skip 1'); verify catches it and the export fails"}
 
 
-ALL_GATES = dict(exits=True, skips="attention", acm=True)  # the model of test_every_architecture_exports_with_all_gates
 # A gate type alone in the in-graph mode only where that model does not hold it already (its
 # in-graph export on bert lowers and checks exits, attention skips and ACMs together); the routed
 # mode for every gate type alone.

@@ -15,7 +15,7 @@ import profiler
 from edge.errors import EdgeError
 from export.artifact import PLAN_FORMAT, PLAN_VERSION
 from profiler import presets
-from tests.test_export import adaptive
+from tests.test_export import ALL_GATES, adaptive
 
 RUNTIMES = export.RUNTIMES.names()
 
@@ -45,7 +45,7 @@ def artifact(request, tmp_path_factory, worker_id):
         out.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{out.parent}.lock"):
             if not out.is_dir():  # (written atomically: there whole or not at all)
-                model, batch = adaptive(("bert", "bert"), exits=True, skips="attention", acm=True, threshold=1.0)
+                model, batch = adaptive(("bert", "bert"), **ALL_GATES, threshold=1.0)
                 export.to_runtime(model, request.param, out, batch, progress=False, levels=levels_for(model))
             _BUILT[request.param] = export.load_artifact(out)
     return _BUILT[request.param]
