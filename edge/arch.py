@@ -96,8 +96,10 @@ class Arch:
 
     def pool(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
         """One vector per sequence (B, d) for exit heads and routers: the mean over real tokens."""
-        m = ctx["tokens"].unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+        m = ctx["tokens"][:, None, :].to(h.dtype)  # (B, 1, T)
+        # as batched matmuls (m h: the sum over tokens; m m^T: their count), which XNNPACK runs: an
+        # exported sum would run on the portable kernels and cut the backend's delegates apart
+        return (torch.bmm(m, h) / torch.bmm(m, m.transpose(1, 2)).clamp(min=1.0)).flatten(1)
 
     def output_kind(self, model: nn.Module) -> str:
         """"logits" (a classifier: exits use softmax confidence) or "embedding" (compared by cosine)."""
@@ -114,6 +116,13 @@ class Arch:
     def fixed_flops(self, model: nn.Module, ctx: dict) -> float:
         """FLOPs per sequence outside the layers (patch or conv embeddings, classifier)."""
         return 0.0
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """F.normalize(x, dim=-1) for (B, D), the norm as a batched matmul: exported, XNNPACK runs it (a
+    sum would run on the portable kernels between its delegates)."""
+    b = x.shape[0]
+    return x / torch.bmm(x.reshape(b, 1, -1), x.reshape(b, -1, 1)).flatten(1).sqrt().clamp(min=1e-12)
 
 
 def act_name(hf_name) -> str:
@@ -175,8 +184,9 @@ class BertFamily(Arch):
     def context(self, batch, h):
         tokens = batch["attention_mask"].bool()  # (B, T)
         # additive mask over keys (B, 1, 1, T), the form every attention implementation accepts
-        bias = torch.zeros(tokens.shape, dtype=h.dtype).masked_fill(~tokens, torch.finfo(h.dtype).min)
-        return {"tokens": tokens, "mask": bias[:, None, None, :]}
+        # (0 for a token, the dtype's lowest for padding, as arithmetic: no where/full between a backend's ops)
+        bias = (batch["attention_mask"][:, None, None, :].to(h.dtype) - 1.0) * torch.finfo(h.dtype).max
+        return {"tokens": tokens, "mask": bias}
 
     def attention(self, layer, h, ctx):
         return layer.attention(h, ctx["mask"])[0]  # post-LN: LayerNorm(h + attention(h))
@@ -185,7 +195,7 @@ class BertFamily(Arch):
         return layer.feed_forward_chunk(h) if ffn is None else layer.output(ffn(h), h)
 
     def head(self, model, h, ctx):
-        return F.normalize(self.pool(h, ctx), dim=-1)
+        return unit(self.pool(h, ctx))
 
     def unit_output(self, model):
         return True

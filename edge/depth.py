@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from edge.acm import acm_of
-from edge.arch import Arch, arch_for
+from edge.arch import Arch, arch_for, unit
 from edge.errors import EdgeError
 
 BELOW_ONE = 1.0 - 1e-6  # confidences and router scores are clamped here: threshold 1 is never met
@@ -142,9 +142,9 @@ class ExitHead(nn.Module):
         if self.kind == "logits":
             conf = y.softmax(-1).amax(-1)
         else:
-            conf = torch.sigmoid(self.confidence(z).squeeze(-1))
+            conf = torch.sigmoid(self.confidence(z).flatten())
             if self.unit:
-                y = F.normalize(y, dim=-1)
+                y = unit(y)
         return y, conf.clamp(max=BELOW_ONE)
 
     def flops(self) -> int:
@@ -166,7 +166,7 @@ class Router(nn.Module):
             self.linear.bias.fill_(3.0)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.linear(self.norm(pooled)).squeeze(-1)).clamp(max=BELOW_ONE)
+        return torch.sigmoid(self.linear(self.norm(pooled)).flatten()).clamp(max=BELOW_ONE)  # (a view: squeeze is no XNNPACK op)
 
     def flops(self) -> int:
         return 2 * self.linear.in_features

@@ -56,8 +56,10 @@ def bmm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, val
     s = key.shape[2]
     scale = d ** -0.5 if scaling is None else scaling
     w = torch.bmm(query.reshape(b * h, t, d), key.reshape(b * h, s, d).transpose(1, 2)) * scale
-    if attention_mask is not None:
-        w = (w.view(b, h, t, s) + attention_mask).view(b * h, t, s)
+    if attention_mask is not None:  # (b, 1 or h, 1 or t, s), added in 3-D: a view (b, h, t, s) has two token
+        m = attention_mask  # sizes, which XNNPACK cannot reshape to, and would cut its delegate in three
+        m = m if m.shape[0] * m.shape[1] == 1 else m.expand(b, h, -1, -1)
+        w = w + m.reshape(-1, m.shape[2], s)
     w = nn.functional.dropout(w.softmax(-1), p=dropout, training=module.training)
     out = torch.bmm(w, value.reshape(b * h, s, value.shape[-1]))
     return out.view(b, h, t, -1).transpose(1, 2).contiguous(), None
