@@ -252,11 +252,11 @@ class VitFamily(Arch):
         return h + (ffn or layer.mlp)(layer.layernorm_after(h))
 
     def head(self, model, h, ctx):
-        cls = model.base_model.layernorm(h.select(1, 0))  # LayerNorm is per token: only CLS needs it
+        cls = model.base_model.layernorm(self.pool(h, ctx))  # LayerNorm is per token: only CLS needs it
         return model.classifier(cls) if hasattr(model, "classifier") else cls
 
     def pool(self, h, ctx):
-        return h[:, 0]  # the CLS token, as the classifier reads it
+        return h[:, :1].flatten(1)  # the CLS token, as the classifier reads it (a slice: XNNPACK has no select)
 
     def output_kind(self, model):
         return "logits" if hasattr(model, "classifier") else "embedding"
