@@ -65,7 +65,8 @@ def layer_norm_as_xnnpack_ops(ep: torch.export.ExportedProgram) -> torch.export.
 
 def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control_flow: bool) -> dict[str, str]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import (EdgeCompileConfig, EdgeProgramManager, ExecutorchBackendConfig, to_edge,
+                                to_edge_transform_and_lower)
     from executorch.exir.memory_planning import MemoryPlanningAlgorithmSuite, naive
     from executorch.exir.passes import MemoryPlanningPass
 
@@ -78,8 +79,7 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
     class CheckedPartitioner(XnnpackPartitioner):
         # A partitioner that hands ExecuTorch a per-node check of the ops it keeps whole gets every
         # method decomposed three times (the check's path); when the check passes every such node
-        # here, the plain path (two) preserves exactly the same ops: the same program, byte for byte,
-        # lowered in 26 % less time (MiniLM's routed program, 29 methods: 170 s -> 125 s)
+        # here, there is no check to make, and those ops are kept as to_edge's preserve_ops
         def transform_for_pre_decomposition(self, ep):
             return layer_norm_as_xnnpack_ops(ep)
 
@@ -89,8 +89,22 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
             return (ops, None) if check is not None and all(check(n) for n in kept) else (ops, check)
 
     partitioner = BranchPartitioner() if control_flow else CheckedPartitioner()
-    program = to_edge_transform_and_lower(eps, transform_passes=[one_inferred_size], partitioner=[partitioner],
-                                          compile_config=EdgeCompileConfig(_check_ir_validity=False))
+    eps = {m: partitioner.transform_for_pre_decomposition(ep) for m, ep in eps.items()}
+    keep = [partitioner.ops_to_not_decompose(ep) for ep in eps.values()]
+    if not control_flow and all(check is None for _, check in keep):
+        # to_edge_transform_and_lower decomposes each method twice (once to functionalize, once to
+        # core ATen); to_edge with the kept ops preserved does it in one pass: the same program, byte
+        # for byte, lowered in less time (MiniLM's routed program, 29 methods: see the note in bench/)
+        # (one to_edge per method: its verifier extends the config's preserve_ops list with itself, so
+        # one call over n methods keeps 2^n copies of it)
+        preserve = list(dict.fromkeys(op for ops, _ in keep for op in ops))
+        edge = {m: to_edge({m: ep}, compile_config=EdgeCompileConfig(_check_ir_validity=False, preserve_ops=list(preserve)))
+                .exported_program(m) for m, ep in eps.items()}
+        program = EdgeProgramManager(edge, compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        program = program.transform([one_inferred_size]).to_backend(partitioner)
+    else:
+        program = to_edge_transform_and_lower(eps, transform_passes=[one_inferred_size], partitioner=[partitioner],
+                                              compile_config=EdgeCompileConfig(_check_ir_validity=False))
     config = ExecutorchBackendConfig()
     if control_flow:  # greedy planning gives chained conds overlapping buffers (wrong outputs, executorch issue 21490)
         config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(
