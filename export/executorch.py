@@ -105,7 +105,10 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
     else:
         program = to_edge_transform_and_lower(eps, transform_passes=[one_inferred_size], partitioner=[partitioner],
                                               compile_config=EdgeCompileConfig(_check_ir_validity=False))
-    config = ExecutorchBackendConfig()
+    # a method's inputs are read where the caller has them (for a routed program: mostly the previous
+    # method's output) instead of copied into the method's planned memory first: the gated MiniLM with
+    # every gate open 3-6 % faster (23 calls a run), k = 0 4-8 %, side by side with the copying program
+    config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False))
     if control_flow:  # greedy planning gives chained conds overlapping buffers (wrong outputs, executorch issue 21490)
         config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(
             memory_planning_algo=MemoryPlanningAlgorithmSuite([naive])))
