@@ -42,13 +42,13 @@ def layer_norm_as_xnnpack_ops(ep: torch.export.ExportedProgram) -> torch.export.
     (1, rows, d, 1), mean.dim over [2, 3] (its global average pooling), sub, mul, rsqrt. On the
     portable kernels LayerNorm took ~70 us a call at 128 tokens and cut the delegates around it apart."""
     aten, g = torch.ops.aten, ep.graph_module.graph
+    call = lambda op, *args: g.call_function(op, args)  # noqa: E731
     for node in [n for n in g.nodes if n.op == "call_function" and n.target == aten.layer_norm.default]:
         x, shape, w, b, eps = (list(node.args) + [None, None, 1e-5])[:5]
         dims = list(x.meta["val"].shape)
         dynamic = [i for i, size in enumerate(dims) if not isinstance(size, int)]
         if len(shape) != 1 or len(dynamic) > 1:
             continue
-        call = lambda op, *args: g.call_function(op, args)  # noqa: E731
         with g.inserting_before(node):
             x4 = call(aten.reshape.default, x, [1, -1, shape[0], 1])
             xc = call(aten.sub.Tensor, x4, call(aten.mean.dim, x4, [2, 3], True))
@@ -80,16 +80,14 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
         # A partitioner that hands ExecuTorch a per-node check of the ops it keeps whole gets every
         # method decomposed three times (the check's path); when the check passes every such node
         # here, there is no check to make, and those ops are kept as to_edge's preserve_ops
-        def transform_for_pre_decomposition(self, ep):
-            return layer_norm_as_xnnpack_ops(ep)
-
         def ops_to_not_decompose(self, ep):
             ops, check = super().ops_to_not_decompose(ep)
             kept = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in ops]
             return (ops, None) if check is not None and all(check(n) for n in kept) else (ops, check)
 
     partitioner = BranchPartitioner() if control_flow else CheckedPartitioner()
-    eps = {m: partitioner.transform_for_pre_decomposition(ep) for m, ep in eps.items()}
+    if not control_flow:  # (XNNPACK does not reach into cond branches: LayerNorm stays one portable op there)
+        eps = {m: layer_norm_as_xnnpack_ops(ep) for m, ep in eps.items()}
     keep = [partitioner.ops_to_not_decompose(ep) for ep in eps.values()]
     if not control_flow and all(check is None for _, check in keep):
         # to_edge_transform_and_lower decomposes each method twice (once to functionalize, once to
@@ -108,10 +106,10 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
     # a method's inputs are read where the caller has them (for a routed program: mostly the previous
     # method's output) instead of copied into the method's planned memory first: the gated MiniLM with
     # every gate open 3-6 % faster (23 calls a run), k = 0 4-8 %, side by side with the copying program
-    config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False))
-    if control_flow:  # greedy planning gives chained conds overlapping buffers (wrong outputs, executorch issue 21490)
-        config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(
-            memory_planning_algo=MemoryPlanningAlgorithmSuite([naive])))
+    # (greedy planning gives chained conds overlapping buffers: wrong outputs, executorch issue 21490)
+    planning = (dict(memory_planning_algo=MemoryPlanningAlgorithmSuite([naive])) if control_flow
+                else dict(alloc_graph_input=False))
+    config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(**planning))
     with open(Path(directory) / FILE, "wb") as f:
         program.to_executorch(config).write_to_file(f)
     return {method: FILE for method in eps}
