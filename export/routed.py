@@ -189,14 +189,15 @@ def run_learners(x: np.ndarray, k: np.ndarray, method: str, n: int, call) -> np.
     by k; a learner no token needs gets one row to run on (a method's input has at least one), which
     is dropped; no call at all when no token runs a learner."""
     counts = [int(np.count_nonzero(k > j)) for j in range(n)]
-    if not counts[0]:
-        return np.zeros_like(x)
-    order = np.argsort(-k, kind="stable")  # tokens by k, most first: learner j takes a prefix
-    xs, ys = x[order], np.zeros_like(x)
-    for c, out in zip(counts, call(method, [xs[:max(c, 1)] for c in counts])):
-        ys[:c] += out[:c]
-    y = np.empty_like(x)
-    y[order] = ys
+    y = np.zeros_like(x)  # zero for the tokens that run no learner
+    if m := counts[0]:
+        order = np.argsort(-k, kind="stable")[:m]  # the m tokens that run any, most learners first
+        xs = x[order]
+        outs = call(method, [xs[:max(c, 1)] for c in counts])
+        ys = outs[0][:m].copy()
+        for c, out in zip(counts[1:], outs[1:]):
+            ys[:c] += out[:c]
+        y[order] = ys
     return y
 
 

@@ -311,12 +311,11 @@ Array filled(ScalarType type, std::vector<int32_t> shape, int64_t value) {
   Array a;
   a.type = type;
   a.shape = std::move(shape);
-  a.data.resize(a.numel() * itemsize(type));
-  for (size_t i = 0; i < a.numel(); ++i) {
-    if (type == ScalarType::Long) a.as<int64_t>()[i] = value;
-    else if (type == ScalarType::Bool) a.as<bool>()[i] = value != 0;
-    else a.as<float>()[i] = static_cast<float>(value);
-  }
+  a.data.resize(a.numel() * itemsize(type));  // zeros
+  if (value == 0) return a;
+  if (type == ScalarType::Long) std::fill_n(a.as<int64_t>(), a.numel(), value);
+  else if (type == ScalarType::Bool) std::fill_n(a.as<bool>(), a.numel(), true);
+  else std::fill_n(a.as<float>(), a.numel(), static_cast<float>(value));
   return a;
 }
 
@@ -381,22 +380,22 @@ std::vector<Array> drive(Program& program, const Json& section, int layers, cons
       std::vector<int> order(T);
       std::iota(order.begin(), order.end(), 0);
       std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return kk[a] > kk[b]; });
-      Array xs = filled(ScalarType::Float, {T, H}, 0), ys = filled(ScalarType::Float, {T, H}, 0);
-      if (!counts.empty() && counts[0]) {  // one call for all learners; one no token needs gets 1 row, dropped
-        for (int r = 0; r < T; ++r) std::memcpy(xs.as<float>() + r * H, x.as<float>() + order[r] * H, H * 4);
-        std::vector<View> prefixes;
-        for (int c : counts) prefixes.push_back({xs.data.data(), {std::max(c, 1), H}, ScalarType::Float});
+      Array y = filled(ScalarType::Float, {1, T, H}, 0);  // zero for the tokens that run no learner
+      if (const int m = counts.empty() ? 0 : counts[0]) {  // one call for all learners on the m tokens that run any
+        std::vector<float> xs(static_cast<size_t>(m) * H);
+        for (int r = 0; r < m; ++r) std::memcpy(xs.data() + r * H, x.as<float>() + order[r] * H, H * 4);
+        std::vector<View> prefixes;  // (a learner no token needs gets 1 row, dropped)
+        for (int c : counts) prefixes.push_back({xs.data(), {std::max(c, 1), H}, ScalarType::Float});
         const std::string& method = then["learners"].str;
         std::vector<View> got = program.call(method, prefixes);
         if (got.size() != counts.size()) throw Fault("method " + method + " returned a different number of outputs than the ACM has learners");
-        float* y = ys.as<float>();
-        for (size_t j = 0; j < counts.size(); ++j) {
+        std::vector<float> ys(got[0].as<float>(), got[0].as<float>() + static_cast<size_t>(m) * H);
+        for (size_t j = 1; j < counts.size(); ++j) {
           const float* g = got[j].as<float>();
-          for (size_t i = 0; i < static_cast<size_t>(counts[j]) * H; ++i) y[i] += g[i];
+          for (size_t i = 0; i < static_cast<size_t>(counts[j]) * H; ++i) ys[i] += g[i];
         }
+        for (int r = 0; r < m; ++r) std::memcpy(y.as<float>() + order[r] * H, ys.data() + r * H, H * 4);
       }
-      Array y = filled(ScalarType::Float, {1, T, H}, 0);
-      for (int r = 0; r < T; ++r) std::memcpy(y.as<float>() + order[r] * H, ys.as<float>() + r * H, H * 4);
       owned.push_back(std::move(y));
       values["y"] = view(owned.back());
       if (ks.data.empty()) ks = filled(ScalarType::Long, {static_cast<int32_t>(acms), T}, -1);
