@@ -150,7 +150,7 @@ def routed_split(artifact, values: list[np.ndarray], runs: int) -> dict:
     return {**split, "driver": total / runs * 1e3 - sum(split.values())}
 
 
-def native_medians(plain: dict[str, Path], gated: Path, runs: int, rounds: int = 5) -> dict:
+def native_medians(plain: dict[str, Path], gated: Path, runs: int, rounds: int = 10) -> dict:
     """{case: median ms} through the native runner (profiler/runner: ExecuTorch's C++ Module API with
     the plan's driver in C++, what a device runs): the plain artifacts ({case: path}), then each budget
     level of the gated one (named after the cases), alternating in `rounds` so that the noise falls on all."""
