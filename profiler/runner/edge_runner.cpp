@@ -377,11 +377,11 @@ std::vector<Array> drive(Program& program, const Json& section, int layers, cons
       std::vector<int> counts(then["n"].integer());  // tokens per learner: a prefix of the sorted tokens
       for (size_t j = 0; j < counts.size(); ++j)
         counts[j] = static_cast<int>(std::count_if(kk, kk + T, [&](int64_t v) { return v > static_cast<int64_t>(j); }));
-      std::vector<int> order(T);
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return kk[a] > kk[b]; });
       Array y = filled(ScalarType::Float, {1, T, H}, 0);  // zero for the tokens that run no learner
       if (const int m = counts.empty() ? 0 : counts[0]) {  // one call for all learners on the m tokens that run any
+        std::vector<int> order(T);  // tokens by k, most first: learner j takes a prefix
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return kk[a] > kk[b]; });
         std::vector<float> xs(static_cast<size_t>(m) * H);
         for (int r = 0; r < m; ++r) std::memcpy(xs.data() + r * H, x.as<float>() + order[r] * H, H * 4);
         std::vector<View> prefixes;  // (a learner no token needs gets 1 row, dropped)
