@@ -16,7 +16,7 @@ want=$(sha256sum pyproject.toml setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[export,plot,dev]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[export,litert,plot,dev]'
   echo "$want" > "$stamp"
 fi
 if ! .venv/bin/edge data --fashion >/dev/null 2>&1; then

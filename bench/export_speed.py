@@ -225,7 +225,7 @@ def main() -> None:
             x = [t.numpy() for t in inputs]
             dense_run, noffn_run = dense_a.runner(threads=1), noffn_a.runner(threads=1)
             user_run = user_dense(model, rt, Path(tmp) / f"user-{rt}", inputs)
-            for mode in args.modes:
+            for mode in [m for m in args.modes if m in RUNTIMES.get(rt).modes]:
                 t0 = time.time()
                 gated_a = export.to_runtime(gated, rt, Path(tmp) / f"gated-{rt}-{mode}", example, progress=False,
                                             mode=mode, levels=levels)

@@ -281,11 +281,12 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export an adaptive model to a runtime, keeping its exits, skips and ACM routing")
     p.add_argument("model_dir", help="directory written by edge.save / `edge acmize`")
-    p.add_argument("--to", required=True, choices=["onnx", "executorch"], help="target runtime")
+    p.add_argument("--to", required=True, choices=["onnx", "executorch", "litert"],
+                   help="target runtime (litert: the routed mode, the example's token count; the litert extra)")
     p.add_argument("--mode", choices=["graph", "routed"], default=None,
                    help="graph: the control flow inside one program (cond/If, gathers); routed: plain "
                         "segments between the gates, run by the plan's driver (default: the faster one "
-                        "for the runtime, measured: routed for executorch, graph for onnx)")
+                        "for the runtime, measured: routed for executorch, graph for onnx; litert takes routed only)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write (atomically)")
     p.add_argument("--tokens", type=int, default=128, help="token count of the example input (the graph takes 2..max)")
     p.add_argument("--text", help="your own UTF-8 text file for the example input (default: Jane Austen)")

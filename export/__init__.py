@@ -12,6 +12,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from export import executorch as _executorch  # noqa: F401  (registers "executorch"; imports it lazily)
+from export import litert as _litert  # noqa: F401  (registers "litert"; imports LiteRT lazily)
 from export import onnx as _onnx  # noqa: F401  (registers "onnx"; imports ONNX Runtime lazily)
 from export.artifact import Artifact, load_artifact
 from export.lower import MODES, budget_levels, force_cases, to_runtime, verify
@@ -33,4 +34,11 @@ def to_executorch(model: nn.Module, out: str | Path, example: dict, overwrite: b
     return to_runtime(model, "executorch", out, example, overwrite, progress, mode, levels, tokenizer)
 
 
-__all__ = ["to_executorch", "Artifact", "MODES", "budget_levels", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]
+def to_litert(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True,
+              mode: str | None = None, levels: list[dict] | None = None, tokenizer=None) -> Artifact:
+    """Export to LiteRT (.tflite, the `litert` extra). routed only: one signature per segment and per ACM (its
+    learners) in one model.tflite, run by the plan's driver; a sequence model takes the example's token count."""
+    return to_runtime(model, "litert", out, example, overwrite, progress, mode, levels, tokenizer)
+
+
+__all__ = ["to_executorch", "to_litert", "Artifact", "MODES", "budget_levels", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]

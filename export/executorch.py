@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from edge.errors import EdgeError
-from export.runtime import RUNTIMES, Runtime
+from export.runtime import RUNTIMES, Runtime, cpu_only
 
 FILE = "model.pte"
 
@@ -115,15 +115,10 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
     return {method: FILE for method in eps}
 
 
-def _cpu_only(device: str) -> None:
-    if device != "cpu":  # (the pip wheel registers XNNPACK, QNN and OpenVINO only)
-        raise EdgeError(f"this ExecuTorch build has no {device} backend; export for onnx to run on {device}")
-
-
 def load(directory: Path, files: dict[str, str], threads: int | None = None, device: str = "cpu") -> dict:
     from executorch.runtime import Runtime as EtRuntime
 
-    _cpu_only(device)
+    cpu_only(device, "ExecuTorch")  # (the pip wheel registers XNNPACK, QNN and OpenVINO only)
     if threads:  # XNNPACK's thread pool is process-wide
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
@@ -158,7 +153,7 @@ def profile(directory: Path, files: dict[str, str], threads: int | None = None, 
 
     from executorch.extension.pybindings import portable_lib
 
-    _cpu_only(device)
+    cpu_only(device, "ExecuTorch")
     if threads:
         portable_lib._unsafe_reset_threadpool(threads)
     modules = {}

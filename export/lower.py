@@ -164,7 +164,8 @@ def plan_of(graph: GraphModel, model: nn.Module, runtime: str, mode: str, method
     """The plan's description of the program (all but its checks and file hashes): what every driver
     (export.routed.drive, the native runner, the Android demo's interpreter) reads."""
     arch = graph.arch
-    dyn = {"min": 2, "max": int(getattr(model.config, "max_position_embeddings", 512))} if arch.seq_inputs else None
+    dynamic = arch.seq_inputs and RUNTIMES.get(runtime).dynamic_tokens  # (else the example's token count, fixed)
+    dyn = {"min": 2, "max": int(getattr(model.config, "max_position_embeddings", 512))} if dynamic else None
     return {
         "format": PLAN_FORMAT, "version": PLAN_VERSION, "edge_version": edge.__version__,
         "runtime": runtime, "mode": mode, "methods": methods,
@@ -208,6 +209,9 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     mode = mode or rt.mode
     if mode not in MODES:
         raise EdgeError(f"unknown export mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode not in rt.modes:
+        raise EdgeError(f"{runtime} takes the {' and '.join(rt.modes)} mode{'s' * (len(rt.modes) > 1)} only, not {mode}; "
+                        f"export with mode {rt.modes[0]!r} (--mode {rt.modes[0]})")
     say = print if progress else (lambda *a, **k: None)
     graph = GraphModel(exportable(model))
     args = _inputs(graph, example)

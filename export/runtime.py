@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from edge.errors import EdgeError
 from edge.registry import Registry
 
 Run = Callable[[list[np.ndarray]], list[np.ndarray]]
@@ -29,7 +30,9 @@ class Runtime:
       runs so far, "total_ms", "delegated_ms", "backends": what ran the work};
     stats(directory, {method: file}) -> {"branches": conditional jumps / If nodes, "gathers": NonZero
       ops, "delegates": calls into a backend delegate (0 without one), "kernels": operators run
-      outside a delegate (ExecuTorch; 0 for ONNX)}: what the program keeps, for tests and benchmarks."""
+      outside a delegate (ExecuTorch, LiteRT; 0 for ONNX)}: what the program keeps, for tests and benchmarks;
+    modes: the export modes it takes;
+    dynamic_tokens: a sequence model's token count stays a dynamic size (else the example's, fixed)."""
 
     name: str
     package: str  # the PyPI distribution of the runtime (its version goes into profiles)
@@ -38,6 +41,14 @@ class Runtime:
     load: Callable[..., dict[str, Run]]
     profile: Callable[..., tuple[dict[str, Run], Callable[[], dict]]]
     stats: Callable[[Path, dict[str, str]], dict]
+    modes: tuple[str, ...] = ("graph", "routed")
+    dynamic_tokens: bool = True
+
+
+def cpu_only(device: str, runtime: str) -> None:
+    """For a runtime without a GPU path: a device other than "cpu" is refused, never run on the CPU."""
+    if device != "cpu":
+        raise EdgeError(f"this {runtime} build has no {device} backend; export for onnx to run on {device}")
 
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")

@@ -62,9 +62,10 @@ def test_profile_reports_levels_branches_ops_and_budget(artifact):
     assert {b["branch"]["exit_layer"] for b in r["branches"]} == {1, 2}
     ops = r["ops"]
     assert ops["ops"] and ops["total_ms"] > 0 and sum(o["calls"] for o in ops["ops"]) > 0
-    want = {"onnx": {"CPUExecutionProvider"}, "executorch": {"XnnpackBackend", "portable kernels"}}[artifact.plan["runtime"]]
+    want = {"onnx": {"CPUExecutionProvider"}, "executorch": {"XnnpackBackend", "portable kernels"},
+            "litert": {"XNNPACK", "LiteRT kernels"}}[artifact.plan["runtime"]]  # (LiteRT: per signature, whole)
     assert set(ops["backends"]) == want  # what really ran the work, read from the runtime's profiler
-    if artifact.plan["runtime"] == "executorch":
+    if artifact.plan["runtime"] in ("executorch", "litert"):
         assert 0 < ops["delegate_share"] < 1
     assert r["memory"]["peak_rss_mb"] >= r["memory"]["rss_at_start_mb"] > 0
     assert not list(Path.cwd().glob("onnxruntime_profile*"))  # the runtime's traces are not left behind
@@ -117,7 +118,9 @@ def test_pareto_front():
 
 
 def test_preset_choose_save_load_apply(artifact, tmp_path):
-    batch_inputs = [[np.random.default_rng(i).integers(3, 100, (1, 10)).astype(np.int64), np.ones((1, 10), np.int64)]
+    n = artifact.plan["inputs"][0]["shape"][1]  # (a fixed token count where the runtime takes no other)
+    n = 10 if isinstance(n, str) else n
+    batch_inputs = [[np.random.default_rng(i).integers(3, 100, (1, n)).astype(np.int64), np.ones((1, n), np.int64)]
                     for i in range(4)]
     preset, points = presets.choose(artifact, "local", 1e4, batch_inputs, runs=3, progress=False)
     quality = {p["level"]: p["quality"] for p in points}
@@ -330,7 +333,8 @@ def test_cuda_target_refuses_a_cpu_fallback(artifact):
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has ONNX Runtime's CUDA provider: profile on it instead")
-    want = {"onnx": "ONNX Runtime here has no CUDAExecutionProvider", "executorch": "this ExecuTorch build has no cuda backend"}
+    want = {"onnx": "ONNX Runtime here has no CUDAExecutionProvider", "executorch": "this ExecuTorch build has no cuda backend",
+            "litert": "this LiteRT build has no cuda backend"}
     with pytest.raises(EdgeError, match=want[artifact.plan["runtime"]]):
         profiler.profile(artifact.path, "cuda", profiler.ProfileConfig(runs=1), progress=False)
     if artifact.plan["runtime"] == "executorch":
@@ -363,3 +367,19 @@ def test_adb_target_drives_the_demo_app_on_a_fake_device(artifact, tmp_path):
                          profiler.ProfileConfig(runner="app"), progress=False)
     with pytest.raises(EdgeError, match="the app runner is android_demo's benchmark on a phone"):
         profiler.profile(artifact.path, "local", profiler.ProfileConfig(runner="app"), progress=False)
+
+
+def test_a_corrupt_program_is_refused_in_one_line(artifact, tmp_path):
+    """A program file that is not the runtime's format (its plan updated to match, so the hash check
+    passes) fails to load with the runtime's own reason, not a traceback from inside the runtime."""
+    from export.artifact import sha256
+
+    bad = tmp_path / "bad"
+    shutil.copytree(artifact.path, bad)
+    program = bad / artifact.programs[0].name
+    program.write_bytes(b"\0garbage" * 64 + program.read_bytes()[512:])
+    plan = json.loads((bad / "plan.json").read_text())
+    plan["files"][program.name] = sha256(program)
+    (bad / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(EdgeError, match=f"{program} is not a loadable"):
+        export.load_artifact(bad).runner()
