@@ -1,7 +1,8 @@
 """LiteRT (.tflite): litert-torch converts every method into a signature of one model.tflite, and
 ai-edge-litert's interpreter runs it (its XNNPACK delegate takes what it can). The routed mode only:
 litert-torch 0.10 has no lowering for torch.cond ("Lowering not found: cond") nor for nonzero, so the
-exits, skips and ACM routing stay in the plan's driver. It converts at static shapes: a sequence
+exits, skips and ACM routing stay in the plan's driver. It converts at static shapes (given a dynamic
+token size it fails to lower BERT's position-id slice, a slice with a symbolic end): a sequence
 model's segments take exactly the example's token count (the plan's input spec says so); the learners
 of an ACM take any number of rows (the interpreter resizes a signature's input on each call).
 Needs the `litert` extra (litert-torch, ai-edge-litert)."""
