@@ -2,7 +2,8 @@
 ai-edge-litert's interpreter runs it (its XNNPACK delegate takes what it can). The routed mode only:
 litert-torch 0.10 has no lowering for torch.cond ("Lowering not found: cond") nor for nonzero, so the
 exits, skips and ACM routing stay in the plan's driver. It converts at static shapes (given a dynamic
-token size it fails to lower BERT's position-id slice, a slice with a symbolic end): a sequence
+token size it fails to lower a slice with a symbolic end, as of the position ids, an arange of it,
+and the attention's head-split reshapes): a sequence
 model's segments take exactly the example's token count (the plan's input spec says so); the learners
 of an ACM take any number of rows (the interpreter resizes a signature's input on each call).
 Needs the `litert` extra (litert-torch, ai-edge-litert)."""
