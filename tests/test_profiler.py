@@ -63,7 +63,7 @@ def test_profile_reports_levels_branches_ops_and_budget(artifact):
     ops = r["ops"]
     assert ops["ops"] and ops["total_ms"] > 0 and sum(o["calls"] for o in ops["ops"]) > 0
     want = {"onnx": {"CPUExecutionProvider"}, "executorch": {"XnnpackBackend", "portable kernels"},
-            "litert": {"XNNPACK", "LiteRT kernels"}}[artifact.plan["runtime"]]  # (LiteRT: per signature, whole)
+            "litert": {"XNNPACK", "XNNPACK + LiteRT kernels"}}[artifact.plan["runtime"]]  # (LiteRT: per signature, whole)
     assert set(ops["backends"]) == want  # what really ran the work, read from the runtime's profiler
     if artifact.plan["runtime"] in ("executorch", "litert"):
         assert 0 < ops["delegate_share"] < 1
