@@ -156,12 +156,7 @@ KNOWN_WRONG = {("executorch", "graph", "skip-block"): "ExecuTorch 1.5.1 runs a c
 # mode for every gate type alone.
 GATE_MODES = [(g, m) for g in GATES for m in MODES
               if m != "graph" or any(ALL_GATES.get(k) != v for k, v in GATES[g].items())]
-# LiteRT's converter takes ~2 s a method (it runs torch's decompositions twice, ~30 s a tiny model): its
-# signatures are checked on the all-gates model of every model type; a gate type alone changes only the
-# plan the driver follows (the routed plan of each against eager: test_routed_driver_is_the_graph), and
-# runs through the same driver on the faster runtimes here
-SLOW = {"litert"}
-GATE_EXPORTS = [(r, g, m) for r in RUNTIMES if r not in SLOW for g, m in GATE_MODES if takes(r, m)]
+GATE_EXPORTS = [(r, g, m) for r in RUNTIMES for g, m in GATE_MODES if takes(r, m)]
 
 
 @pytest.mark.parametrize("runtime,gate,mode", GATE_EXPORTS, ids=[f"{r}-{g}-{m}" for r, g, m in GATE_EXPORTS])
