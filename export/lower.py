@@ -16,7 +16,7 @@ from edge.io import atomic_dir, write_json_atomic
 from export.artifact import CHECKS, PLAN, TOKENIZER, PLAN_FORMAT, PLAN_VERSION, Artifact, load_artifact, sha256
 from export.graph import GraphModel
 from export.routed import Routed, Segment
-from export.runtime import RUNTIMES
+from export.runtime import MODES, RUNTIMES
 
 TOLERANCE = 1e-4  # fp32: max abs difference of the output against eager
 FORCE = 1e4  # a gate bias this large forces k = 0 (positive) or k = N (negative) on every token
@@ -95,9 +95,6 @@ def _spec(name: str, t: torch.Tensor, dynamic: dict | None = None) -> dict:
         spec["shape"][1] = "tokens"
         spec.update(dynamic)
     return spec
-
-
-MODES = ("graph", "routed")
 
 
 def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, max_tok: int) -> tuple[dict, dict]:

@@ -13,6 +13,7 @@ from edge.errors import EdgeError
 from edge.registry import Registry
 
 Run = Callable[[list[np.ndarray]], list[np.ndarray]]
+MODES = ("graph", "routed")  # the in-graph mode and the routed one (export.lower, export.routed)
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,13 @@ class Runtime:
     load: Callable[..., dict[str, Run]]
     profile: Callable[..., tuple[dict[str, Run], Callable[[], dict]]]
     stats: Callable[[Path, dict[str, str]], dict]
-    modes: tuple[str, ...] = ("graph", "routed")
+    modes: tuple[str, ...] = MODES
     dynamic_tokens: bool = True
+
+    def __post_init__(self):
+        if not self.modes or not set(self.modes) <= set(MODES) or self.mode not in self.modes:
+            raise ValueError(f"runtime {self.name}: default mode {self.mode!r} must be one of its modes {self.modes}, "
+                             "which are 'graph' and/or 'routed'")
 
 
 def cpu_only(device: str, runtime: str) -> None:
