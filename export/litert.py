@@ -3,9 +3,9 @@ ai-edge-litert's interpreter runs it (its XNNPACK delegate takes what it can). T
 litert-torch 0.10 has no lowering for torch.cond ("Lowering not found: cond") nor for nonzero, so the
 exits, skips and ACM routing stay in the plan's driver. It converts at static shapes (given a dynamic
 token size it fails to lower a slice with a symbolic end, as of the position ids, an arange of it,
-and the attention's head-split reshapes): a sequence
-model's segments take exactly the example's token count (the plan's input spec says so); the learners
-of an ACM take any number of rows (the interpreter resizes a signature's input on each call).
+and the attention's head-split reshapes): a sequence model's segments take exactly the example's
+token count (the plan's input spec says so); the learners of an ACM take any number of rows (the
+interpreter resizes a signature's input on each call).
 Needs the `litert` extra (litert-torch, ai-edge-litert)."""
 from __future__ import annotations
 
@@ -140,14 +140,18 @@ def _signature_nodes(path: Path) -> dict[str, tuple[list[str], int]]:
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_litert.tools import flatbuffer_utils
 
+    def trade_with_first(i: int) -> None:  # subgraphs 0 and i trade places (its own inverse)
+        order = list(range(len(model.subgraphs)))
+        order[0], order[i] = i, 0
+        model.subgraphs = [model.subgraphs[j] for j in order]
+        for sig in model.signatureDefs:
+            sig.subgraphIndex = order[sig.subgraphIndex]
+
     model = flatbuffer_utils.read_model_from_bytearray(Path(path).read_bytes())
     found = {}
     for sig in model.signatureDefs:
-        i, order = sig.subgraphIndex, list(range(len(model.subgraphs)))
-        order[0], order[i] = i, 0
-        model.subgraphs = [model.subgraphs[j] for j in order]
-        for other in model.signatureDefs:
-            other.subgraphIndex = order[other.subgraphIndex]
+        i = sig.subgraphIndex
+        trade_with_first(i)
         with _quiet():
             interpreter = Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)), num_threads=1)
             interpreter.allocate_tensors()
@@ -165,9 +169,7 @@ def _signature_nodes(path: Path) -> dict[str, tuple[list[str], int]]:
         names = [name for name, _, _ in nodes]
         key = sig.signatureKey.decode() if isinstance(sig.signatureKey, bytes) else sig.signatureKey
         found[key] = names, sum(1 for n, name in enumerate(names) if name != "DELEGATE" and n not in covered)
-        model.subgraphs = [model.subgraphs[j] for j in order]  # (the swap undone)
-        for other in model.signatureDefs:
-            other.subgraphIndex = order[other.subgraphIndex]
+        trade_with_first(i)  # (undone)
     return found
 
 
