@@ -16,3 +16,44 @@ CASES = [(name, mt) for name, arch in ARCHS.items() for mt in arch.model_types]
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def levels_for(model):
+    """Two budget levels: 'full' (no exit, no skip, every learner) and 'fast' (exit after layer 1)."""
+    from export.graph import GraphModel
+
+    own = {k: v.tolist() for k, v in GraphModel(model).knobs().items()}
+    full = {"exit_thresholds": [1.0], "skip_thresholds": [0.0, 0.0], "gate_bias": [b - 1e4 for b in own["gate_bias"]]}
+    return [{"name": "full", **full}, {"name": "fast", **own, "exit_thresholds": [0.0]}]
+
+
+_SHARED = {}  # runtime -> (model, batch, artifact), in this worker
+
+
+@pytest.fixture(scope="session")
+def bert_all_gates(tmp_path_factory, worker_id):
+    """runtime -> (model, batch, artifact): the tiny bert with every gate (exits, attention skips, ACM)
+    exported in the runtime's default mode with two budget levels ('full', 'fast'), ONCE per test
+    session for all its xdist workers (under a file lock): test_export checks it on every branch,
+    test_profiler measures it (an export is 15-40 s). Each worker builds the model itself, from the same
+    seed; the export is checked against the live model wherever it is used (export.verify)."""
+    import export
+    from filelock import FileLock
+    from tests.test_export import ALL_GATES, adaptive
+
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # (the parent: this session's, shared by its workers)
+
+    def get(runtime: str):
+        if runtime not in _SHARED:
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                model, batch = adaptive(("bert", "bert"), **ALL_GATES, threshold=1.0)
+            out = root / f"bert-all-gates-{runtime}" / "a"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(f"{out.parent}.lock"):
+                if not out.is_dir():  # (written atomically: there whole or not at all)
+                    export.to_runtime(model, runtime, out, batch, progress=False, levels=levels_for(model))
+            _SHARED[runtime] = model, batch, export.load_artifact(out)
+        return _SHARED[runtime]
+    return get
