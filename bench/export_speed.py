@@ -28,7 +28,7 @@ Figures (ratios of medians):
   max_abs_diff       over every bundled branch-forcing case (verify).
 ExecuTorch's routed artifact is also timed through the native runner (profiler/runner: the plan's
 driver in C++ on ExecuTorch's Module API, what an ARM board or a phone runs; the cases are the
-artifact's budget levels, dense and gated alternating in rounds): the row "executorch:routed:native",
+artifact's budget levels, timed in turn with dense in one runner process): the row "executorch:routed:native",
 whose acm50_vs_user is null (the user's export is timed in Python only). The Python rows pay
 Python's cost per method call (25 calls a run with every gate open), which a device does not.
 The weights of the ACMs, exits and routers are untrained (timing does not depend on them; parity is
@@ -150,19 +150,23 @@ def routed_split(artifact, values: list[np.ndarray], runs: int) -> dict:
     return {**split, "driver": total / runs * 1e3 - sum(split.values())}
 
 
-def native_medians(plain: dict[str, Path], gated: Path, runs: int, rounds: int = 10) -> dict:
+def native_medians(plain: dict[str, Path], gated: Path, runs: int) -> dict:
     """{case: median ms} through the native runner (profiler/runner: ExecuTorch's C++ Module API with
-    the plan's driver in C++, what a device runs): the plain artifacts ({case: path}), then each budget
-    level of the gated one (named after the cases), alternating in `rounds` so that the noise falls on all."""
-    import profiler
+    the plan's driver in C++, what a device runs): the plain artifacts ({case: path}) and each budget
+    level of the gated one (named after the cases), timed in turn, run by run, in ONE runner process
+    (its side-by-side mode), so that the machine's noise falls on all alike. (Before, each artifact ran
+    in its own process: the ratios moved by +-0.05 from one process to the next.)"""
+    import subprocess
 
-    config = profiler.ProfileConfig(runner="native", runs=max(10, runs // rounds), branch_runs=0, ops=False)
-    p50 = {}
-    for _ in range(rounds):
-        for name, path in [*plain.items(), (None, gated)]:
-            for level in profiler.profile(path, "local", config, progress=False)["levels"]:
-                p50.setdefault(name or level["name"], []).append(level["stats"]["p50"])
-    return {name: statistics.median(v) for name, v in p50.items()}
+    from profiler import native
+
+    cmd = [str(native.ensure()), *map(str, [*plain.values(), gated]), "--runs", str(runs), "--branch-runs", "0", "--no-ops"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise SystemExit(f"the native runner failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    names = {str(path): name for name, path in plain.items()}
+    return {names.get(r["artifact"], r["name"]): statistics.median(r["ms"])
+            for r in map(json.loads, done.stdout.splitlines()) if r["kind"] == "level"}
 
 
 def figures(name: str, ms: dict, report: dict, gated_s: float, dense_s: float) -> dict:

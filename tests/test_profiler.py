@@ -15,40 +15,14 @@ import profiler
 from edge.errors import EdgeError
 from export.artifact import PLAN_FORMAT, PLAN_VERSION
 from profiler import presets
-from tests.test_export import ALL_GATES, adaptive
 
 RUNTIMES = export.RUNTIMES.names()
 
 
-def levels_for(model):
-    """Two budget levels: 'full' (no exit, no skip, every learner) and 'fast' (exit after layer 1)."""
-    from export.graph import GraphModel
-
-    own = {k: v.tolist() for k, v in GraphModel(model).knobs().items()}
-    full = {"exit_thresholds": [1.0], "skip_thresholds": [0.0, 0.0], "gate_bias": [b - 1e4 for b in own["gate_bias"]]}
-    return [{"name": "full", **full}, {"name": "fast", **own, "exit_thresholds": [0.0]}]
-
-
-_BUILT = {}  # runtime -> artifact: pytest sets a parametrized fixture up again each time the order switches params
-
-
 @pytest.fixture(scope="module", params=RUNTIMES)
-def artifact(request, tmp_path_factory, worker_id):
-    """One artifact per runtime for the whole test session: the xdist workers of a session share
-    one build (under a file lock), where each used to export its own (~40 s for ExecuTorch)."""
-    from filelock import FileLock
-
-    if request.param not in _BUILT:
-        root = tmp_path_factory.getbasetemp()
-        root = root if worker_id == "master" else root.parent  # (the parent: this session's, shared by its workers)
-        out = root / f"profiler-{request.param}" / "a"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(f"{out.parent}.lock"):
-            if not out.is_dir():  # (written atomically: there whole or not at all)
-                model, batch = adaptive(("bert", "bert"), **ALL_GATES, threshold=1.0)
-                export.to_runtime(model, request.param, out, batch, progress=False, levels=levels_for(model))
-            _BUILT[request.param] = export.load_artifact(out)
-    return _BUILT[request.param]
+def artifact(request, bert_all_gates):
+    """The tiny bert with every gate, exported once a session per runtime (tests/conftest.py)."""
+    return bert_all_gates(request.param)[2]
 
 
 def test_profile_reports_levels_branches_ops_and_budget(artifact):
@@ -227,6 +201,23 @@ def test_native_runner_matches_the_python_runtime_locally(artifact):
     assert 0 < ops["delegate_share"] < 1 and any(o["op"] == "argmax" for o in ops["ops"])
     assert [lv["name"] for lv in r["levels"]] == ["full", "fast"] and r["levels"][1]["branch"]["exit_layer"] == 1
     assert r["budget"]["pass"] and not r["emulated"] and r["memory"]["peak_rss_mb"] > 0
+
+
+def test_native_runner_times_artifacts_side_by_side(bert_all_gates, tmp_path):
+    """More artifact directories (bench/export_speed.py's dense and gated programs): every level of
+    every artifact is timed in turn in one process, and each level record names its artifact."""
+    from profiler import native
+
+    a = bert_all_gates("executorch")[2]
+    other = tmp_path / "other"
+    shutil.copytree(a.path, other)
+    done = subprocess.run([str(native.ensure()), str(a.path), str(other), "--runs", "3", "--warmup", "1", "--branch-runs", "0",
+                           "--no-ops"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1000:]
+    levels = [r for r in map(json.loads, done.stdout.splitlines()) if r["kind"] == "level"]
+    assert [(r["artifact"], r["name"]) for r in levels] == [(str(d), n) for d in (a.path, other) for n in ("full", "fast")]
+    assert all(len(r["ms"]) == 3 and min(r["ms"]) > 0 for r in levels)
+    assert [r["branch"]["exit_layer"] for r in levels] == [2, 1, 2, 1]
 
 
 def test_native_runner_faults_are_one_line(artifact, tmp_path):

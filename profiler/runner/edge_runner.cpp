@@ -5,8 +5,12 @@
 // `python -m profiler.measure`, flushed one by one so that a crash or a kill keeps what was measured.
 // Unless --no-ops, a last pass at the first budget level runs with ExecuTorch's ETDump event tracer
 // and writes it beside the records (FILE.etdump; the host reads it with the devtools Inspector).
+// With more artifact directories (a benchmark's side by side: dense and gated programs), the budget
+// levels of all of them are timed in turn, run by run, in this one process, so that the machine's
+// noise falls on all alike; each level record then names its artifact ("artifact": DIR), and the
+// checks and the operator pass are the first artifact's.
 //
-//   edge_runner ARTIFACT_DIR [--out FILE] [--runs 50] [--warmup 5] [--branch-runs 10] [--threads 1] [--no-ops]
+//   edge_runner ARTIFACT_DIR [MORE_DIRS...] [--out FILE] [--runs 50] [--warmup 5] [--branch-runs 10] [--threads 1] [--no-ops]
 //
 // Exit status: 0 done, 2 a fault (also written as {"kind": "error", "message": ...}), 64 bad usage.
 #include <executorch/devtools/etdump/etdump_flatcc.h>
@@ -513,17 +517,25 @@ struct Artifact {
   }
 };
 
-std::string times(Artifact& a, const Values& knobs, int runs, int warmup, std::vector<Array>& out) {
-  for (int i = 0; i < warmup; ++i) out = a.run(knobs);
+std::string ms_list(const std::vector<double>& ms) {
   std::ostringstream o;
   o.precision(6);
   o << "[";
-  for (int i = 0; i < runs; ++i) {
-    auto t0 = std::chrono::steady_clock::now();
-    out = a.run(knobs);
-    o << (i ? ", " : "") << std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  }
+  for (size_t i = 0; i < ms.size(); ++i) o << (i ? ", " : "") << ms[i];
   return o.str() + "]";
+}
+
+double timed_run(Artifact& a, const Values& knobs, std::vector<Array>& out) {  // ms
+  auto t0 = std::chrono::steady_clock::now();
+  out = a.run(knobs);
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string times(Artifact& a, const Values& knobs, int runs, int warmup, std::vector<Array>& out) {
+  for (int i = 0; i < warmup; ++i) out = a.run(knobs);
+  std::vector<double> ms;
+  for (int i = 0; i < runs; ++i) ms.push_back(timed_run(a, knobs, out));
+  return ms_list(ms);
 }
 
 std::string cpu_name() {
@@ -553,7 +565,7 @@ double rss_mb() {
 }
 
 int usage() {
-  std::cerr << "usage: edge_runner ARTIFACT_DIR [--out FILE] [--runs N] [--warmup N] [--branch-runs N] [--threads N] [--no-ops]\n";
+  std::cerr << "usage: edge_runner ARTIFACT_DIR [MORE_DIRS...] [--out FILE] [--runs N] [--warmup N] [--branch-runs N] [--threads N] [--no-ops]\n";
   return 64;
 }
 
@@ -561,12 +573,14 @@ int usage() {
 
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
-  std::string dir = argv[1], out_path;
+  std::vector<std::string> dirs{argv[1]};
+  std::string out_path;
   int runs = 50, warmup = 5, branch_runs = 10, threads = 1;
   bool ops = true;
   for (int i = 2; i < argc; ++i) {
     std::string flag = argv[i];
     if (flag == "--no-ops") { ops = false; continue; }
+    if (flag.rfind("--", 0) != 0) { dirs.push_back(flag); continue; }
     if (i + 1 >= argc) return usage();
     std::string v = argv[++i];
     try {
@@ -591,7 +605,9 @@ int main(int argc, char** argv) {
   try {
     double rss0 = rss_mb();
     executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool(threads);
-    Artifact a(dir);
+    std::vector<std::unique_ptr<Artifact>> artifacts;
+    for (const auto& dir : dirs) artifacts.push_back(std::make_unique<Artifact>(dir));
+    Artifact& a = *artifacts[0];
     utsname u{};
     uname(&u);
     write(std::string("{\"kind\": \"device\", \"machine\": ") + quote(u.machine) + ", \"cpu\": " + quote(cpu_name()) +
@@ -599,9 +615,23 @@ int main(int argc, char** argv) {
           quote(std::string(u.sysname) + "-" + u.release) + ", \"runtime\": \"executorch\", \"runtime_version\": " +
           quote(EDGE_EXECUTORCH_VERSION) + ", \"runner\": \"native\", \"threads\": " + std::to_string(threads) + "}");
     std::vector<Array> o;
-    for (const auto& level : a.plan["budget_levels"].items) {
-      std::string ms = times(a, a.knobs(level), runs, warmup, o);
-      write("{\"kind\": \"level\", \"name\": " + quote(level["name"].str) + ", \"ms\": " + ms + ", \"branch\": " + a.branch(o) + "}");
+    if (artifacts.size() == 1) {
+      for (const auto& level : a.plan["budget_levels"].items) {
+        std::string ms = times(a, a.knobs(level), runs, warmup, o);
+        write("{\"kind\": \"level\", \"name\": " + quote(level["name"].str) + ", \"ms\": " + ms + ", \"branch\": " + a.branch(o) + "}");
+      }
+    } else {  // side by side: every (artifact, level) in turn, run by run
+      struct Case { size_t artifact; const Json* level; Values knobs; std::vector<double> ms; std::vector<Array> out; };
+      std::vector<Case> cases;
+      for (size_t i = 0; i < artifacts.size(); ++i)
+        for (const auto& level : artifacts[i]->plan["budget_levels"].items) cases.push_back({i, &level, artifacts[i]->knobs(level), {}, {}});
+      for (auto& c : cases)
+        for (int i = 0; i < warmup; ++i) c.out = artifacts[c.artifact]->run(c.knobs);
+      for (int r = 0; r < runs; ++r)
+        for (auto& c : cases) c.ms.push_back(timed_run(*artifacts[c.artifact], c.knobs, c.out));
+      for (const auto& c : cases)
+        write("{\"kind\": \"level\", \"name\": " + quote((*c.level)["name"].str) + ", \"artifact\": " + quote(dirs[c.artifact]) +
+              ", \"ms\": " + ms_list(c.ms) + ", \"branch\": " + artifacts[c.artifact]->branch(c.out) + "}");
     }
     const auto& checks = a.plan["checks"].items;
     for (size_t c = 0; branch_runs && c < checks.size(); ++c) {  // (--branch-runs 0: no checks)
@@ -616,7 +646,7 @@ int main(int argc, char** argv) {
     if (ops && !out_path.empty()) {  // a pass of its own: the tracer costs time
       const Json& level = a.plan["budget_levels"][0];
       Values knobs = a.knobs(level);
-      a.program.reset();  // (first: the peak memory stays one program's)
+      for (auto& other : artifacts) other->program.reset();  // (first: the peak memory stays one program's)
       a.program = std::make_unique<Program>(a.file, std::make_unique<executorch::etdump::ETDumpGen>());
       int n = std::max(1, std::min(runs, 10));
       for (int i = 0; i < n; ++i) o = a.run(knobs);
