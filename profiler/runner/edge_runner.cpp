@@ -8,7 +8,7 @@
 // With more artifact directories (a benchmark's side by side: dense and gated programs), the budget
 // levels of all of them are timed in turn, run by run, in this one process, so that the machine's
 // noise falls on all alike; each level record then names its artifact ("artifact": DIR), and the
-// checks and the operator pass are the first artifact's.
+// checks and the operator pass are the first artifact's (the level records come at the end, all together).
 //
 //   edge_runner ARTIFACT_DIR [MORE_DIRS...] [--out FILE] [--runs 50] [--warmup 5] [--branch-runs 10] [--threads 1] [--no-ops]
 //
