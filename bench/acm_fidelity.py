@@ -63,6 +63,7 @@ def main():
     ap.add_argument("--repr-steps", type=int, default=edge.DistillConfig.repr_steps)
     ap.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps)
     ap.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps)
+    ap.add_argument("--learners", type=int, default=edge.AcmConfig.learners, help="learners per ACM")
     ap.add_argument("--save", metavar="DIR", help="also save each budget's model to DIR/acm-BUDGET "
                     "(bench/depth.py --acm DIR/acm-0.5 reuses it)")
     args = ap.parse_args()
@@ -87,7 +88,7 @@ def main():
     # budget (edge.retarget). A budget's conversion time is the shared part plus its own part,
     # which is exactly what `edge acmize --budget B` spends.
     t0 = time.time()
-    shared = edge.acmize(model, edge.AcmConfig(budget=1.0), train, calib,
+    shared = edge.acmize(model, edge.AcmConfig(budget=1.0, learners=args.learners), train, calib,
                          edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=0),
                          progress=True)
     shared_seconds = time.time() - t0

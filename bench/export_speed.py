@@ -186,6 +186,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--learners", type=int, default=4, help="learners per ACM (each 1/N of the FFN's width)")
     ap.add_argument("--runtimes", nargs="+", default=export.RUNTIMES.names())
     ap.add_argument("--modes", nargs="+", default=list(export.MODES), choices=export.MODES)
     ap.add_argument("--no-native", action="store_true",
@@ -200,7 +201,7 @@ def main() -> None:
     example = {k: example[k] for k in ("input_ids", "attention_mask")}
     train = edge.batches(tok, edge.austen_passages().split("train").texts[:64], 16)
     gated = copy.deepcopy(model)
-    edge.install_acms(gated, edge.AcmConfig(learners=4))
+    edge.install_acms(gated, edge.AcmConfig(learners=args.learners))
     gated = edge.add_exits(gated, edge.ExitConfig(after=[2, 3, 4, 5], steps=0), train, progress=False)
     gated = edge.add_skips(gated, edge.SkipConfig(samples=32), train, progress=False)
     graph = GraphModel(gated)
@@ -216,7 +217,7 @@ def main() -> None:
     with torch.no_grad():
         ks = graph(*inputs, *settings["acm50"].values())[3]
         assert int(graph(*inputs, *settings["exit"].values())[1]) == EXIT_AFTER
-    half = float(ks[:, inputs[1][0].bool()].float().mean()) / 4
+    half = float(ks[:, inputs[1][0].bool()].float().mean()) / args.learners
     # the cases are also the artifacts' budget levels: what the native runner times
     levels = [{"name": name, **{k: v.tolist() for k, v in knobs.items()}} for name, knobs in settings.items()]
     rows = []
