@@ -154,8 +154,8 @@ def native_medians(plain: dict[str, Path], gated: Path, runs: int) -> dict:
     """{case: median ms} through the native runner (profiler/runner: ExecuTorch's C++ Module API with
     the plan's driver in C++, what a device runs): the plain artifacts ({case: path}) and each budget
     level of the gated one (named after the cases), timed in turn, run by run, in ONE runner process
-    (its side-by-side mode), so that the machine's noise falls on all alike. (Before, each artifact ran
-    in its own process: the ratios moved by +-0.05 from one process to the next.)"""
+    (its side-by-side mode), so that the machine's noise falls on all alike (across processes the
+    ratios move by +-0.05 here: bench/results/export_speed.txt)."""
     import subprocess
 
     from profiler import native
@@ -186,7 +186,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--learners", type=int, default=4, help="learners per ACM (each 1/N of the FFN's width)")
+    ap.add_argument("--learners", type=int, default=edge.AcmConfig.learners,
+                    help="learners per ACM (each 1/N of the FFN's width)")
     ap.add_argument("--runtimes", nargs="+", default=export.RUNTIMES.names())
     ap.add_argument("--modes", nargs="+", default=list(export.MODES), choices=export.MODES)
     ap.add_argument("--no-native", action="store_true",
