@@ -31,8 +31,10 @@ driver in C++ on ExecuTorch's Module API, what an ARM board or a phone runs; the
 artifact's budget levels, timed in turn with dense in one runner process): the row "executorch:routed:native",
 whose acm50_vs_user is null (the user's export is timed in Python only). The Python rows pay
 Python's cost per method call (25 calls a run with every gate open), which a device does not.
-The weights of the ACMs, exits and routers are untrained (timing does not depend on them; parity is
-checked on every branch all the same).
+The weights of the ACMs, exits and routers are untrained (parity is checked on every branch all the
+same), so the gates' k spreads over the tokens as random gates spread it; with --acm DIR the ACMs are
+a converted model's (edge demo writes one to out/minilm-acm), whose trained gates choose k as a user's
+model does (still set to a mean k of N/2 on the timed input); the exits and routers stay untrained.
 
     taskset -c 0 .venv/bin/python bench/export_speed.py      # 1 core; ORT and XNNPACK on 1 thread
                                                              # (about 15 minutes; --no-native: without the C++ runner)
@@ -188,6 +190,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--learners", type=int, default=edge.AcmConfig.learners,
                     help="learners per ACM (each 1/N of the FFN's width)")
+    ap.add_argument("--acm", type=Path, metavar="DIR",
+                    help="time this converted MiniLM (the output of edge demo or edge acmize: trained learners and "
+                         "gates) instead of MiniLM with untrained ACMs; --learners is then the model's")
     ap.add_argument("--runtimes", nargs="+", default=export.RUNTIMES.names())
     ap.add_argument("--modes", nargs="+", default=list(export.MODES), choices=export.MODES)
     ap.add_argument("--no-native", action="store_true",
@@ -201,8 +206,16 @@ def main() -> None:
                        return_tensors="pt"))
     example = {k: example[k] for k in ("input_ids", "attention_mask")}
     train = edge.batches(tok, edge.austen_passages().split("train").texts[:64], 16)
-    gated = copy.deepcopy(model)
-    edge.install_acms(gated, edge.AcmConfig(learners=args.learners))
+    if args.acm:
+        try:
+            gated = edge.load(args.acm)
+        except edge.EdgeError as e:
+            raise SystemExit(f"export_speed.py: {e}") from None
+        if (edge.arch_for(gated).name, gated.config.hidden_size) != (edge.arch_for(model).name, model.config.hidden_size):
+            raise SystemExit(f"{args.acm} is not a converted MiniLM (the dense exports it is compared with are)")
+    else:
+        gated = copy.deepcopy(model)
+        edge.install_acms(gated, edge.AcmConfig(learners=args.learners))
     gated = edge.add_exits(gated, edge.ExitConfig(after=[2, 3, 4, 5], steps=0), train, progress=False)
     gated = edge.add_skips(gated, edge.SkipConfig(samples=32), train, progress=False)
     graph = GraphModel(gated)
@@ -218,7 +231,7 @@ def main() -> None:
     with torch.no_grad():
         ks = graph(*inputs, *settings["acm50"].values())[3]
         assert int(graph(*inputs, *settings["exit"].values())[1]) == EXIT_AFTER
-    half = float(ks[:, inputs[1][0].bool()].float().mean()) / args.learners
+    half = float(ks[:, inputs[1][0].bool()].float().mean()) / graph.acms[0].n
     # the cases are also the artifacts' budget levels: what the native runner times
     levels = [{"name": name, **{k: v.tolist() for k, v in knobs.items()}} for name, knobs in settings.items()]
     rows = []
