@@ -97,6 +97,33 @@ def _spec(name: str, t: torch.Tensor, dynamic: dict | None = None) -> dict:
     return spec
 
 
+def without_unused_weights(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """`ep` without the parameters, buffers and constants its graph never reads. A segment is traced
+    as a module holding the whole model, so torch.export lifts all its weights into every method
+    (MiniLM: 189, of which a gate's segment reads 14), and each runtime's decompositions and passes
+    walk them all (ExecuTorch drops them only after decomposing): MiniLM's routed export, 29 methods,
+    exported to ExecuTorch in 115 s instead of 133 s (one core)."""
+    from torch.export.graph_signature import ExportGraphSignature, InputKind
+
+    weights = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+    placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+    unused = {s.arg.name: s.target for s in ep.graph_signature.input_specs
+              if s.kind in weights and not placeholders[s.arg.name].users}
+    if not unused:
+        return ep
+    gm = ep.graph_module
+    for name in unused:
+        gm.graph.erase_node(placeholders[name])
+    gm.recompile()
+    gone = set(unused.values())
+    signature = ExportGraphSignature([s for s in ep.graph_signature.input_specs if s.arg.name not in unused],
+                                     ep.graph_signature.output_specs)
+    return torch.export.ExportedProgram(
+        gm, gm.graph, signature, {k: v for k, v in ep.state_dict.items() if k not in gone}, ep.range_constraints,
+        ep.module_call_graph, ep.example_inputs, {k: v for k, v in ep.constants.items() if k not in gone},
+        verifiers=ep.verifiers)
+
+
 def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, max_tok: int) -> tuple[dict, dict]:
     """({method: ExportedProgram}, the plan's extra section): the whole graph as "forward" (graph
     mode) or one per segment and per ACM (its learners) plus {"routed": ...} (routed mode); the token dimension is
@@ -121,7 +148,7 @@ def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, ma
             n = len(module.learners)
             inputs = [h[0].clone() for _ in range(n)]  # (one tensor passed n times would be traced as one input)
             dynamic = {"xs": tuple({0: torch.export.Dim(f"rows{j}", min=1, max=most)} for j in range(n))}
-        eps[name] = torch.export.export(module, tuple(inputs), dynamic_shapes=dynamic)
+        eps[name] = without_unused_weights(torch.export.export(module, tuple(inputs), dynamic_shapes=dynamic))
     return eps, {"routed": routed.section()}
 
 
