@@ -14,7 +14,7 @@ import export
 from edge.depth import run
 from edge.errors import EdgeError
 from export.graph import GraphModel
-from export.lower import _inputs
+from export.lower import _inputs, _trace
 from export.routed import Routed, drive
 from tests.conftest import CASES
 from tests.test_acm import tiny_acm_model
@@ -85,6 +85,27 @@ def test_routed_driver_is_the_graph(case, gate):
         np.testing.assert_allclose(got[0], want[0], atol=1e-5, err_msg=name)
         for w, o in zip(want[1:], got[1:]):
             assert o.astype(np.int64).tolist() == w.astype(np.int64).tolist(), name
+
+
+@pytest.mark.parametrize("case", ONE_PER_ADAPTER)
+def test_routed_methods_carry_only_the_weights_they_read(case):
+    """torch.export lifts all of the model's weights into every segment; the traced methods keep only
+    those their graph reads, and still compute what the segment computes."""
+    model, batch = adaptive(case, **ALL_GATES)
+    g = GraphModel(model)
+    args = _inputs(g, batch)
+    with torch.no_grad():
+        eps, section = _trace(g, "routed", args, g.knobs(), 64)
+        first = Routed(g).modules[section["routed"]["segments"][0]["method"]]
+        want = first(*args)
+        got = eps[section["routed"]["segments"][0]["method"]].module()(*args)
+    for name, ep in eps.items():
+        weights = [s for s in ep.graph_signature.input_specs if s.kind.name in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR")]
+        placeholders = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+        assert weights and all(placeholders[s.arg.name].users for s in weights), name
+        assert len(weights) < len(model.state_dict()), name
+    for w, o in zip(want, got):
+        torch.testing.assert_close(o, w)
 
 
 def takes(runtime: str, mode: str) -> bool:
