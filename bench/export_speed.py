@@ -161,6 +161,7 @@ def native_medians(plain: dict[str, Path], gated: Path, runs: int) -> dict:
     import subprocess
 
     from profiler import native
+    from profiler.measure import read_records
 
     cmd = [str(native.ensure()), *map(str, [*plain.values(), gated]), "--runs", str(runs), "--branch-runs", "0", "--no-ops"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
@@ -168,7 +169,7 @@ def native_medians(plain: dict[str, Path], gated: Path, runs: int) -> dict:
         raise SystemExit(f"the native runner failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     names = {str(path): name for name, path in plain.items()}
     return {names.get(r["artifact"], r["name"]): statistics.median(r["ms"])
-            for r in map(json.loads, done.stdout.splitlines()) if r["kind"] == "level"}
+            for r in read_records(done.stdout) if r["kind"] == "level"}
 
 
 def figures(name: str, ms: dict, report: dict, gated_s: float, dense_s: float) -> dict:
