@@ -1,0 +1,51 @@
+"""Phase 1 (representation distillation) variants: learning rate and steps, at budget 0.5.
+
+Each variant runs phases 1 and 2 (no phase 3) from the same start and is scored on held-out Austen
+passages: the cosine of the sentence embedding to the original MiniLM's with the adaptive gates at
+0.5 of the FFN (mean, 5th percentile) and with every token at k = 1..N learners (static), and the
+seconds. Phase 3 starts from what phase 1 leaves: a better start here is a better model there.
+
+    .venv/bin/python bench/acm_phase1.py                      # every variant: about 40 minutes on 2 cores
+    .venv/bin/python bench/acm_phase1.py "lr 3e-4" "lr 2e-3"  # some of them
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import edge
+from acm_choices import austen  # (bench/ is the script's directory)
+from edge.evaluate import compare
+
+VARIANTS = {"lr 3e-4": dict(lr=3e-4), "lr 1e-3": dict(lr=1e-3), "lr 2e-3": dict(lr=2e-3), "lr 3e-3": dict(lr=3e-3),
+            "lr 3e-4, 1000 steps": dict(lr=3e-4, repr_steps=1000)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    args = ap.parse_args()
+    model, train, calib, test, teacher_out = austen(768)
+    result = {}
+    for name in args.variants:
+        t0 = time.time()
+        acm = edge.acmize(model, edge.AcmConfig(budget=0.5), train, calib,
+                          edge.DistillConfig(e2e_steps=0, **VARIANTS[name]), progress=False)
+        seconds = time.time() - t0
+        rep, _ = compare(acm, teacher_out, test)
+        static = []
+        for k in range(1, acm.acm_config.learners + 1):
+            for a in edge.acm_modules(acm):
+                a.forced_k = k
+            static.append(round(compare(acm, teacher_out, test)[0]["cos_mean"], 4))
+        result[name] = {"cos_adaptive_0.5": round(rep["cos_mean"], 4), "cos_p5": round(rep["cos_p5"], 4),
+                        "achieved": round(rep["ffn_fraction"], 4), "cos_static_k": static,
+                        "seconds": round(seconds, 1)}
+        print(name, json.dumps(result[name]), flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
