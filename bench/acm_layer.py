@@ -6,8 +6,13 @@ and with a "prefix" form (one method per k that holds the first k learners as on
 GEMMs, but 2.5x the FFN weights for N = 4).
 MiniLM's sizes (d 384, F 1536, N 4, 128 tokens), random weights; for several distributions of k over
 the tokens, medians of --runs interleaved calls, as ratios to the dense FFN.
+Called again and again, one layer's weights (4.7 MB) stay in the CPU's caches; in a whole model they
+do not (MiniLM's layers hold 42 MB; a phone's caches are smaller still). With --cold MB every call
+first reads MB megabytes of other data, so the weights come from memory, as in a model (the time of
+that read alone, timed as its own case, is taken off every case).
 
-    taskset -c 0 .venv/bin/python bench/acm_layer.py      # about 2 minutes
+    taskset -c 0 .venv/bin/python bench/acm_layer.py             # about 2 minutes
+    taskset -c 0 .venv/bin/python bench/acm_layer.py --cold 512  # weights from memory; about 6 minutes
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Ffn(nn.Module):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--cold", type=int, default=0, metavar="MB",
+                    help="read MB megabytes of other data before every call (more than the CPU's last-level cache)")
     args = ap.parse_args()
     torch.manual_seed(0)
     w = (torch.randn(F, D) / 20, torch.randn(F) / 20, torch.randn(D, F) / 40, torch.randn(D) / 20)
@@ -91,14 +98,21 @@ def main():
         y[order] = ys
         return y
 
+    other = np.ones(args.cold << 18, dtype=np.float32)  # --cold MB of float32
+
+    def cold(f):  # other.sum() reads it all, evicting the weights from the caches (nothing to do without --cold)
+        return (lambda: (other.sum(), f())) if args.cold else f
+
     rng = np.random.default_rng(0)
     dists = {"open (k=4)": np.full(T, 4), "all k=2": np.full(T, 2), "uniform 0..4": rng.integers(0, 5, T),
              "bimodal 0|4": rng.choice([0, 4], T), "1|3": rng.choice([1, 3], T)}
     result = {"dist": [], "mean_k": [], "dense_ms": [], "learners_ratio": [], "group_ratio": [], "prefix_ratio": []}
     for name, k in dists.items():
         assert np.allclose(learners(k), prefix(k), atol=1e-4) and np.allclose(learners(k), group(k), atol=1e-4)
-        md = interleaved({"dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k),
-                          "group": lambda: group(k), "prefix": lambda: prefix(k)}, args.runs)
+        cases = {"read": lambda: None, "dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k),
+                 "group": lambda: group(k), "prefix": lambda: prefix(k)}
+        md = interleaved({name: cold(f) for name, f in cases.items()}, args.runs)
+        md = {name: v - md["read"] for name, v in md.items()}
         print(f"{name:14s} mean k {k.mean():.2f}  dense {md['dense']:.3f} ms  learners {md['learners'] / md['dense']:.3f}x  "
               f"group {md['group'] / md['dense']:.3f}x  prefix {md['prefix'] / md['dense']:.3f}x", flush=True)
         for key, v in (("dist", name), ("mean_k", round(float(k.mean()), 2)), ("dense_ms", round(md["dense"], 3)),
