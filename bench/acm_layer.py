@@ -57,6 +57,8 @@ def main():
     ap.add_argument("--cold", type=int, default=0, metavar="MB",
                     help="read MB megabytes of other data before every call (more than the CPU's last-level cache)")
     args = ap.parse_args()
+    if args.cold < 0:
+        ap.error("--cold takes megabytes >= 0")
     torch.manual_seed(0)
     w = (torch.randn(F, D) / 20, torch.randn(F) / 20, torch.randn(D, F) / 40, torch.randn(D) / 20)
     mods = {"dense": Ffn(w, 0, F), **{f"learner{j}": Ffn(w, j * H, (j + 1) * H) for j in range(N)},
@@ -111,8 +113,8 @@ def main():
         assert np.allclose(learners(k), prefix(k), atol=1e-4) and np.allclose(learners(k), group(k), atol=1e-4)
         cases = {"read": lambda: None, "dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k),
                  "group": lambda: group(k), "prefix": lambda: prefix(k)}
-        md = interleaved({name: cold(f) for name, f in cases.items()}, args.runs)
-        md = {name: v - md["read"] for name, v in md.items()}
+        md = interleaved({case: cold(f) for case, f in cases.items()}, args.runs)
+        md = {case: v - md["read"] for case, v in md.items()}
         print(f"{name:14s} mean k {k.mean():.2f}  dense {md['dense']:.3f} ms  learners {md['learners'] / md['dense']:.3f}x  "
               f"group {md['group'] / md['dense']:.3f}x  prefix {md['prefix'] / md['dense']:.3f}x", flush=True)
         for key, v in (("dist", name), ("mean_k", round(float(k.mean()), 2)), ("dense_ms", round(md["dense"], 3)),
