@@ -33,6 +33,19 @@ def austen(test_passages: int):
     return model, train, calib, test, outputs(model, test)[0]
 
 
+def static_cosines(acm, teacher_out, test) -> list[float]:
+    """Mean cosine to the original's outputs with every token at k = 1..N learners (the static
+    baseline of each width); the gates choose again afterwards."""
+    cos = []
+    for k in range(1, acm.acm_config.learners + 1):
+        for a in edge.acm_modules(acm):
+            a.forced_k = k
+        cos.append(compare(acm, teacher_out, test)[0]["cos_mean"])
+    for a in edge.acm_modules(acm):
+        a.forced_k = None
+    return cos
+
+
 def main():
     model, train, calib, test, teacher_out = austen(512)
     distill = edge.DistillConfig(repr_steps=100, gate_steps=50, e2e_steps=0)
@@ -40,13 +53,8 @@ def main():
     for name, kw in VARIANTS.items():
         acm = edge.acmize(model, edge.AcmConfig(budget=0.5, **kw), train, calib, distill, progress=False)
         rep, _ = compare(acm, teacher_out, test)
-        static = []
-        for k in range(1, acm.acm_config.learners + 1):
-            for a in edge.acm_modules(acm):
-                a.forced_k = k
-            static.append(compare(acm, teacher_out, test)[0]["cos_mean"])
         result[name] = {"cos_adaptive_at_0.5": rep["cos_mean"], "achieved": rep["ffn_fraction"],
-                        "cos_static_k": static}
+                        "cos_static_k": static_cosines(acm, teacher_out, test)}
         print(name, json.dumps(result[name]), flush=True)
     print(json.dumps(result))
 

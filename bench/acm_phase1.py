@@ -16,7 +16,7 @@ import json
 import time
 
 import edge
-from acm_choices import austen  # (bench/ is the script's directory)
+from acm_choices import austen, static_cosines  # (bench/ is the script's directory)
 from edge.evaluate import compare
 
 VARIANTS = {"lr 3e-4": dict(lr=3e-4), "lr 1e-3": dict(lr=1e-3), "lr 2e-3": dict(lr=2e-3), "lr 3e-3": dict(lr=3e-3),
@@ -35,11 +35,7 @@ def main():
                           edge.DistillConfig(e2e_steps=0, **VARIANTS[name]), progress=False)
         seconds = time.time() - t0
         rep, _ = compare(acm, teacher_out, test)
-        static = []
-        for k in range(1, acm.acm_config.learners + 1):
-            for a in edge.acm_modules(acm):
-                a.forced_k = k
-            static.append(round(compare(acm, teacher_out, test)[0]["cos_mean"], 4))
+        static = [round(c, 4) for c in static_cosines(acm, teacher_out, test)]
         result[name] = {"cos_adaptive_0.5": round(rep["cos_mean"], 4), "cos_p5": round(rep["cos_p5"], 4),
                         "achieved": round(rep["ffn_fraction"], 4), "cos_static_k": static,
                         "seconds": round(seconds, 1)}
