@@ -1,7 +1,8 @@
 """One ACM layer on ExecuTorch (XNNPACK, 1 thread), without the rest of the model: how the routed
 mode's "group" form (export.routed.Learners: one method holding all N learners, input j the tokens of
 learner j: one call per ACM) compares with the dense FFN, with one method per learner (one call each,
-the routed mode before plan version 3; the same weights)
+the routed mode before plan version 3; the same weights; "method": the group's call alone, on inputs
+gathered beforehand, i.e. without the Python driver's numpy work)
 and with a "prefix" form (one method per k that holds the first k learners as one FFN: fewer, wider
 GEMMs, but 2.5x the FFN weights for N = 4).
 MiniLM's sizes (d 384, F 1536, N 4, 128 tokens), random weights; for several distributions of k over
@@ -9,10 +10,13 @@ the tokens, medians of --runs interleaved calls, as ratios to the dense FFN.
 Called again and again, one layer's weights (4.7 MB) stay in the CPU's caches; in a whole model they
 do not (MiniLM's layers hold 42 MB; a phone's caches are smaller still). With --cold MB every call
 first reads MB megabytes of other data, so the weights come from memory, as in a model (the time of
-that read alone, timed as its own case, is taken off every case).
+that read alone, timed as its own case, is taken off every case). With --int8 every form is
+XNNPACK's dynamically quantized int8 GEMMs instead (export.executorch.dynamic_int8; the dense FFN
+too): a quarter of the weight bytes.
 
     taskset -c 0 .venv/bin/python bench/acm_layer.py             # about 2 minutes
     taskset -c 0 .venv/bin/python bench/acm_layer.py --cold 512  # weights from memory; about 6 minutes
+    taskset -c 0 .venv/bin/python bench/acm_layer.py --int8      # int8 weights
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from export.executorch import load, lower
+from export.executorch import dynamic_int8, load, lower
 from export.routed import Learners, run_learners
 from export_speed import interleaved  # (bench/ is the script's directory)
 
@@ -56,6 +60,7 @@ def main():
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--cold", type=int, default=0, metavar="MB",
                     help="read MB megabytes of other data before every call (more than the CPU's last-level cache)")
+    ap.add_argument("--int8", action="store_true", help="every form with int8 weights (dynamic quantization)")
     args = ap.parse_args()
     if args.cold < 0:
         ap.error("--cold takes megabytes >= 0")
@@ -63,12 +68,14 @@ def main():
     w = (torch.randn(F, D) / 20, torch.randn(F) / 20, torch.randn(D, F) / 40, torch.randn(D) / 20)
     mods = {"dense": Ffn(w, 0, F), **{f"learner{j}": Ffn(w, j * H, (j + 1) * H) for j in range(N)},
             **{f"prefix{k}": Ffn(w, 0, k * H) for k in range(1, N + 1)}}
+    trace = dynamic_int8 if args.int8 else (lambda mod, x, dyn: torch.export.export(mod, x, dynamic_shapes=dyn))
     m = torch.export.Dim("m", min=1, max=T)
-    eps = {n: torch.export.export(mod, (torch.randn(8, D),), dynamic_shapes=({0: m},)) for n, mod in mods.items()}
+    eps = {n: trace(mod, (torch.randn(8, D),), ({0: m},)) for n, mod in mods.items()}
     ms = [torch.export.Dim(f"m{j}", min=1, max=T) for j in range(N)]
-    eps["group"] = torch.export.export(Learners([mods[f"learner{j}"] for j in range(N)]),
-                                       tuple(torch.randn(8 - j, D) for j in range(N)),
-                                       dynamic_shapes={"xs": tuple({0: d} for d in ms)})
+    if args.int8:  # the fp32 dense FFN too, timed beside the rest: what int8 alone gives
+        eps["dense_fp32"] = torch.export.export(mods["dense"], (torch.randn(8, D),), dynamic_shapes=({0: m},))
+    eps["group"] = trace(Learners([mods[f"learner{j}"] for j in range(N)]), tuple(torch.randn(8 - j, D) for j in range(N)),
+                         {"xs": tuple({0: d} for d in ms)})
     tmp = Path(tempfile.mkdtemp())
     runs = load(tmp, lower(eps, tmp, False), threads=1)
     x = np.random.default_rng(0).standard_normal((T, D)).astype(np.float32)
@@ -108,19 +115,27 @@ def main():
     rng = np.random.default_rng(0)
     dists = {"open (k=4)": np.full(T, 4), "all k=2": np.full(T, 2), "uniform 0..4": rng.integers(0, 5, T),
              "bimodal 0|4": rng.choice([0, 4], T), "1|3": rng.choice([1, 3], T)}
-    result = {"dist": [], "mean_k": [], "dense_ms": [], "learners_ratio": [], "group_ratio": [], "prefix_ratio": []}
+    result = {"int8": args.int8, "dist": [], "mean_k": [], "dense_ms": [], "learners_ratio": [], "group_ratio": [],
+              "method_ratio": [], "prefix_ratio": [],
+              **({"dense_vs_fp32_dense": []} if args.int8 else {})}
     for name, k in dists.items():
-        assert np.allclose(learners(k), prefix(k), atol=1e-4) and np.allclose(learners(k), group(k), atol=1e-4)
+        tol = 0.1 if args.int8 else 1e-4  # (int8: each form quantizes its own inputs, on their own range; outputs ~3)
+        assert np.allclose(learners(k), prefix(k), atol=tol) and np.allclose(learners(k), group(k), atol=tol)
+        xs = x[np.argsort(-k, kind="stable")]  # the group method's inputs as the driver gathers them
+        gathered = [xs[:max(int(np.count_nonzero(k > j)), 1)] for j in range(N)]
         cases = {"read": lambda: None, "dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k),
-                 "group": lambda: group(k), "prefix": lambda: prefix(k)}
+                 "group": lambda: group(k), "prefix": lambda: prefix(k), "method": lambda: runs["group"](gathered),
+                 **({"dense_fp32": lambda: runs["dense_fp32"]([x])} if args.int8 else {})}
         md = interleaved({case: cold(f) for case, f in cases.items()}, args.runs)
         md = {case: v - md["read"] for case, v in md.items()}
         print(f"{name:14s} mean k {k.mean():.2f}  dense {md['dense']:.3f} ms  learners {md['learners'] / md['dense']:.3f}x  "
-              f"group {md['group'] / md['dense']:.3f}x  prefix {md['prefix'] / md['dense']:.3f}x", flush=True)
+              f"group {md['group'] / md['dense']:.3f}x  (method {md['method'] / md['dense']:.3f}x)  prefix {md['prefix'] / md['dense']:.3f}x", flush=True)
         for key, v in (("dist", name), ("mean_k", round(float(k.mean()), 2)), ("dense_ms", round(md["dense"], 3)),
                        ("learners_ratio", round(md["learners"] / md["dense"], 3)),
                        ("group_ratio", round(md["group"] / md["dense"], 3)),
-                       ("prefix_ratio", round(md["prefix"] / md["dense"], 3))):
+                       ("method_ratio", round(md["method"] / md["dense"], 3)),
+                       ("prefix_ratio", round(md["prefix"] / md["dense"], 3)),
+                       *((("dense_vs_fp32_dense", round(md["dense"] / md["dense_fp32"], 3)),) if args.int8 else ())):
             result[key].append(v)
     print(json.dumps(result))
 

@@ -63,6 +63,24 @@ def layer_norm_as_xnnpack_ops(ep: torch.export.ExportedProgram) -> torch.export.
     return ep
 
 
+def dynamic_int8(module: torch.nn.Module, example: tuple, dynamic: tuple) -> torch.export.ExportedProgram:
+    """`module` exported with every Linear as XNNPACK's dynamically quantized GEMM (qd8-f32-qc8w:
+    int8 weights per output channel, activations quantized per call; the rest stays fp32), through
+    ExecuTorch's XNNPACK quantizer. dynamic: torch.export's dynamic_shapes for `module` and `example`.
+    For measurements (bench/acm_layer.py --int8): edge's exports are fp32 (their parity check is
+    fp32's 1e-4), and a quantized one would need its own."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                       get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True))
+    prepared = prepare_pt2e(torch.export.export(module, example, dynamic_shapes=dynamic).module(), quantizer)
+    prepared(*example)  # (dynamic quantization has nothing to calibrate; the observers still want a call)
+    if isinstance(dynamic, dict):  # (by argument name; the quantized module takes its inputs flat, one by one)
+        dynamic = tuple(d for v in dynamic.values() for d in (v if isinstance(v, (tuple, list)) else (v,)))
+    return torch.export.export(convert_pt2e(prepared), example, dynamic_shapes=dynamic)
+
+
 def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control_flow: bool) -> dict[str, str]:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import (EdgeCompileConfig, EdgeProgramManager, ExecutorchBackendConfig, to_edge,

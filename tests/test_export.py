@@ -289,6 +289,32 @@ def test_executorch_lowering_keeps_what_xnnpack_cannot_take_loadable(tmp_path):
         assert np.abs(run([x.numpy(), w.numpy()])[0] - model(x, w).numpy()).max() < 1e-5
 
 
+def test_executorch_dynamic_int8_runs_int8_gemms_in_xnnpack(tmp_path):
+    """export.executorch.dynamic_int8 (bench/acm_layer.py --int8): the Linears of a module, with a
+    dynamic row count, become XNNPACK's int8 GEMMs: every op in the delegate, a quarter of the weight
+    bytes in the program, outputs near fp32's (int8 error, not fp32's), at every row count."""
+    from export.executorch import FILE, dynamic_int8, load, lower, stats
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)).eval()
+    rows = ({0: torch.export.Dim("rows", min=1, max=32)},)
+    sizes = {}
+    for name, ep in (("fp32", torch.export.export(model, (torch.randn(8, 64),), dynamic_shapes=rows)),
+                     ("int8", dynamic_int8(model, (torch.randn(8, 64),), rows))):
+        (tmp_path / name).mkdir()
+        files = lower({"forward": ep}, tmp_path / name, False)
+        sizes[name] = (tmp_path / name / FILE).stat().st_size
+        assert stats(tmp_path / name, files)["kernels"] == 0  # nothing left outside XNNPACK
+        run = load(tmp_path / name, files, threads=1)["forward"]
+        for n in (1, 5, 32):
+            x = torch.randn(n, 64)
+            with torch.no_grad():
+                want = model(x).numpy()
+            err = np.abs(run([x.numpy()])[0] - want).max() / np.abs(want).max()
+            assert (err < 1e-5) if name == "fp32" else (1e-5 < err < 0.05), (name, n, err)
+    assert sizes["int8"] < 0.4 * sizes["fp32"]
+
+
 def test_executorch_takes_the_attention_head_splits_into_xnnpack(tmp_path, monkeypatch):
     """A view to a shape with one dynamic size (the tokens) is written with -1, which XNNPACK takes:
     every head split and merge of attention (4 a layer) leaves the portable kernels; same outputs."""
