@@ -21,7 +21,10 @@ from edge.evaluate import compare
 VARIANTS = {"default": {},  # (backbone tuned, e2e lr 1e-4, hidden 0.1)
             "e2e lr 2e-4": dict(e2e_lr=2e-4),
             "e2e lr 3e-4": dict(e2e_lr=3e-4),
-            "learners only, lr 3e-4": dict(e2e_lr=3e-4, tune_backbone=False)}
+            "learners only, lr 3e-4": dict(e2e_lr=3e-4, tune_backbone=False),
+            "hidden 0": dict(hidden_weight=0.0),
+            "hidden 0.3": dict(hidden_weight=0.3),
+            "hidden 1": dict(hidden_weight=1.0)}
 
 
 def main():
