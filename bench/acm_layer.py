@@ -16,7 +16,7 @@ too): a quarter of the weight bytes.
 
     taskset -c 0 .venv/bin/python bench/acm_layer.py             # about 2 minutes
     taskset -c 0 .venv/bin/python bench/acm_layer.py --cold 512  # weights from memory; about 6 minutes
-    taskset -c 0 .venv/bin/python bench/acm_layer.py --int8      # int8 weights
+    taskset -c 0 .venv/bin/python bench/acm_layer.py --int8      # int8 weights; about a minute
 Last line: one JSON object.
 """
 from __future__ import annotations

@@ -63,7 +63,7 @@ def layer_norm_as_xnnpack_ops(ep: torch.export.ExportedProgram) -> torch.export.
     return ep
 
 
-def dynamic_int8(module: torch.nn.Module, example: tuple, dynamic: tuple) -> torch.export.ExportedProgram:
+def dynamic_int8(module: torch.nn.Module, example: tuple, dynamic: tuple | dict) -> torch.export.ExportedProgram:
     """`module` exported with every Linear as XNNPACK's dynamically quantized GEMM (qd8-f32-qc8w:
     int8 weights per output channel, activations quantized per call; the rest stays fp32), through
     ExecuTorch's XNNPACK quantizer. dynamic: torch.export's dynamic_shapes for `module` and `example`.
