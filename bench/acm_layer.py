@@ -68,12 +68,15 @@ def main():
     w = (torch.randn(F, D) / 20, torch.randn(F) / 20, torch.randn(D, F) / 40, torch.randn(D) / 20)
     mods = {"dense": Ffn(w, 0, F), **{f"learner{j}": Ffn(w, j * H, (j + 1) * H) for j in range(N)},
             **{f"prefix{k}": Ffn(w, 0, k * H) for k in range(1, N + 1)}}
-    trace = dynamic_int8 if args.int8 else (lambda mod, x, dyn: torch.export.export(mod, x, dynamic_shapes=dyn))
+    def fp32(mod, x, dynamic):
+        return torch.export.export(mod, x, dynamic_shapes=dynamic)
+
+    trace = dynamic_int8 if args.int8 else fp32
     m = torch.export.Dim("m", min=1, max=T)
     eps = {n: trace(mod, (torch.randn(8, D),), ({0: m},)) for n, mod in mods.items()}
     ms = [torch.export.Dim(f"m{j}", min=1, max=T) for j in range(N)]
     if args.int8:  # the fp32 dense FFN too, timed beside the rest: what int8 alone gives
-        eps["dense_fp32"] = torch.export.export(mods["dense"], (torch.randn(8, D),), dynamic_shapes=({0: m},))
+        eps["dense_fp32"] = fp32(mods["dense"], (torch.randn(8, D),), ({0: m},))
     eps["group"] = trace(Learners([mods[f"learner{j}"] for j in range(N)]), tuple(torch.randn(8 - j, D) for j in range(N)),
                          {"xs": tuple({0: d} for d in ms)})
     tmp = Path(tempfile.mkdtemp())
@@ -121,8 +124,8 @@ def main():
     for name, k in dists.items():
         tol = 0.1 if args.int8 else 1e-4  # (int8: each form quantizes its own inputs, on their own range; outputs ~3)
         assert np.allclose(learners(k), prefix(k), atol=tol) and np.allclose(learners(k), group(k), atol=tol)
-        xs = x[np.argsort(-k, kind="stable")]  # the group method's inputs as the driver gathers them
-        gathered = [xs[:max(int(np.count_nonzero(k > j)), 1)] for j in range(N)]
+        gathered = []  # the group method's inputs, as the driver gathers them
+        run_learners(x, k, "group", N, lambda method, inputs: gathered.extend(inputs) or runs[method](inputs))
         cases = {"read": lambda: None, "dense": lambda: runs["dense"]([x]), "learners": lambda: learners(k),
                  "group": lambda: group(k), "prefix": lambda: prefix(k), "method": lambda: runs["group"](gathered),
                  **({"dense_fp32": lambda: runs["dense_fp32"]([x])} if args.int8 else {})}
