@@ -49,7 +49,7 @@ class Artifact:
         return self.plan_runner(RUNTIMES.get(self.plan["runtime"]).load(self.path, self.plan["methods"], threads, device))
 
     def profiled_runner(self, threads: int | None = None, device: str = "cpu"):
-        """(run, ops): `runner` with the runtime's per-operator profiler on; ops() sums what ran so far."""
+        """(run, ops): `runner` with the runtime's per-operator profiler on; ops: its export.runtime.OpProfile."""
         from export.runtime import RUNTIMES
 
         methods, ops = RUNTIMES.get(self.plan["runtime"]).profile(self.path, self.plan["methods"], threads, device)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from edge.errors import EdgeError
-from export.runtime import RUNTIMES, Runtime, cpu_only
+from export.runtime import RUNTIMES, OpProfile, Runtime, cpu_only
 
 FILE = "model.pte"
 
@@ -166,7 +166,8 @@ def load(directory: Path, files: dict[str, str], threads: int | None = None, dev
 
 def profile(directory: Path, files: dict[str, str], threads: int | None = None, device: str = "cpu"):
     """ExecuTorch's ETDump: every operator the program runs is an event (XNNPACK's own operators
-    inside a delegate call too), read back with the devtools Inspector."""
+    inside a delegate call too), read back with the devtools Inspector; a restart takes the ETDump so
+    far and drops it."""
     import tempfile
 
     from executorch.extension.pybindings import portable_lib
@@ -187,15 +188,15 @@ def profile(directory: Path, files: dict[str, str], threads: int | None = None, 
             return [o.numpy() for o in outs]
         return run
 
-    def ops() -> dict:
+    def dump(read: bool) -> dict | None:  # taking a module's ETDump data starts a new one
         with tempfile.TemporaryDirectory() as tmp:
             paths = []
             for i, module in enumerate(modules.values()):
                 paths.append(Path(tmp) / f"etdump{i}.etdp")
                 module.write_etdump_result_to_file(str(paths[-1]))
-            return read_etdump(paths)
+            return read_etdump(paths) if read else None
 
-    return {m: runner(modules[f], m) for m, f in files.items()}, ops
+    return {m: runner(modules[f], m) for m, f in files.items()}, OpProfile(lambda: dump(True), lambda: dump(False))
 
 
 def read_etdump(paths: list[Path]) -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from edge.errors import EdgeError
-from export.runtime import RUNTIMES, Runtime, cpu_only
+from export.runtime import RUNTIMES, OpProfile, Runtime, cpu_only
 
 FILE = "model.tflite"
 EXTRA = "pip install 'edge[litert]' (litert-torch and ai-edge-litert)"
@@ -128,7 +128,11 @@ def profile(directory: Path, files: dict[str, str], threads: int | None = None, 
                 "delegated_ms": sum(r["ms"] for r in rows if r["backend"] == "XNNPACK"),
                 "backends": sorted({r["backend"] for r in rows})}
 
-    return {m: timed(m, run) for m, run in runs.items()}, ops
+    def restart() -> None:
+        for row in table.values():
+            row["ms"], row["calls"] = 0.0, 0
+
+    return {m: timed(m, run) for m, run in runs.items()}, OpProfile(ops, restart)
 
 
 def _signature_nodes(path: Path) -> dict[str, tuple[list[str], int]]:

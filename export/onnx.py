@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from edge.errors import EdgeError
-from export.runtime import RUNTIMES, Runtime
+from export.runtime import RUNTIMES, OpProfile, Runtime
 
 
 def file_of(method: str) -> str:
@@ -84,20 +84,40 @@ def load(directory: Path, files: dict[str, str], threads: int | None = None, dev
 
 def profile(directory: Path, files: dict[str, str], threads: int | None = None, device: str = "cpu"):
     """ONNX Runtime's profiler: a Chrome-trace JSON per session; every "Node" event is one operator
-    run, with its op type, execution provider and duration."""
+    run, with its op type, execution provider and duration. Its trace ends with end_profiling, so a
+    restart only counts each session's runs so far: read() drops them and their events."""
     import json
     import shutil
 
     sessions = _sessions(directory, files, threads, profile=True, device=device)
+    calls = dict.fromkeys(sessions, 0)  # runs of each session
+    skip = dict.fromkeys(sessions, 0)  # of which the first `skip` are forgotten
 
-    def ops() -> dict:
+    def counted(method):
+        run = _runner(sessions[method])
+
+        def call(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            calls[method] += 1
+            return run(inputs)
+
+        return call
+
+    def restart() -> None:
+        skip.update(calls)
+
+    def read() -> dict:
         table, total = {}, 0.0
-        for session in sessions.values():
+        for method, session in sessions.items():
             trace = Path(session.end_profiling())
             with open(trace) as f:
                 events = json.load(f)
             shutil.rmtree(trace.parent, ignore_errors=True)
+            runs = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
+                          key=lambda e: e["ts"])
+            start = runs[skip[method] - 1]["ts"] + runs[skip[method] - 1]["dur"] if skip[method] else -1
             for e in events:
+                if e.get("ts", 0) <= start:
+                    continue
                 if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
                     key = (e["args"]["op_name"], e["args"].get("provider", "?"))
                     row = table.setdefault(key, {"op": key[0], "backend": key[1], "ms": 0.0, "calls": 0})
@@ -109,7 +129,7 @@ def profile(directory: Path, files: dict[str, str], threads: int | None = None, 
         return {"ops": rows, "total_ms": total, "delegated_ms": 0.0,
                 "backends": sorted({r["backend"] for r in rows})}
 
-    return {m: _runner(s) for m, s in sessions.items()}, ops
+    return {m: counted(m) for m in sessions}, OpProfile(read, restart)
 
 
 def stats(directory: Path, files: dict[str, str]) -> dict:

@@ -26,9 +26,8 @@ class Runtime:
       the directory (control_flow: the programs hold torch.cond);
     load(directory, {method: file}, threads=None, device="cpu") -> {method: run}, run(list of np arrays)
       -> list; device: "cpu" or "cuda" (a runtime without it raises: never a silent CPU fallback);
-    profile(directory, {method: file}, threads=None, device="cpu") -> ({method: run}, ops): load with the runtime's
-      own per-operator profiler on; ops() -> {"ops": [{"op", "backend", "ms", "calls"}] summed over the
-      runs so far, "total_ms", "delegated_ms", "backends": what ran the work};
+    profile(directory, {method: file}, threads=None, device="cpu") -> ({method: run}, OpProfile): load with the
+      runtime's own per-operator profiler on (see OpProfile);
     stats(directory, {method: file}) -> {"branches": conditional jumps / If nodes, "gathers": NonZero
       ops, "delegates": calls into a backend delegate (0 without one), "kernels": operators run
       outside a delegate (ExecuTorch, LiteRT; 0 for ONNX)}: what the program keeps, for tests and benchmarks;
@@ -40,7 +39,7 @@ class Runtime:
     mode: str  # the export mode it gets by default: the faster one in bench/export_speed.py
     lower: Callable[[dict[str, torch.export.ExportedProgram], Path, bool], dict[str, str]]
     load: Callable[..., dict[str, Run]]
-    profile: Callable[..., tuple[dict[str, Run], Callable[[], dict]]]
+    profile: Callable[..., tuple[dict[str, Run], "OpProfile"]]
     stats: Callable[[Path, dict[str, str]], dict]
     modes: tuple[str, ...] = MODES
     dynamic_tokens: bool = True
@@ -49,6 +48,17 @@ class Runtime:
         if not self.modes or not set(self.modes) <= set(MODES) or self.mode not in self.modes:
             raise ValueError(f"runtime {self.name}: default mode {self.mode!r} must be one of its modes {self.modes}, "
                              "which are 'graph' and/or 'routed'")
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    """A runtime's per-operator profiler over the runs of its profiled methods.
+    read() -> {"ops": [{"op", "backend", "ms", "calls"}] summed over the runs since the start or the last
+      restart, "total_ms", "delegated_ms", "backends": what ran the work};
+    restart(): forget the runs so far (the warm-up runs: a first run is colder than the rest)."""
+
+    read: Callable[[], dict]
+    restart: Callable[[], None]
 
 
 def cpu_only(device: str, runtime: str) -> None:

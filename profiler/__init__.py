@@ -109,7 +109,8 @@ def _etdump_ops(record: dict, t, results: Path, work: Path) -> dict:
 
     try:
         local = t.pull(results, work / "pulled.etdump", ".etdump")
-        return {"kind": "ops", "level": record["level"], "runs": record["runs"], **read_etdump([local])}
+        return {"kind": "ops", "level": record["level"], "runs": record["runs"], "warmup": record["warmup"],
+                **read_etdump([local])}
     except (EdgeError, OSError) as e:
         return {"kind": "ops-missing", "why": str(e)}
 

@@ -15,6 +15,7 @@ import profiler
 from edge.errors import EdgeError
 from export.artifact import PLAN_FORMAT, PLAN_VERSION
 from profiler import presets
+from profiler.measure import knob_arrays
 
 RUNTIMES = export.RUNTIMES.names()
 
@@ -50,6 +51,24 @@ def test_profile_reports_levels_branches_ops_and_budget(artifact):
     tight = profiler.summarize([{"kind": "level", "name": "full", "ms": [2.0, 3.0], "branch": {}}],
                                profiler.ProfileConfig(budget_ms=2.4, percentile=50), artifact.plan, {"target": "local"})
     assert tight["budget"]["pass"] is False and tight["levels"][0]["stats"]["at_p50"] == 2.5
+
+
+def test_the_operator_profile_leaves_out_the_warmup(artifact):
+    """restart() forgets the runs so far: 2 warm-up runs + restart + 3 runs profile as 3 runs do."""
+    x = artifact.inputs() + knob_arrays(artifact.plan, artifact.plan["budget_levels"][0])
+
+    def profiled(warmup: int) -> dict:
+        run, ops = artifact.profiled_runner(threads=1)
+        for _ in range(warmup):
+            run(x)
+        ops.restart()
+        for _ in range(3):
+            run(x)
+        return ops.read()
+
+    cold, warm = profiled(0), profiled(2)
+    calls = lambda r: {(o["op"], o["backend"]): o["calls"] for o in r["ops"]}  # noqa: E731
+    assert calls(warm) == calls(cold) and sum(calls(warm).values()) > 0 and warm["total_ms"] > 0
 
 
 def test_a_measurement_cut_short_keeps_its_results(artifact):
@@ -197,6 +216,9 @@ def test_native_runner_matches_the_python_runtime_locally(artifact):
     assert_same_as_eager(r, artifact, python_branches(artifact))
     assert r["device"]["runner"] == "native" and r["device"]["machine"] == __import__("platform").machine()
     ops = r["ops"]  # the runner's ETDump, read here by the devtools Inspector
+    py = profiler.profile(artifact.path, "local", profiler.ProfileConfig(runs=5, branch_runs=0, budget_ms=1e4), progress=False)
+    calls = lambda r: {(o["op"], o["backend"]): o["calls"] for o in r["ops"]["ops"]}  # noqa: E731
+    assert ops["warmup"] == 5 and calls(r) == calls(py)  # the same runs profiled, warm-up left out by both
     assert ops["runs"] > 0 and ops["total_ms"] > 0 and set(ops["backends"]) == {"XnnpackBackend", "portable kernels"}
     assert 0 < ops["delegate_share"] < 1 and any(o["op"] == "argmax" for o in ops["ops"])
     assert [lv["name"] for lv in r["levels"]] == ["full", "fast"] and r["levels"][1]["branch"]["exit_layer"] == 1

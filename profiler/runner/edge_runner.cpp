@@ -294,14 +294,16 @@ class Program {
     return out;
   }
 
-  // the ETDump recorded so far (a program loaded with an ETDumpGen), written to `path`
-  void write_etdump(const std::string& path) {
+  // the ETDump recorded so far (a program loaded with an ETDumpGen), written to `path`, or dropped where
+  // `path` is empty; taking it starts a new one
+  void take_etdump(const std::string& path) {
     auto* gen = static_cast<executorch::etdump::ETDumpGen*>(module_.event_tracer());
     executorch::etdump::ETDumpResult r = gen->get_etdump_data();
     if (r.buf == nullptr) throw Fault("ExecuTorch recorded no ETDump events");
+    std::unique_ptr<void, decltype(&std::free)> owned(r.buf, &std::free);
+    if (path.empty()) return;
     std::ofstream f(path, std::ios::binary);
     f.write(static_cast<const char*>(r.buf), static_cast<std::streamsize>(r.size));
-    std::free(r.buf);
     if (!f) throw Fault("cannot write " + path);
   }
 
@@ -648,11 +650,15 @@ int main(int argc, char** argv) {
       Values knobs = a.knobs(level);
       for (auto& other : artifacts) other->program.reset();  // (first: the peak memory stays one program's)
       a.program = std::make_unique<Program>(a.file, std::make_unique<executorch::etdump::ETDumpGen>());
-      int n = std::max(1, std::min(runs, 10));
+      int n = std::max(1, std::min(runs, 10)), w = std::min(warmup, n);
+      if (w) {  // freshly loaded: without it the first, colder run is in the profile
+        for (int i = 0; i < w; ++i) o = a.run(knobs);
+        a.program->take_etdump("");
+      }
       for (int i = 0; i < n; ++i) o = a.run(knobs);
-      a.program->write_etdump(out_path + ".etdump");
+      a.program->take_etdump(out_path + ".etdump");
       write("{\"kind\": \"etdump\", \"file\": " + quote(out_path + ".etdump") + ", \"level\": " + quote(level["name"].str) +
-            ", \"runs\": " + std::to_string(n) + "}");
+            ", \"runs\": " + std::to_string(n) + ", \"warmup\": " + std::to_string(w) + "}");
     }
     std::ostringstream m;
     m << "{\"kind\": \"memory\", \"peak_rss_mb\": " << rss_mb() << ", \"rss_at_start_mb\": " << rss0 << "}";
