@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -64,6 +65,7 @@ def main():
     ap.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps)
     ap.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps)
     ap.add_argument("--learners", type=int, default=edge.AcmConfig.learners, help="learners per ACM")
+    ap.add_argument("--precision", default=edge.DistillConfig.precision, help="of the training passes (fp32, bf16)")
     ap.add_argument("--save", metavar="DIR", help="also save each budget's model to DIR/acm-BUDGET "
                     "(bench/depth.py --acm DIR/acm-0.5 reuses it)")
     args = ap.parse_args()
@@ -83,13 +85,14 @@ def main():
     share = ffn_share_of_model(model, test_b[0])
     print(f"original: probe accuracy {acc_teacher:.4f}; FFNs are {share:.3f} of the model FLOPs", flush=True)
 
-    distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps)
+    distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
+                                 precision=args.precision)
     # phases 1 and 2 do not depend on the budget: run them once, then phase 3 + calibration per
     # budget (edge.retarget). A budget's conversion time is the shared part plus its own part,
     # which is exactly what `edge acmize --budget B` spends.
     t0 = time.time()
     shared = edge.acmize(model, edge.AcmConfig(budget=1.0, learners=args.learners), train, calib,
-                         edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=0),
+                         replace(distill, e2e_steps=0),
                          progress=True)
     shared_seconds = time.time() - t0
     phase1 = shared  # its learners are the phase-1 learners; the static baseline ignores its gates

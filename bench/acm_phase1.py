@@ -19,8 +19,10 @@ import edge
 from acm_choices import austen, static_cosines  # (bench/ is the script's directory)
 from edge.evaluate import compare
 
-VARIANTS = {"lr 3e-4": dict(lr=3e-4), "lr 1e-3": dict(lr=1e-3), "lr 2e-3": dict(lr=2e-3), "lr 3e-3": dict(lr=3e-3),
-            "lr 3e-4, 1000 steps": dict(lr=3e-4, repr_steps=1000)}
+FP32 = dict(precision="fp32", repr_steps=250)  # (the defaults until bf16 came)
+VARIANTS = {"lr 3e-4": {**FP32, "lr": 3e-4}, "lr 1e-3": {**FP32, "lr": 1e-3}, "lr 2e-3": FP32,
+            "lr 3e-3": {**FP32, "lr": 3e-3}, "lr 3e-4, 1000 steps": {**FP32, "lr": 3e-4, "repr_steps": 1000},
+            "bf16": dict(precision="bf16", repr_steps=250), "bf16, 500 steps": dict(precision="bf16", repr_steps=500)}
 
 
 def main():

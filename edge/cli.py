@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from edge.convert import DistillConfig
+from edge.convert import PRECISIONS, DistillConfig
 from edge.errors import EdgeError
 
 DEFAULT_OUT = "out/minilm-acm"
@@ -50,7 +50,7 @@ def cmd_acmize(args) -> dict:
 
     config = edge.AcmConfig(budget=args.budget, learners=args.learners, init=args.init)
     distill = DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
-                            tune_backbone=not args.freeze_backbone)
+                            tune_backbone=not args.freeze_backbone, precision=args.precision).resolved()
     if args.calib_limit < 1:
         raise EdgeError(f"--calib-limit must be an integer >= 1, got {args.calib_limit}")
     out = Path(args.output)
@@ -61,6 +61,9 @@ def cmd_acmize(args) -> dict:
     train = passages.split("train")
     if args.train_limit:
         train = train.head(args.train_limit)
+    if not args.quiet:
+        print(f"edge acmize: training in {distill.precision} ({distill.repr_steps}, {distill.gate_steps} and "
+              f"{distill.e2e_steps} steps in phases 1-3)", flush=True)
     t0 = time.time()
     calib = batches(tok, passages.split("calib").texts[:args.calib_limit], 64)
     acm = edge.acmize(model, config, batches(tok, train.texts, 32), calib, distill, progress=not args.quiet)
@@ -227,9 +230,15 @@ def _add_acmize_args(p, output_default=None):
                    help="output directory (written atomically)")
     p.add_argument("--budget", type=float, default=0.5, help="target FFN compute fraction in (0, 1]")
     p.add_argument("--learners", type=int, default=4, help="learners per ACM (N >= 1)")
-    p.add_argument("--repr-steps", type=int, default=DistillConfig.repr_steps, help="phase 1 steps (batches of 32)")
+    p.add_argument("--repr-steps", type=int, default=DistillConfig.repr_steps,
+                   help="phase 1 steps (batches of 32; default: the precision's, "
+                   + ", ".join(f"{p.repr_steps} at {n}" for n, p in PRECISIONS.items()) + ")")
     p.add_argument("--gate-steps", type=int, default=DistillConfig.gate_steps, help="phase 2 steps")
-    p.add_argument("--e2e-steps", type=int, default=DistillConfig.e2e_steps, help="phase 3 steps")
+    p.add_argument("--e2e-steps", type=int, default=DistillConfig.e2e_steps,
+                   help="phase 3 steps (default: the precision's, "
+                   + ", ".join(f"{p.e2e_steps} at {n}" for n, p in PRECISIONS.items()) + ")")
+    p.add_argument("--precision", choices=["auto", *PRECISIONS.names()], default=DistillConfig.precision,
+                   help="of the training passes' matrix products (auto: bf16 where this CPU has it natively)")
     p.add_argument("--freeze-backbone", action="store_true",
                    help="phase 3 trains only the ACMs (by default attention and norms are fine-tuned too)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")

@@ -13,8 +13,10 @@ the target.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
@@ -27,15 +29,56 @@ from edge.acm import ACM, AcmConfig, acm_modules
 from edge.arch import Arch, arch_for
 from edge.errors import EdgeError
 from edge.flops import BudgetMeter, ffn_flops, gate_flops, learner_flops
+from edge.registry import Registry
+
+
+@functools.cache
+def bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16, AMX), measured: a phase-1-sized
+    product in bf16 takes under 0.6x its fp32 time (0.2x with AVX512-BF16; emulated bf16 is slower
+    than fp32). Once per process, about 0.2 s."""
+    a, w = torch.randn(2048, 384), torch.randn(1536, 384)
+
+    def seconds(x, y):
+        x @ y.T
+        t = time.perf_counter()
+        for _ in range(3):
+            x @ y.T
+        return time.perf_counter() - t
+
+    return seconds(a.bfloat16(), w.bfloat16()) < 0.6 * seconds(a, w)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The training passes' matrix products in `dtype` (None: fp32; the weights, the optimizer state and
+    the losses stay fp32), and the default steps of phases 1 and 3 at it: what converting MiniLM affords
+    in 15 minutes on 2 cores."""
+
+    dtype: torch.dtype | None
+    repr_steps: int
+    e2e_steps: int
+
+
+PRECISIONS: Registry[Precision] = Registry("precision")
+PRECISIONS.register("fp32")(Precision(None, 250, 200))
+# as good per step, in half the time where the CPU has it (bench/results/acm_phase1.txt): twice the steps
+PRECISIONS.register("bf16")(Precision(torch.bfloat16, 500, 400))
+
+
+def _autocast(cfg: "DistillConfig"):
+    dtype = PRECISIONS.get(cfg.resolved().precision).dtype
+    return torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """How long and how hard each phase trains. Steps count batches."""
+    """How long and how hard each phase trains. Steps count batches; repr_steps and e2e_steps default
+    (None) to the precision's (PRECISIONS)."""
 
-    repr_steps: int = 250
+    repr_steps: int | None = None
     gate_steps: int = 80
-    e2e_steps: int = 200
+    e2e_steps: int | None = None
     lr: float = 2e-3  # phase 1 (bench/results/acm_phase1.txt: 3e-4 left the learners undertrained)
     gate_lr: float = 1e-3
     e2e_lr: float = 1e-4
@@ -45,11 +88,12 @@ class DistillConfig:
     calib_iters: int = 30
     seed: int = 0
     tune_backbone: bool = True  # phase 3 also fine-tunes the rest of the model (attention, norms)
+    precision: str = "auto"  # a PRECISIONS name, or "auto": bf16 where this CPU has it natively (bf16_is_fast)
 
     def __post_init__(self):
         for f in ("repr_steps", "gate_steps", "e2e_steps", "calib_iters"):
             v = getattr(self, f)
-            if not (isinstance(v, int) and v >= 0):
+            if not (isinstance(v, int) and v >= 0) and not (v is None and f in ("repr_steps", "e2e_steps")):
                 raise EdgeError(f"DistillConfig.{f} must be an integer >= 0, got {v!r}")
         if not (isinstance(self.hidden_weight, (int, float)) and self.hidden_weight >= 0):
             raise EdgeError(f"DistillConfig.hidden_weight must be >= 0, got {self.hidden_weight!r}")
@@ -59,11 +103,20 @@ class DistillConfig:
                 raise EdgeError(f"DistillConfig.{f} must be > 0, got {v!r}")
         if not self.gate_ratio > 1.0:
             raise EdgeError(f"DistillConfig.gate_ratio must be > 1, got {self.gate_ratio!r}")
+        if self.precision != "auto":
+            PRECISIONS.get(self.precision)  # raises, listing them
         if not isinstance(self.tune_backbone, bool):
             raise EdgeError(f"DistillConfig.tune_backbone must be true or false, got {self.tune_backbone!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolved(self) -> "DistillConfig":
+        """This config as it runs on this machine: precision "auto" and default steps made explicit."""
+        name = self.precision if self.precision != "auto" else "bf16" if bf16_is_fast() else "fp32"
+        p = PRECISIONS.get(name)
+        return replace(self, precision=name, repr_steps=p.repr_steps if self.repr_steps is None else self.repr_steps,
+                       e2e_steps=p.e2e_steps if self.e2e_steps is None else self.e2e_steps)
 
 
 def install_acms(model: nn.Module, config: AcmConfig) -> list[ACM]:
@@ -94,6 +147,7 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
     arch = arch_for(model)
     if not data:
         raise EdgeError("acmize needs at least one batch of calibration/training data")
+    distill = distill.resolved()
     torch.manual_seed(distill.seed)
     rng = random.Random(distill.seed)
     teacher = model.eval().requires_grad_(False)
@@ -126,6 +180,7 @@ def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[d
     AcmConfig(budget=budget)  # validates the budget
     if not data:
         raise EdgeError("retarget needs at least one batch of training data")
+    distill = distill.resolved()
     torch.manual_seed(distill.seed)
     stream = _cycle(data, random.Random(distill.seed))
     student = copy.deepcopy(acm_model)
@@ -180,7 +235,7 @@ def _ffn_pairs(teacher, arch: Arch, ffns, batch):
     pairs = []
     for x, y in store:
         mask = arch.token_mask(batch, x.shape)
-        pairs.append((x[mask], y[mask]))
+        pairs.append((x[mask].float(), y[mask].float()))
     return pairs
 
 
@@ -210,7 +265,7 @@ def _cycle(data, rng):
 
 def prefix_errors(acm: ACM, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(M, N+1) squared error of each prefix k = 0..N of learners against the FFN output y."""
-    prefix = acm.learner_outputs(x).cumsum(-2)  # (M, N, d)
+    prefix = acm.learner_outputs(x).float().cumsum(-2)  # (M, N, d), fp32 under autocast too
     err = (prefix - y.unsqueeze(-2)).pow(2).mean(-1)  # (M, N)
     return torch.cat([y.pow(2).mean(-1, keepdim=True), err], -1)
 
@@ -223,9 +278,10 @@ def _train_representations(teacher, arch, ffns, acms, stream, cfg: DistillConfig
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.repr_steps)
     bar = tqdm(range(cfg.repr_steps), desc="phase 1/3 learners", disable=not progress)
     for _ in bar:
-        pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
-        # every prefix k = 1..N regresses the original output, normalized by its variance
-        loss = sum(prefix_errors(a, x, y)[:, 1:].mean() / y.var() for a, (x, y) in zip(acms, pairs)) / len(acms)
+        with _autocast(cfg):
+            pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
+            # every prefix k = 1..N regresses the original output, normalized by its variance
+            loss = sum(prefix_errors(a, x, y)[:, 1:].mean() / y.var() for a, (x, y) in zip(acms, pairs)) / len(acms)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -247,12 +303,13 @@ def _train_gates(teacher, arch, ffns, acms, stream, cfg: DistillConfig, progress
     opt = torch.optim.Adam([p for a in acms for p in a.gate.parameters()], lr=cfg.gate_lr)
     bar = tqdm(range(cfg.gate_steps), desc="phase 2/3 gates", disable=not progress)
     for _ in bar:
-        pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
         loss = 0.0
-        for a, (x, y) in zip(acms, pairs):
-            with torch.no_grad():
-                err = prefix_errors(a, x, y)
-            loss = loss + GATE_LOSSES[a.gate_kind](a.gate(x), err, y, cfg)
+        with _autocast(cfg):
+            pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
+            for a, (x, y) in zip(acms, pairs):
+                with torch.no_grad():
+                    err = prefix_errors(a, x, y)
+                loss = loss + GATE_LOSSES[a.gate_kind](a.gate(x).float(), err, y, cfg)
         loss = loss / len(acms)
         opt.zero_grad()
         loss.backward()
@@ -274,8 +331,8 @@ def expected_fraction(acms: list[ACM], token_mask: torch.Tensor) -> torch.Tensor
     """Differentiable average compute of the ACMs (fraction of original FFN FLOPs) on real tokens."""
     num, den = 0.0, 0.0
     for a in acms:
-        ks = torch.arange(a.n + 1, dtype=a.last_gate.dtype)
-        k = (a.last_gate * ks).sum(-1)[token_mask]  # straight-through expected k per token
+        ks = torch.arange(a.n + 1, dtype=torch.float32)
+        k = (a.last_gate.float() * ks).sum(-1)[token_mask]  # straight-through expected k per token
         num = num + (gate_flops(a) + learner_flops(a) * k.mean())
         den += ffn_flops(a)
     return num / den
@@ -301,10 +358,11 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
     try:
         for _ in bar:
             batch = next(stream)
-            with torch.no_grad(), _layer_outputs(arch.layers(teacher)) as t_hidden:
-                target = arch.output(teacher, batch)
-            with _layer_outputs(arch.layers(student)) as s_hidden:
-                out = arch.output(student, batch)
+            with _autocast(cfg), torch.no_grad(), _layer_outputs(arch.layers(teacher)) as t_hidden:
+                target = arch.output(teacher, batch).float()
+            with _autocast(cfg), _layer_outputs(arch.layers(student)) as s_hidden:
+                out = arch.output(student, batch).float()
+            t_hidden, s_hidden = [t.float() for t in t_hidden], [s.float() for s in s_hidden]
             mask = arch.token_mask(batch, acms[0].last_k.shape)
             distil = (1 - F.cosine_similarity(out, target, dim=-1)).mean()
             # every layer's output too: a denser signal than the final output alone

@@ -4,7 +4,7 @@ import torch
 
 import edge
 from edge.acm import GATE_SCORES
-from edge.convert import gate_labels, prefix_errors
+from edge.convert import PRECISIONS, gate_labels, prefix_errors
 from tests.conftest import CASES
 
 FEW = edge.DistillConfig(repr_steps=3, gate_steps=3, e2e_steps=3, calib_iters=10)
@@ -83,3 +83,24 @@ def test_end_to_end_phase_tunes_the_backbone_only_when_asked(tune_backbone):
     assert bool(changed) == tune_backbone, changed
     with pytest.raises(edge.EdgeError, match="tune_backbone"):
         edge.DistillConfig(tune_backbone="yes")
+
+
+@pytest.mark.parametrize("precision", ["auto", *PRECISIONS.names()])
+def test_every_precision_trains_fp32_weights(precision):
+    arch = edge.ARCHS.get("bert")
+    model, batch = arch.tiny("bert")
+    distill = edge.DistillConfig(repr_steps=3, gate_steps=3, e2e_steps=3, calib_iters=10, precision=precision)
+    assert distill.resolved().precision in PRECISIONS.names() and distill.resolved().repr_steps == 3
+    default = edge.DistillConfig(precision=precision).resolved()  # the precision's own step counts
+    own = PRECISIONS.get(default.precision)
+    assert (default.repr_steps, default.e2e_steps) == (own.repr_steps, own.e2e_steps)
+    cfg = edge.AcmConfig(budget=0.6, learners=2, gate_hidden=4)
+    acm = edge.acmize(model, cfg, [batch], distill=distill, progress=False)
+    untrained = edge.acmize(model, cfg, [batch], progress=False,
+                            distill=edge.DistillConfig(repr_steps=0, gate_steps=0, e2e_steps=0, calib_iters=10))
+    assert all(p.dtype == torch.float32 and p.isfinite().all() for p in acm.parameters())
+    for a, u in zip(edge.acm_modules(acm), edge.acm_modules(untrained)):
+        assert not torch.equal(a.w1, u.w1), "the learners did not train"
+    assert edge.measure_budget(acm, [batch]).ffn_fraction() <= 0.6
+    with pytest.raises(edge.EdgeError, match="precision"):
+        edge.DistillConfig(precision="fp16")
