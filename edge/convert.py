@@ -67,7 +67,8 @@ PRECISIONS.register("bf16")(Precision(torch.bfloat16, 500, 400))
 
 
 def _autocast(cfg: "DistillConfig"):
-    dtype = PRECISIONS.get(cfg.resolved().precision).dtype
+    """The training passes' autocast; cfg is resolved (acmize and retarget resolve it once)."""
+    dtype = PRECISIONS.get(cfg.precision).dtype
     return torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 

@@ -114,7 +114,8 @@ def profile(directory: Path, files: dict[str, str], threads: int | None = None, 
             shutil.rmtree(trace.parent, ignore_errors=True)
             runs = sorted((e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"),
                           key=lambda e: e["ts"])
-            start = runs[skip[method] - 1]["ts"] + runs[skip[method] - 1]["dur"] if skip[method] else -1
+            last = runs[skip[method] - 1] if skip[method] else None  # the last forgotten run
+            start = last["ts"] + last["dur"] if last else -1
             for e in events:
                 if e.get("ts", 0) <= start:
                     continue

@@ -98,14 +98,14 @@ def measure(path: str, out, runs: int = 50, warmup: int = 5, threads: int = 1, b
         prun, profile = a.profiled_runner(threads, device)
         knobs = knob_arrays(plan, plan["budget_levels"][0])
         n = max(1, min(runs, 10))
-        if warmup:  # freshly loaded: without it the first, colder run is in the profile
-            for _ in range(min(warmup, n)):
+        w = min(warmup, n)
+        if w:  # freshly loaded: without it the first, colder run is in the profile
+            for _ in range(w):
                 prun(x + knobs)
             profile.restart()
         for _ in range(n):
             prun(x + knobs)
-        out({"kind": "ops", "level": plan["budget_levels"][0]["name"], "runs": n, "warmup": min(warmup, n),
-             **profile.read()})
+        out({"kind": "ops", "level": plan["budget_levels"][0]["name"], "runs": n, "warmup": w, **profile.read()})
     out({"kind": "memory", "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
          "rss_at_start_mb": rss0})
 
