@@ -31,8 +31,56 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
         for graph in [program.model.graph, *program.model.functions.values()]:
             for node in graph.all_nodes():  # the exporting machine's source paths: not for shipping
                 node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
+        weights_into_branches(program.model.graph)
         program.save(str(Path(directory) / files[method]))
     return files
+
+
+def weights_into_branches(graph) -> int:
+    """Move every initializer that only nodes inside one If branch read into that branch (the
+    innermost graph holding all its readers). ONNX Runtime pre-packs a MatMul's constant weight
+    once, at load, only when the weight is an initializer of the MatMul's own graph; one read from
+    an enclosing graph is packed again on every run: in MiniLM with exits (the rest of the network
+    inside the exits' If branches) the MatMuls of layers 3-6 ran 1.2x slower, the model 1.09x the
+    dense one's time, 1.03x with its weights moved. Returns how many moved (a weight read in two
+    branches stays where it is: moving it would copy it)."""
+    import onnx_ir as ir
+
+    parent = {}  # subgraph -> the graph holding its If node
+
+    def walk(g):
+        for node in g:
+            for attr in node.attributes.values():
+                subs = [attr.value] if attr.type == ir.AttributeType.GRAPH else \
+                    list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+                for sub in subs:
+                    parent[sub] = g
+                    walk(sub)
+
+    walk(graph)
+
+    def chain(g):  # g, its parent, ..., the main graph
+        out = [g]
+        while out[-1] in parent:
+            out.append(parent[out[-1]])
+        return out[::-1]
+
+    moved = 0
+    for name, value in list(graph.initializers.items()):
+        readers = [chain(node.graph) for node, _ in value.uses()]
+        if not readers:
+            continue
+        common = readers[0]
+        for c in readers[1:]:
+            n = 0
+            while n < min(len(common), len(c)) and common[n] is c[n]:
+                n += 1
+            common = common[:n]
+        if len(common) > 1:
+            graph.initializers.pop(name)
+            common[-1].register_initializer(value)
+            moved += 1
+    return moved
 
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # (cuda: onnxruntime-gpu, edge[cuda])

@@ -328,6 +328,37 @@ def test_executorch_takes_the_attention_head_splits_into_xnnpack(tmp_path, monke
     assert kernels[1] - kernels[0] >= 4 * len(edge.arch_for(model).layers(model)), kernels
 
 
+def test_onnx_branches_hold_the_weights_only_they_read(tmp_path, monkeypatch):
+    """In the in-graph ONNX program a weight that only one If branch reads is an initializer of that
+    branch (ONNX Runtime pre-packs a MatMul's weight only from its own graph), not of an enclosing
+    graph; without export.onnx.weights_into_branches the layers' weights after the exit are not."""
+    import onnx
+
+    import export.onnx as ox
+
+    def misplaced(path: Path) -> list[str]:
+        """Initializers of a graph that no node of that graph reads, and only one of its branches does."""
+        def branches(g):
+            return [a.g for n in g.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+
+        def reads(g):
+            return {i for n in g.node for i in n.input} | {i for b in branches(g) for i in reads(b)}
+
+        def check(g):
+            own = {i for n in g.node for i in n.input}
+            bad = [w.name for w in g.initializer if w.name not in own and sum(w.name in reads(b) for b in branches(g)) == 1]
+            return bad + [w for b in branches(g) for w in check(b)]
+
+        return check(onnx.load(str(path)).graph)
+
+    model, batch = adaptive(("bert", "bert"), exits=True)
+    a = export.to_onnx(model, tmp_path / "a", batch, progress=False, mode="graph")
+    assert misplaced(a.path / "model.onnx") == []
+    monkeypatch.setattr(ox, "weights_into_branches", lambda graph: 0)
+    b = export.to_onnx(model, tmp_path / "b", batch, progress=False, mode="graph")
+    assert len(misplaced(b.path / "model.onnx")) >= 6  # (the tiny model's second layer: its Linears' weights)
+
+
 def test_budget_levels_go_into_the_plan(tmp_path):
     """Budget levels are the knobs edge.set_budget_ picks per FLOP budget; the plan records them and a
     level without the model's knobs is refused."""
