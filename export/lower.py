@@ -261,7 +261,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     out = Path(out)
     with atomic_dir(out, overwrite) as tmp:
         say(f"edge export: lowering {len(eps)} method{'s' * (len(eps) > 1)} to {runtime} ...")
-        methods = rt.lower(eps, tmp, mode == "graph" and bool(graph.heads or graph.routers))
+        methods = rt.lower(eps, tmp, mode == "graph")
         tensors = {f"input.{n}": a.clone() for n, a in zip(graph.input_names, args)}
         checks = []
         for c, ((name, knobs), outs) in enumerate(zip(cases, expected)):

@@ -23,7 +23,7 @@ class Runtime:
     name: what `--to` says;
     mode: "graph" or "routed", the default (measured: bench/results/export_speed.txt);
     lower(eps, directory, control_flow) -> {method: file}: write the ExportedPrograms {method: ep} into
-      the directory (control_flow: the programs hold torch.cond);
+      the directory (control_flow: the in-graph mode's program: torch.cond, data-dependent gathers);
     load(directory, {method: file}, threads=None, device="cpu") -> {method: run}, run(list of np arrays)
       -> list; device: "cpu" or "cuda" (a runtime without it raises: never a silent CPU fallback);
     profile(directory, {method: file}, threads=None, device="cpu") -> ({method: run}, OpProfile): load with the
