@@ -6,6 +6,7 @@ be 0): they run on the portable kernels. In the routed mode every method is plai
 what it can."""
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,6 +78,7 @@ def _layer_norms_as_xnnpack_ops(gm: torch.fx.GraphModule) -> None:
     gm.recompile()
 
 
+WEIGHT = "_edge_weight"  # the name of a weight made a constant of a branch (a number follows)
 FOLDED = {"select_copy", "slice_copy", "permute_copy", "t_copy", "view_copy", "unsqueeze_copy", "squeeze_copy",
           "expand_copy", "clone", "alias_copy", "_clone_dim_order", "_to_dim_order_copy"}  # views and copies of a weight
 
@@ -94,10 +96,10 @@ def weights_into_branches(ep: torch.export.ExportedProgram) -> torch.export.Expo
     specs = [s for s in ep.graph_signature.input_specs
              if s.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)]
     value = {s.arg.name: ep.state_dict[s.target] if s.target in ep.state_dict else ep.constants[s.target] for s in specs}
-    made = iter(range(1 << 30))
+    made = itertools.count()
 
     def constant(gm, tensor):
-        name = f"_edge_weight{next(made)}"
+        name = f"{WEIGHT}{next(made)}"
         gm.register_buffer(name, tensor)
         return name
 
@@ -119,7 +121,7 @@ def weights_into_branches(ep: torch.export.ExportedProgram) -> torch.export.Expo
                     inner[g] = known[operands[i]]
                 fold(sub, inner)
                 sink(sub, inner)
-                for g in [g for g in sub.graph.nodes if g.op == "get_attr" and not g.users]:
+                for g in [g for g in sub.graph.nodes if g.op == "get_attr" and g.target.startswith(WEIGHT) and not g.users]:
                     sub.graph.erase_node(g)
                     delattr(sub, g.target)
                 sub.recompile()
