@@ -225,6 +225,18 @@ def test_native_runner_matches_the_python_runtime_locally(artifact):
     assert r["budget"]["pass"] and not r["emulated"] and r["memory"]["peak_rss_mb"] > 0
 
 
+def test_native_runner_runs_the_graph_mode(tmp_path):
+    """ExecuTorch's in-graph program (one method, its cond branches holding XNNPACK delegates) runs in
+    the native runner as in the Python runtime: every check case gives eager's outputs and branch."""
+    from tests.test_export import ALL_GATES, adaptive
+
+    model, batch = adaptive(("bert", "bert"), **ALL_GATES)
+    a = export.to_executorch(model, tmp_path / "graph", batch, progress=False, mode="graph")
+    r = profiler.profile(a.path, "local", profiler.ProfileConfig(runs=2, branch_runs=1, budget_ms=1e4, runner="native",
+                                                                 ops=False), progress=False)
+    assert_same_as_eager(r, a, python_branches(a))
+
+
 def test_native_runner_times_artifacts_side_by_side(bert_all_gates, tmp_path):
     """More artifact directories (bench/export_speed.py's dense and gated programs): every level of
     every artifact is timed in turn in one process, and each level record names its artifact."""
