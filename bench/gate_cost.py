@@ -26,12 +26,10 @@ import torch
 import edge
 import export
 from export.graph import GraphModel
+from export.lower import FORCE, force_cases
 
 sys.path.insert(0, str(Path(__file__).parent))
 from export_speed import interleaved, without_ffn  # noqa: E402
-
-FORCE = 1e4  # added to the gate biases: every token runs no learner (+) or all of them (-)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -63,11 +61,9 @@ def main() -> None:
         for name, m in models.items():
             a = export.to_runtime(m, args.runtime, Path(tmp) / name, example, progress=False, mode=args.mode)
             run = a.runner(threads=1)
-            own = GraphModel(m).knobs()
-            never = {**own, **{k: torch.ones_like(v) for k, v in own.items() if k == "exit_thresholds"},
-                     **{k: torch.zeros_like(v) for k, v in own.items() if k == "skip_thresholds"}}
-            settings = ({" open": {**never, "gate_bias": own["gate_bias"] - FORCE},
-                         " k0": {**never, "gate_bias": own["gate_bias"] + FORCE}} if "gate_bias" in own else {"": never})
+            full = dict(force_cases(GraphModel(m)))["full"]  # no exit taken, no skip
+            settings = ({" open": {**full, "gate_bias": full["gate_bias"] - FORCE},
+                         " k0": {**full, "gate_bias": full["gate_bias"] + FORCE}} if "gate_bias" in full else {"": full})
             for label, knobs in settings.items():
                 feeds = x + [v.numpy().astype(np.float32) for v in knobs.values()]
                 cases[name + label] = lambda run=run, feeds=feeds: run(feeds)
