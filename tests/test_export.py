@@ -372,6 +372,24 @@ def test_onnx_branches_hold_the_weights_only_they_read(tmp_path, monkeypatch):
     assert len(misplaced(b.path / "model.onnx")) >= 6  # (the tiny model's second layer: its Linears' weights)
 
 
+def test_onnx_sessions_leave_out_the_slow_fusions(tmp_path, monkeypatch):
+    """ONNX Runtime's SkipLayerNormalization and BiasGelu ran slower than what they fuse
+    (bench/ort_fusions.py): edge's sessions run LayerNorm and Gelu instead; ORT's default would not."""
+    import export.onnx as ox
+
+    def ran(art) -> set[str]:
+        run, ops = art.profiled_runner(threads=1)
+        run(art.inputs())
+        return {o["op"] for o in ops.read()["ops"]}
+
+    model, batch = adaptive(("bert", "bert"))
+    a = export.to_onnx(model, tmp_path / "a", batch, progress=False)
+    ops = ran(a)
+    assert {"LayerNormalization", "Gelu"} <= ops and not ops & {"SkipLayerNormalization", "BiasGelu"}
+    monkeypatch.setattr(ox, "SLOW_FUSIONS", ())
+    assert {"SkipLayerNormalization", "BiasGelu"} <= ran(a)
+
+
 def test_budget_levels_go_into_the_plan(tmp_path):
     """Budget levels are the knobs edge.set_budget_ picks per FLOP budget; the plan records them and a
     level without the model's knobs is refused."""
