@@ -100,16 +100,19 @@ class GraphModel(nn.Module):
         if head is None:
             out, layer_out, rest_skipped, rest_ks = self._tail(i + 1, h, ctx, knobs)
         else:
-            y, conf = head(self.arch.pool(h, ctx))
-            leave = conf[0] >= knobs["exit_thresholds"][self.exit_index[i]]
+            # the exit's output is made in the branch that returns it: outside, only the confidence is
+            # (an embedding head's projection then runs only when the exit is taken); a copy, as a cond
+            # operand may not alias another (a ViT pools a slice of h)
+            pooled = self.arch.pool(h, ctx).clone()
+            leave = head(pooled)[1][0] >= knobs["exit_thresholds"][self.exit_index[i]]
 
-            def stop(h, y):
-                return y.clone(), self.steps[i:i + 1].clone(), self.no_skips[i:].clone(), self._unrun(h, i + 1)
+            def stop(h, pooled):
+                return head(pooled)[0], self.steps[i:i + 1].clone(), self.no_skips[i:].clone(), self._unrun(h, i + 1)
 
-            def go_on(h, y):
+            def go_on(h, pooled):
                 return self._tail(i + 1, h, ctx, knobs)
 
-            out, layer_out, rest_skipped, rest_ks = _cond(leave, stop, go_on, (h, y))
+            out, layer_out, rest_skipped, rest_ks = _cond(leave, stop, go_on, (h, pooled))
         ks = rest_ks if k is None else torch.cat([k[None], rest_ks])
         return out, layer_out, torch.cat([skipped, rest_skipped]), ks
 
