@@ -1,11 +1,12 @@
 """ExecuTorch (.pte, XNNPACK): one program file with one method per segment (routed mode) or a single
 "forward" (in-graph mode). In the in-graph mode torch.cond becomes JumpFalse; XNNPACK takes the work
-inside the branches as well (their weights made constants of the branch: weights_into_branches), but
-not the ACM learners, whose gathered tokens have a data-dependent size (XNNPACK takes no size that may
-be 0): they run on the portable kernels. In the routed mode every method is plain and XNNPACK takes
-what it can."""
+inside the branches as well (their weights made constants of the branch: weights_into_branches), and
+the ACM learners on their gathered tokens, a data-dependent size that is never 0 (each learner gathers
+one spare row: Runtime.spare_rows, sized_rows_allowed). In the routed mode every method is plain and
+XNNPACK takes what it can."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,6 +152,26 @@ def weights_into_branches(ep: torch.export.ExportedProgram) -> torch.export.Expo
     return without_unused_weights(ep)
 
 
+@contextlib.contextmanager
+def sized_rows_allowed():
+    """XNNPACK's partitioner refuses every tensor with a data-dependent size (its runtime takes no
+    empty tensor, and such a size may be 0): the ACM learners' gathered tokens. Each learner gathers
+    one spare row besides its tokens (edge.acm.ACM.gathered), so its size is 1 + m, never 0, which
+    the shape environment proves: while partitioning, a data-dependent size is refused only where
+    it may be 0. (The partitioner asks edge's question through this module global of its config.)"""
+    from executorch.backends.xnnpack.partition.config import xnnpack_config
+    from torch.fx.experimental.symbolic_shapes import has_free_unbacked_symbols, statically_known_true
+
+    def may_be_empty(value) -> bool:
+        return has_free_unbacked_symbols(value) and not statically_known_true(value.numel() > 0)
+
+    xnnpack_config.has_free_unbacked_symbols = may_be_empty
+    try:
+        yield
+    finally:
+        xnnpack_config.has_free_unbacked_symbols = has_free_unbacked_symbols
+
+
 def dynamic_int8(module: torch.nn.Module, example: tuple, dynamic: tuple | dict) -> torch.export.ExportedProgram:
     """`module` exported with every Linear as XNNPACK's dynamically quantized GEMM (qd8-f32-qc8w:
     int8 weights per output channel, activations quantized per call; the rest stays fp32), through
@@ -185,15 +206,16 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
         # constants there: weights_into_branches). MiniLM with exits after layers 2-5 (the rest of
         # the network in their branches), 1 thread: 1.01x the dense program's time, ~50x before
         def partition(self, ep):
-            result = super().partition(ep)
-            for b, gm in enumerate(graphs(ep.graph_module)[1:]):
-                view = SimpleNamespace(graph_module=gm, graph=gm.graph, graph_signature=ep.graph_signature,
-                                       state_dict=ep.state_dict, constants=ep.constants)
-                for part in generate_grouped_partitions_from_list_of_nodes(gm, self.get_matched_nodes_from_configs(view)):
-                    tag = f"branch{b}_{part.id}"
-                    for node in part.nodes:
-                        node.meta["delegation_tag"] = tag
-                    result.partition_tags[tag] = self.delegation_spec
+            with sized_rows_allowed():
+                result = super().partition(ep)
+                for b, gm in enumerate(graphs(ep.graph_module)[1:]):
+                    view = SimpleNamespace(graph_module=gm, graph=gm.graph, graph_signature=ep.graph_signature,
+                                           state_dict=ep.state_dict, constants=ep.constants)
+                    for part in generate_grouped_partitions_from_list_of_nodes(gm, self.get_matched_nodes_from_configs(view)):
+                        tag = f"branch{b}_{part.id}"
+                        for node in part.nodes:
+                            node.meta["delegation_tag"] = tag
+                        result.partition_tags[tag] = self.delegation_spec
             return result
 
     class CheckedPartitioner(XnnpackPartitioner):
@@ -217,9 +239,8 @@ def lower(eps: dict[str, torch.export.ExportedProgram], directory: Path, control
         preserve = list(dict.fromkeys(op for ops, _ in keep for op in ops))
         edge = {m: to_edge({m: ep}, compile_config=EdgeCompileConfig(_check_ir_validity=False, preserve_ops=list(preserve)))
                 .exported_program(m) for m, ep in eps.items()}
-        if control_flow:  # (views of weights folded: the top graph's by ExecuTorch's pass, the branches' by ours;
-            # an ACM learner's weight is a slice of its stacked weights: folded, its Linear is portable's
-            # linear on a constant, 4.9x the dense program with every learner open, 27x as mm on a copy)
+        if control_flow:  # (views of weights folded: the top graph's by ExecuTorch's pass, the branches' by ours:
+            # an ACM learner's weight is a slice of its stacked weights, and XNNPACK takes a Linear on a constant)
             edge = {m: weights_into_branches(constant_prop_pass(ep)) for m, ep in edge.items()}
         program = EdgeProgramManager(edge, compile_config=EdgeCompileConfig(_check_ir_validity=False))
         program = program.transform([one_inferred_size]).to_backend(partitioner)
@@ -345,4 +366,5 @@ def stats(directory: Path, files: dict[str, str]) -> dict:
             "delegates": kinds.count("DelegateCall"), "kernels": len(ops)}
 
 
-EXECUTORCH = RUNTIMES.register("executorch")(Runtime("executorch", "executorch", "routed", lower, load, profile, stats))
+EXECUTORCH = RUNTIMES.register("executorch")(Runtime("executorch", "executorch", "routed", lower, load, profile, stats,
+                                                                   spare_rows=True))

@@ -4,7 +4,8 @@
   exits    torch.cond(confidence >= threshold): the true branch returns the exit's output, the false
            branch holds the rest of the network (nested, so an exit really stops the work);
   routers  torch.cond(score >= threshold): run the attention (or the whole block) or pass h through;
-  ACMs     per learner, NonZero -> index_select -> learner -> index_add over the tokens that need it.
+  ACMs     per learner, NonZero -> index_select -> learner -> index_add over the tokens that need it
+           (spare=True: each learner on one spare row besides, its output read back by index_select).
 The knobs are graph INPUTS, not constants: `exit_thresholds` (one per exit), `skip_thresholds` (one per
 router) and `gate_bias` (one per ACM), each present only when the model has such gates. A driver
 sets a budget level by feeding them, and `verify` forces every branch through them. Besides the output, the graph returns the branch it took:
@@ -31,9 +32,10 @@ def _cond(pred: torch.Tensor, true_fn, false_fn, operands: tuple):
 class GraphModel(nn.Module):
     """model (with any of exits, routers, ACMs) -> forward(*model_inputs, *knobs) for batch 1."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, spare: bool = False):
         super().__init__()
         self.model, self.arch = model.eval(), arch_for(model)
+        self.spare = spare  # the ACMs' form for a backend that takes no empty tensor (ACM.gathered)
         self.input_names = list(self.arch.inputs)
         self.layers = self.arch.layers(model)
         self.heads, self.routers = exit_heads(model), routers(model)
@@ -124,7 +126,7 @@ class GraphModel(nn.Module):
         ran = []  # local to this call: a cond branch may not write state outside itself
 
         def ffn(x):
-            y, k = acm.gathered(x, knobs["gate_bias"][self.acm_index[i]])
+            y, k = acm.gathered(x, knobs["gate_bias"][self.acm_index[i]], self.spare)
             ran.append(k)
             return y
 

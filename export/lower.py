@@ -237,7 +237,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
         raise EdgeError(f"{runtime} takes the {' and '.join(rt.modes)} mode{'s' * (len(rt.modes) > 1)} only, not {mode}; "
                         f"export with mode {rt.modes[0]!r} (--mode {rt.modes[0]})")
     say = print if progress else (lambda *a, **k: None)
-    graph = GraphModel(exportable(model))
+    graph = GraphModel(exportable(model), rt.spare_rows)
     args = _inputs(graph, example)
     own = graph.knobs()
     levels = _check_levels(levels, own) if levels else [{"name": "exported", **{k: v.tolist() for k, v in own.items()}}]

@@ -32,7 +32,9 @@ class Runtime:
       ops, "delegates": calls into a backend delegate (0 without one), "kernels": operators run
       outside a delegate (ExecuTorch, LiteRT; 0 for ONNX)}: what the program keeps, for tests and benchmarks;
     modes: the export modes it takes;
-    dynamic_tokens: a sequence model's token count stays a dynamic size (else the example's, fixed)."""
+    dynamic_tokens: a sequence model's token count stays a dynamic size (else the example's, fixed);
+    spare_rows: its backend takes no empty tensor, so in the in-graph mode each ACM learner gathers one
+      spare row besides its tokens (never 0 rows: edge.acm.ACM.gathered)."""
 
     name: str
     package: str  # the PyPI distribution of the runtime (its version goes into profiles)
@@ -43,6 +45,7 @@ class Runtime:
     stats: Callable[[Path, dict[str, str]], dict]
     modes: tuple[str, ...] = MODES
     dynamic_tokens: bool = True
+    spare_rows: bool = False
 
     def __post_init__(self):
         if not self.modes or not set(self.modes) <= set(MODES) or self.mode not in self.modes:
