@@ -26,11 +26,12 @@ Figures (ratios of medians):
   overhead_ratio     gated with every gate open / dense;
   exit_ratio         exit after layer 2 / the gated full path (target <= 2/6 + 0.1);
   max_abs_diff       over every bundled branch-forcing case (verify).
-ExecuTorch's routed artifact is also timed through the native runner (profiler/runner: the plan's
-driver in C++ on ExecuTorch's Module API, what an ARM board or a phone runs; the cases are the
-artifact's budget levels, timed in turn with dense in one runner process): the row "executorch:routed:native",
-whose acm50_vs_user is null (the user's export is timed in Python only). The Python rows pay
-Python's cost per method call (25 calls a run with every gate open), which a device does not.
+ExecuTorch's artifacts (both modes) are also timed through the native runner (profiler/runner: the
+plan's driver in C++ on ExecuTorch's Module API, what an ARM board or a phone runs; the cases are the
+artifact's budget levels, timed in turn with dense in one runner process): the rows "executorch:<mode>:native",
+whose acm50_vs_user is null (the user's export is timed in Python only). The Python rows of the
+routed mode pay Python's cost per method call (25 calls a run with every gate open), which a device
+does not.
 The weights of the ACMs, exits and routers are untrained (parity is checked on every branch all the
 same), so the gates' k spreads over the tokens as random gates spread it; with --acm DIR the ACMs are
 a converted model's (edge demo writes one to out/minilm-acm), whose trained gates choose k as a user's
@@ -263,7 +264,7 @@ def main() -> None:
                           + ", ".join(f"{k} {v:.2f}" for k, v in split.items()) + f" (dense {ms['dense']:.2f})")
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-                if rt == "executorch" and mode == "routed" and not args.no_native:
+                if rt == "executorch" and not args.no_native:
                     ms = native_medians({"dense": dense_a.path, "noffn": noffn_a.path}, gated_a.path, args.runs)
                     rows.append(figures(f"{rt}:{mode}:native", ms, report, gated_s, dense_s))
                     print(json.dumps(rows[-1]), flush=True)
