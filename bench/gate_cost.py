@@ -31,6 +31,7 @@ from export.lower import FORCE, force_cases
 sys.path.insert(0, str(Path(__file__).parent))
 from export_speed import interleaved, without_ffn  # noqa: E402
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runtime", default="onnx", choices=export.RUNTIMES.names())

@@ -187,12 +187,12 @@ class ACM(nn.Module):
         for j in range(self.n):
             ran = k > j  # (M,)
             idx = torch.nonzero(ran).reshape(-1)  # (m_j,)  reshape, not squeeze: ExecuTorch dim order
-            if not spare:
+            if spare:
+                out = self.run_learner(x.index_select(0, torch.cat([torch.zeros_like(k[:1]), idx + 1])), j)  # (1 + m_j, d)
+                row = ran.long().cumsum(0) * ran  # (M,) each token's row of out; 0 (the spare) where it did not run
+                y = y + out.index_select(0, row) * ran[:, None].to(x.dtype)
+            else:
                 y = y.index_add(0, idx, self.run_learner(x.index_select(0, idx), j))  # (m_j, d) added back
-                continue
-            out = self.run_learner(x.index_select(0, torch.cat([torch.zeros_like(k[:1]), idx + 1])), j)  # (1 + m_j, d)
-            row = ran.long().cumsum(0) * ran  # (M,) each token's row of out; 0 (the spare) where it did not run
-            y = y + out.index_select(0, row) * ran[:, None].to(x.dtype)
         return y.reshape(shape), k
 
     def load_ffn_(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,

@@ -37,14 +37,18 @@ def one_inferred_size(gm: torch.fx.GraphModule):
 
     changed = False
     for g in graphs(gm):
-        views = [n for n in g.graph.nodes if n.op == "call_function" and n.target == exir_ops.edge.aten.view_copy.default]
-        dynamic = [(n, [i for i, size in enumerate(n.meta["val"].shape) if not isinstance(size, int)]) for n in views]
-        for node, d in [(n, d) for n, d in dynamic if len(d) == 1]:
-            node.args = (node.args[0], [-1 if i in d else size for i, size in enumerate(node.meta["val"].shape)])
-        if any(len(d) == 1 for _, d in dynamic):
-            changed = True
+        fixed = False
+        for node in g.graph.nodes:
+            if node.op == "call_function" and node.target == exir_ops.edge.aten.view_copy.default:
+                shape = node.meta["val"].shape
+                dynamic = [i for i, size in enumerate(shape) if not isinstance(size, int)]
+                if len(dynamic) == 1:
+                    node.args = (node.args[0], [-1 if i in dynamic else size for i, size in enumerate(shape)])
+                    fixed = True
+        if fixed:
             g.graph.eliminate_dead_code()
             g.recompile()
+        changed |= fixed
     return PassResult(gm, changed)
 
 
