@@ -72,9 +72,15 @@ def user_dense(model: nn.Module, rt: str, directory: Path, inputs: list[torch.Te
         def forward(self, input_ids, attention_mask):
             return arch.hf_output(model, {"input_ids": input_ids, "attention_mask": attention_mask})
 
+    return lowered(Plain(), rt, directory, inputs)
+
+
+def lowered(module: nn.Module, rt: str, directory: Path, inputs: list[torch.Tensor]):
+    """module(input_ids, attention_mask) through torch.export (the token dimension dynamic) and the
+    runtime's usual lowering, loaded for 1 thread: the forward's runner."""
     tokens = torch.export.Dim("tokens", min=2, max=512)
     with torch.no_grad():
-        ep = torch.export.export(Plain(), tuple(inputs), dynamic_shapes=({1: tokens}, {1: tokens}))
+        ep = torch.export.export(module, tuple(inputs), dynamic_shapes=({1: tokens}, {1: tokens}))
     directory.mkdir()
     runtime = export.RUNTIMES.get(rt)
     return runtime.load(directory, runtime.lower({"forward": ep}, directory, False), 1)["forward"]

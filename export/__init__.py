@@ -30,7 +30,8 @@ def to_executorch(model: nn.Module, out: str | Path, example: dict, overwrite: b
                   progress: bool = True, mode: str | None = None, levels: list[dict] | None = None,
                   tokenizer=None) -> Artifact:
     """Export to ExecuTorch (.pte). routed (the default): one XNNPACK-delegated method per segment and per ACM (its learners), run
-    by the plan's driver; graph: exits and skips as cond (branches on the portable kernels)."""
+    by the plan's driver; graph: one method, exits and skips as cond, ACM routing as gathers, the branches' work on
+    XNNPACK too."""
     return to_runtime(model, "executorch", out, example, overwrite, progress, mode, levels, tokenizer)
 
 
