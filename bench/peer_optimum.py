@@ -1,26 +1,33 @@
-"""edge's ExecuTorch export beside the peer tool, `optimum-cli export executorch` (optimum-executorch
-1.1.0, its xnnpack recipe), on the embedded MiniLM: 128 tokens, ExecuTorch's Python runtime, 1 thread,
-medians of --runs calls, every case timed in turn (so that the machine's noise falls on all alike):
+"""edge's exports beside the peer tool, Hugging Face optimum, on the embedded MiniLM: 128 tokens, 1
+thread, medians of --runs calls, every case of a runtime timed in turn (so that the machine's noise
+falls on all alike). optimum runs as a user runs it, its CLI in its own environment (its pins conflict
+with edge's: `bash bench/setup_optimum.sh`), offline.
 
-  optimum_mlm  `optimum-cli export executorch --task fill-mask --recipe xnnpack`: the encoder and a
-               masked-LM head (the checkpoint has none, so transformers initializes one; its 30522-way
-               projection costs more than the encoder). MiniLM's own task, the sentence embedding
-               (--task feature-extraction), is tried first: optimum-executorch 1.1.0 fails on a BERT
-               encoder (the line it printed is reported); were it to export, it would be timed as
-               "optimum" and compared directly;
+ExecuTorch (`optimum-cli export executorch`, optimum-executorch 1.1.0, its xnnpack recipe; ExecuTorch's
+Python runtime):
+  MiniLM's own task, the sentence embedding (--task feature-extraction), is tried first; optimum-executorch
+  1.1.0 fails on a BERT encoder (the line it printed is reported; were it to export, it would be timed
+  as "optimum" and compared directly). So:
+  optimum_mlm  --task fill-mask: the encoder and a masked-LM head (the checkpoint has none, so
+               transformers initializes one; its 30522-way projection costs more than the encoder);
   user_mlm     the same AutoModelForMaskedLM through torch.export (its SDPA attention) and XNNPACK, as
                bench/export_speed.py's user row exports: whether that row stands for the peer tool;
   user         the encoder (MiniLM's mean-pooled embedding) exported that way: export_speed's user row;
-  dense        edge's dense export of the encoder (export.to_executorch): what export_speed's ratios
-               are against.
-Figures: optimum_vs_user_mlm = optimum_mlm / user_mlm; dense_vs_user; dense_vs_optimum_encoder =
-dense / (optimum_mlm - (user_mlm - user)), the peer's encoder with the head's time of the user pair
-taken off (an estimate: the head is lowered alike in both); the export times.
+  dense        edge's dense export of the encoder (export.to_executorch): export_speed's ratios are against it.
+  Figures: optimum_vs_user_mlm; dense_vs_user; dense_vs_optimum_encoder = dense / (optimum_mlm -
+  (user_mlm - user)), the peer's encoder with the head's time of the user pair taken off (an estimate:
+  the head is lowered alike in both).
+ONNX Runtime (`optimum-cli export onnx --task feature-extraction`, optimum-onnx 0.1.0: MiniLM's task):
+  optimum      its model.onnx in ORT's default session (what optimum's ORTModel opens);
+  optimum_O2   after `optimum-cli onnxruntime optimize -O2` (ORT's transformer fusions), default session;
+  optimum_edge_session  optimum's model.onnx in edge's session (export.onnx.SLOW_FUSIONS left out);
+  dense        edge's dense export (export.to_onnx) in edge's session.
+  Figures: dense_vs_optimum, dense_vs_optimum_O2, and parity: optimum's last hidden state mean-pooled
+  and normalized as MiniLM does, against edge's output (max abs diff).
 
-    bash bench/setup_optimum.sh                       # once: optimum-executorch in .venv-optimum (its pins
-                                                      # conflict with edge's; ~1.5 min)
-    taskset -c 0 .venv/bin/python bench/peer_optimum.py     # ~3 minutes
-Last line: one JSON object.
+    bash bench/setup_optimum.sh                       # once (~2 minutes)
+    taskset -c 0 .venv/bin/python bench/peer_optimum.py     # ~4 minutes
+Last line: one JSON object, {runtime: figures}.
 """
 from __future__ import annotations
 
@@ -43,44 +50,48 @@ import export
 sys.path.insert(0, str(Path(__file__).parent))
 from export_speed import interleaved, lowered, user_dense  # noqa: E402
 
-OPTIMUM_CLI = Path(__file__).resolve().parent.parent / ".venv-optimum" / "bin" / "optimum-cli"
+ROOT = Path(__file__).resolve().parent.parent
+CLIS = {"executorch": ROOT / ".venv-optimum" / "bin" / "optimum-cli",
+        "onnx": ROOT / ".venv-optimum-onnx" / "bin" / "optimum-cli"}
 
 
-def optimum_export(cli: Path, model_dir: Path, task: str, out: Path) -> tuple[Path | None, str, float]:
-    """(the .pte or None, what went wrong, seconds): optimum-cli as a user runs it, offline."""
+def optimum(cli: Path, args: list[str], out: Path, name: str) -> tuple[Path | None, str, float]:
+    """(out/name, or None and the line optimum printed last, seconds): one optimum-cli command, offline."""
     t0 = time.time()
-    done = subprocess.run([str(cli), "export", "executorch", "-m", str(model_dir), "--task", task,
-                           "--recipe", "xnnpack", "-o", str(out)],
-                          capture_output=True, text=True, timeout=3600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds = time.time() - t0
-    pte = out / "model.pte"
-    if done.returncode == 0 and pte.is_file():
-        return pte, "", seconds
+    if done.returncode == 0 and (out / name).is_file():
+        return out / name, "", seconds
     lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith(" ")]
     return None, (lines or [f"exit {done.returncode}"])[-1][:200], seconds
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--optimum-cli", type=Path, default=OPTIMUM_CLI)
-    args = ap.parse_args()
-    if not args.optimum_cli.is_file():
-        raise SystemExit(f"peer_optimum.py: no optimum-cli at {args.optimum_cli}; run `bash bench/setup_optimum.sh` "
-                         "(or pass --optimum-cli PATH)")
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
+def timed(cases: dict, x: list[np.ndarray], runs: int) -> dict:
+    print("timing " + ", ".join(cases), flush=True)
+    return {k: round(v, 3) for k, v in interleaved({n: (lambda f=f: f(x)) for n, f in cases.items()}, runs).items()}
+
+
+def executorch_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: list[torch.Tensor], tmp: Path, runs: int) -> dict:
     import transformers
     from transformers import AutoModelForMaskedLM
 
-    model_dir = edge.pretrained.default_model_dir()
-    model, tok = edge.load_pretrained()
-    texts = edge.austen_passages().split("test").texts
-    batch = tok([" ".join(texts[:8])], padding="max_length", truncation=True, max_length=args.tokens, return_tensors="pt")
-    inputs = [batch["input_ids"], batch["attention_mask"]]
-    x = [t.numpy() for t in inputs]
     et = export.RUNTIMES.get("executorch")
+    x = [t.numpy() for t in inputs]
+    cases, seconds, failed = {}, {}, {}
+    for task, name in (("feature-extraction", "optimum"), ("fill-mask", "optimum_mlm")):
+        print(f"optimum-cli export executorch --task {task} ...", flush=True)
+        pte, why, seconds[name] = optimum(cli, ["export", "executorch", "-m", str(model_dir), "--task", task,
+                                                "--recipe", "xnnpack", "-o", str(tmp / name)], tmp / name, "model.pte")
+        if pte is None:
+            failed[task] = why
+            print(f"  failed: {why}", flush=True)
+            continue
+        cases[name] = et.load(pte.parent, {"forward": pte.name}, 1)["forward"]
+        if not np.isfinite(cases[name](x)[0]).all():
+            raise SystemExit(f"peer_optimum.py: optimum's {task} program returned non-finite values")
+    if "optimum_mlm" not in cases:
+        raise SystemExit(f"peer_optimum.py: optimum-cli could not export the fill-mask model ({failed['fill-mask']})")
 
     class Logits(nn.Module):
         def __init__(self, mlm: nn.Module):
@@ -90,45 +101,97 @@ def main() -> None:
         def forward(self, input_ids, attention_mask):
             return self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    cases, seconds, failed = {}, {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        for task, name in (("feature-extraction", "optimum"), ("fill-mask", "optimum_mlm")):
-            print(f"optimum-cli export executorch --task {task} ...", flush=True)
-            pte, why, seconds[name] = optimum_export(args.optimum_cli, model_dir, task, tmp / name)
-            if pte is None:
-                failed[task] = why
-                print(f"  failed: {why}", flush=True)
-                continue
-            cases[name] = et.load(pte.parent, {"forward": pte.name}, 1)["forward"]
-            out = cases[name](x)[0]
-            if not np.isfinite(out).all():
-                raise SystemExit(f"peer_optimum.py: optimum's {task} program returned non-finite values")
-        if "optimum_mlm" not in cases:
-            raise SystemExit(f"peer_optimum.py: optimum-cli could not export the fill-mask model ({failed['fill-mask']})")
-        t0 = time.time()
-        transformers.logging.set_verbosity_error()  # (its table of the head's newly initialized weights)
-        mlm = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
-        cases["user_mlm"] = lowered(Logits(mlm), "executorch", tmp / "user_mlm", inputs)
-        seconds["user_mlm"] = time.time() - t0
-        t0 = time.time()
-        cases["user"] = user_dense(model, "executorch", tmp / "user", inputs)
-        seconds["user"] = time.time() - t0
-        t0 = time.time()
-        dense = export.to_executorch(model, tmp / "dense", {"input_ids": inputs[0], "attention_mask": inputs[1]},
-                                     progress=False)
-        seconds["dense"] = time.time() - t0
-        cases["dense"] = dense.runner(threads=1)
-        print("timing " + ", ".join(cases), flush=True)
-        ms = interleaved({name: (lambda f=f: f(x)) for name, f in cases.items()}, args.runs)
+    t0 = time.time()
+    transformers.logging.set_verbosity_error()  # (its table of the head's newly initialized weights)
+    cases["user_mlm"] = lowered(Logits(AutoModelForMaskedLM.from_pretrained(model_dir).eval()), "executorch",
+                                tmp / "user_mlm", inputs)
+    seconds["user_mlm"] = time.time() - t0
+    t0 = time.time()
+    cases["user"] = user_dense(model, "executorch", tmp / "user", inputs)
+    seconds["user"] = time.time() - t0
+    t0 = time.time()
+    cases["dense"] = export.to_executorch(model, tmp / "dense", dict(zip(("input_ids", "attention_mask"), inputs)),
+                                          progress=False).runner(threads=1)
+    seconds["dense"] = time.time() - t0
+    ms = timed(cases, x, runs)
     head = ms["user_mlm"] - ms["user"]
-    row = {"ms": {k: round(v, 3) for k, v in ms.items()},
-           "optimum_vs_user_mlm": round(ms["optimum_mlm"] / ms["user_mlm"], 4),
-           "dense_vs_user": round(ms["dense"] / ms["user"], 4),
-           "dense_vs_optimum_encoder": round(ms["dense"] / (ms["optimum_mlm"] - head), 4),
-           "dense_vs_optimum": round(ms["dense"] / ms["optimum"], 4) if "optimum" in ms else None,
-           "optimum_failed": failed, "export_seconds": {k: round(v, 1) for k, v in seconds.items()}}
-    print(json.dumps(row))
+    return {"ms": ms, "optimum_vs_user_mlm": round(ms["optimum_mlm"] / ms["user_mlm"], 4),
+            "dense_vs_user": round(ms["dense"] / ms["user"], 4),
+            "dense_vs_optimum_encoder": round(ms["dense"] / (ms["optimum_mlm"] - head), 4),
+            "dense_vs_optimum": round(ms["dense"] / ms["optimum"], 4) if "optimum" in ms else None,
+            "optimum_failed": failed, "export_seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def onnx_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: list[torch.Tensor], tmp: Path, runs: int) -> dict:
+    import onnx
+    import onnxruntime as ort
+
+    seconds = {}
+    print("optimum-cli export onnx --task feature-extraction ...", flush=True)
+    path, why, seconds["optimum"] = optimum(cli, ["export", "onnx", "-m", str(model_dir), "--task", "feature-extraction",
+                                                  str(tmp / "optimum")], tmp / "optimum", "model.onnx")
+    if path is None:
+        raise SystemExit(f"peer_optimum.py: optimum-cli could not export MiniLM to ONNX ({why})")
+    print("optimum-cli onnxruntime optimize -O2 ...", flush=True)
+    o2, why, seconds["optimum_O2"] = optimum(cli, ["onnxruntime", "optimize", "--onnx_model", str(tmp / "optimum"), "-O2",
+                                                   "-o", str(tmp / "optimum_O2")], tmp / "optimum_O2", "model_optimized.onnx")
+    if o2 is None:
+        raise SystemExit(f"peer_optimum.py: optimum-cli could not optimize the ONNX model ({why})")
+    feeds = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy(),
+             "token_type_ids": np.zeros_like(inputs[0].numpy())}
+
+    def default_session(p: Path):  # ORT's defaults, as optimum's ORTModel opens a model, on 1 thread
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
+        s = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in s.get_inputs()]
+        return lambda _x: s.run(None, {n: feeds[n] for n in names})
+
+    edge_session = export.RUNTIMES.get("onnx").load(path.parent, {"forward": path.name}, 1)["forward"]
+    order = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    t0 = time.time()
+    dense = export.to_onnx(model, tmp / "dense", dict(zip(("input_ids", "attention_mask"), inputs)), progress=False)
+    seconds["dense"] = time.time() - t0
+    cases = {"optimum": default_session(path), "optimum_O2": default_session(o2),
+             "optimum_edge_session": lambda _x: edge_session([feeds[n] for n in order]), "dense": dense.runner(threads=1)}
+    x = [t.numpy() for t in inputs]
+    hidden = cases["optimum"](x)[0]  # (1, T, C): MiniLM's mean pooling over real tokens, then L2 norm
+    mask = feeds["attention_mask"][..., None].astype(np.float32)
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    pooled /= np.linalg.norm(pooled, axis=-1, keepdims=True)
+    diff = float(np.abs(pooled - cases["dense"](x)[0]).max())
+    ms = timed(cases, x, runs)
+    return {"ms": ms, "dense_vs_optimum": round(ms["dense"] / ms["optimum"], 4),
+            "dense_vs_optimum_O2": round(ms["dense"] / ms["optimum_O2"], 4),
+            "optimum_edge_session_vs_optimum": round(ms["optimum_edge_session"] / ms["optimum"], 4),
+            "max_abs_diff": diff, "export_seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+PEERS = {"executorch": executorch_peer, "onnx": onnx_peer}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--runtimes", nargs="+", default=list(PEERS), choices=list(PEERS))
+    args = ap.parse_args()
+    for rt in args.runtimes:
+        if not CLIS[rt].is_file():
+            raise SystemExit(f"peer_optimum.py: no optimum-cli at {CLIS[rt]}; run `bash bench/setup_optimum.sh`")
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model, tok = edge.load_pretrained()
+    texts = edge.austen_passages().split("test").texts
+    batch = tok([" ".join(texts[:8])], padding="max_length", truncation=True, max_length=args.tokens, return_tensors="pt")
+    inputs = [batch["input_ids"], batch["attention_mask"]]
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rt in args.runtimes:
+            (Path(tmp) / rt).mkdir()
+            rows[rt] = PEERS[rt](CLIS[rt], edge.pretrained.default_model_dir(), model, inputs, Path(tmp) / rt, args.runs)
+            print(json.dumps({rt: rows[rt]}), flush=True)
+    print(json.dumps(rows))
 
 
 if __name__ == "__main__":
