@@ -217,18 +217,36 @@ def cmd_export(args) -> None:
                       mode=args.mode, levels=levels, tokenizer=tok)
 
 
-def cmd_demo(args) -> None:
-    args.model, args.text, args.init, args.train_limit, args.eval_limit, args.calib_limit = None, None, "slices", None, None, CALIB_LIMIT
-    args.overwrite = True  # the demo owns its default output directory; the swap is atomic
-    print(f"edge demo: ACMize all-MiniLM-L6-v2 at budget {args.budget} on Jane Austen, then evaluate "
-          "on held-out passages", file=sys.stderr)
+def cmd_demo(args) -> int:
+    """The whole path on the embedded MiniLM: ACMize it, export it to ExecuTorch with its ACM routing
+    kept (checked against eager on every branch) and measure the artifact on this CPU: at its own
+    budget, and on every branch forced through its knobs (every learner, none, ...)."""
+    args.model, args.text, args.init = None, None, "slices"
+    args.overwrite = True  # the demo owns its default output directories; every write is an atomic swap
+    model_dir = Path(args.output)
+    artifact, measured = (model_dir.with_name(f"{model_dir.name}-{what}") for what in ("executorch", "profile"))
+    quiet = ["--quiet"] if args.quiet else []
+    print(f"edge demo: ACMize all-MiniLM-L6-v2 at budget {args.budget} on Jane Austen and evaluate it on held-out "
+          f"passages, export it to ExecuTorch ({artifact}) and measure it on this CPU ({measured})", file=sys.stderr)
     cmd_acmize(args)
+    _command(["export", str(model_dir), "--to", "executorch", "-o", str(artifact), "--overwrite", *quiet])
+    return _command(["profile", str(artifact), "--runs", str(args.runs), "-o", str(measured), "--overwrite", *quiet])
+
+
+def _command(argv: list[str]):
+    """Another subcommand, as its command line would run it (its own defaults, one place)."""
+    args = parser().parse_args(argv)
+    return args.fn(args)
 
 
 def _add_acmize_args(p, output_default=None):
     p.add_argument("-o", "--output", required=output_default is None, default=output_default,
                    help="output directory (written atomically)")
     p.add_argument("--budget", type=float, default=0.5, help="target FFN compute fraction in (0, 1]")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training passages")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out passages")
+    p.add_argument("--calib-limit", type=int, default=CALIB_LIMIT,
+                   help=f"set the budget knob on the first N calibration passages (default {CALIB_LIMIT})")
     p.add_argument("--learners", type=int, default=4, help="learners per ACM (N >= 1)")
     p.add_argument("--repr-steps", type=int, default=DistillConfig.repr_steps,
                    help="phase 1 steps (batches of 32; default: the precision's, "
@@ -273,10 +291,6 @@ def parser() -> argparse.ArgumentParser:
                    help="local Hugging Face model directory (default: the embedded all-MiniLM-L6-v2)")
     p.add_argument("--init", choices=["slices", "random"], default="slices", help="learner initialization")
     p.add_argument("--text", help="your own UTF-8 text file, one passage per line (default: Jane Austen)")
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training passages")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out passages")
-    p.add_argument("--calib-limit", type=int, default=CALIB_LIMIT,
-                   help=f"set the budget knob on the first N calibration passages (default {CALIB_LIMIT})")
     _add_acmize_args(p)
     p.set_defaults(fn=cmd_acmize)
 
@@ -339,8 +353,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_preset)
 
-    p = sub.add_parser("demo", help="the main job: ACMize the embedded MiniLM and report what it keeps")
+    p = sub.add_parser("demo", help="the main job: ACMize the embedded MiniLM, report what it keeps, export it to "
+                                    "ExecuTorch and measure it on this CPU")
     _add_acmize_args(p, output_default=DEFAULT_OUT)
+    p.add_argument("--runs", type=int, default=30, help="timed runs per budget level of the measurement (default 30)")
     p.set_defaults(fn=cmd_demo)
     return ap
 

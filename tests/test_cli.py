@@ -69,6 +69,21 @@ def test_acmize_then_eval_on_the_real_model(tmp_path):
                       "already exists")
 
 
+def test_demo_runs_the_whole_path(tmp_path):
+    """The README's main command: convert, export with the ACM routing kept, measure on this CPU."""
+    out = tmp_path / "minilm-acm"
+    r = edge_cli("demo", "-o", out, *FEW, "--runs", "3")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "report.json").read_text())["ffn_fraction"] <= 0.5 + 0.05
+    plan = json.loads((tmp_path / "minilm-acm-executorch" / "plan.json").read_text())
+    assert (plan["runtime"], plan["mode"], len(plan["control_flow"]["acms"])) == ("executorch", "routed", 6)
+    report = json.loads((tmp_path / "minilm-acm-profile" / "report.json").read_text())
+    assert report["complete"] and [lv["name"] for lv in report["levels"]] == ["exported"]
+    fractions = [b["branch"]["acm_fraction"] for b in report["branches"]]
+    assert min(fractions) == 0.0 and max(fractions) == 1.0  # the profile forced every learner and none
+    assert "exported" in r.stdout and "per branch" in r.stdout
+
+
 def test_export_bad_input(tmp_path):
     import edge
     from tests.test_acm import tiny_acm_model
