@@ -221,6 +221,9 @@ def cmd_demo(args) -> int:
     """The whole path on the embedded MiniLM: ACMize it, export it to ExecuTorch with its ACM routing
     kept (checked against eager on every branch) and measure the artifact on this CPU: at its own
     budget, and on every branch forced through its knobs (every learner, none, ...)."""
+    import profiler
+
+    profiler.ProfileConfig(runs=args.runs)  # a bad --runs fails now, not after minutes of training
     args.model, args.text, args.init = None, None, "slices"
     args.overwrite = True  # the demo owns its default output directories; every write is an atomic swap
     model_dir = Path(args.output)
