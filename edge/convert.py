@@ -162,7 +162,11 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
     stream = _cycle(data, rng)
     _train_representations(teacher, arch, ffns, acms, stream, distill, progress)
     _train_gates(teacher, arch, ffns, acms, stream, distill, progress)
-    return _retarget_(student, teacher, config.budget, stream, calib or data[:8], distill, progress)
+    # phase 3 starts as retarget starts it (the seed, the data from the top), so that acmize at a budget is
+    # exactly phases 1-2 and then retarget to it (what bench/acm_fidelity.py measures per budget)
+    torch.manual_seed(distill.seed)
+    return _retarget_(student, teacher, config.budget, _cycle(data, random.Random(distill.seed)), calib or data[:8],
+                      distill, progress)
 
 
 def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[dict],

@@ -1,4 +1,6 @@
 """Distillation on tiny models: the phases train what they should and the budget knob holds."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -67,6 +69,22 @@ def test_retarget_moves_the_budget_and_keeps_the_source():
     assert all(torch.equal(v, acm.state_dict()[k]) for k, v in before.items())
     with pytest.raises(edge.EdgeError, match="budget"):
         edge.retarget(acm, model, 1.5, [batch], distill=FEW, progress=False)
+
+
+def test_acmize_at_a_budget_is_phases_1_2_then_retarget():
+    """What bench/acm_fidelity.py measures per budget (phases 1-2 once, then retarget) is exactly what
+    acmize at that budget (`edge acmize`, `edge demo`) gives."""
+    arch = edge.ARCHS.get("bert")
+    model, batch = arch.tiny("bert")
+    # three different batches and 2 + 3 steps before phase 3, so that where phase 3 starts in the data matters
+    batches = [batch, {k: v.flip(0) for k, v in batch.items()}, {**batch, "input_ids": batch["input_ids"].roll(3, 1)}]
+    few = edge.DistillConfig(repr_steps=2, gate_steps=3, e2e_steps=3, calib_iters=10)
+    direct = edge.acmize(model, edge.AcmConfig(budget=0.5, learners=4, gate_hidden=4), batches, distill=few,
+                         progress=False)
+    shared = edge.acmize(model, edge.AcmConfig(budget=1.0, learners=4, gate_hidden=4), batches,
+                         distill=replace(few, e2e_steps=0), progress=False)
+    moved = edge.retarget(shared, model, 0.5, batches, distill=few, progress=False)
+    assert all(torch.equal(v, moved.state_dict()[k]) for k, v in direct.state_dict().items())
 
 
 @pytest.mark.parametrize("tune_backbone", [False, True])
