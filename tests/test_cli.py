@@ -82,6 +82,8 @@ def test_demo_runs_the_whole_path(tmp_path):
     fractions = [b["branch"]["acm_fraction"] for b in report["branches"]]
     assert min(fractions) == 0.0 and max(fractions) == 1.0  # the profile forced every learner and none
     assert "exported" in r.stdout and "per branch" in r.stdout
+    assert (tmp_path / "minilm-executorch" / "model.pte").is_file()
+    assert "the original exported the same way" in r.stdout.splitlines()[-1]
     # a bad measurement option fails before the training, and writes nothing
     assert_user_error(edge_cli("demo", "-o", tmp_path / "bad", "--runs", "0"), "runs must be an integer >= 1")
     assert not (tmp_path / "bad").exists()
