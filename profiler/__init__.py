@@ -147,7 +147,7 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
                 return
             records = read_records(results.read_text())  # (a line being written is not read yet)
             for r in records[seen[0]:]:
-                if r["kind"] in ("level", "branch"):
+                if r["kind"] in ("level", "branch") and r["ms"]:  # (a branch with branch_runs 0 is only checked)
                     say(f"  {r['kind']} {r.get('name') or r.get('case')}: median {np.median(r['ms']):.2f} ms over {len(r['ms'])} runs")
             seen[0] = len(records)
 
