@@ -20,7 +20,7 @@ Python runtime):
 ONNX Runtime (`optimum-cli export onnx --task feature-extraction`, optimum-onnx 0.1.0: MiniLM's task):
   optimum      its model.onnx in ORT's default session (what optimum's ORTModel opens);
   optimum_O2   after `optimum-cli onnxruntime optimize -O2` (ORT's transformer fusions), default session;
-  optimum_edge_session  optimum's model.onnx in edge's session (export.onnx.SLOW_FUSIONS left out);
+  optimum_edge_session  optimum's model.onnx in a session like edge's (export.onnx.SLOW_FUSIONS left out);
   dense        edge's dense export (export.to_onnx) in edge's session.
   Figures: dense_vs_optimum, dense_vs_optimum_O2, and parity: optimum's last hidden state mean-pooled
   and normalized as MiniLM does, against edge's output (max abs diff).
@@ -123,8 +123,8 @@ def executorch_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: list[t
 
 
 def onnx_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: list[torch.Tensor], tmp: Path, runs: int) -> dict:
-    import onnx
-    import onnxruntime as ort
+    from export.onnx import SLOW_FUSIONS
+    from ort_fusions import session
 
     seconds = {}
     print("optimum-cli export onnx --task feature-extraction ...", flush=True)
@@ -140,20 +140,16 @@ def onnx_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: list[torch.T
     feeds = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy(),
              "token_type_ids": np.zeros_like(inputs[0].numpy())}
 
-    def default_session(p: Path):  # ORT's defaults, as optimum's ORTModel opens a model, on 1 thread
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
-        s = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+    def opened(p: Path, disabled: list[str]):  # [] is ORT's defaults, as optimum's ORTModel opens a model
+        s = session(str(p), disabled)
         names = [i.name for i in s.get_inputs()]
         return lambda _x: s.run(None, {n: feeds[n] for n in names})
 
-    edge_session = export.RUNTIMES.get("onnx").load(path.parent, {"forward": path.name}, 1)["forward"]
-    order = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
     t0 = time.time()
     dense = export.to_onnx(model, tmp / "dense", dict(zip(("input_ids", "attention_mask"), inputs)), progress=False)
     seconds["dense"] = time.time() - t0
-    cases = {"optimum": default_session(path), "optimum_O2": default_session(o2),
-             "optimum_edge_session": lambda _x: edge_session([feeds[n] for n in order]), "dense": dense.runner(threads=1)}
+    cases = {"optimum": opened(path, []), "optimum_O2": opened(o2, []),
+             "optimum_edge_session": opened(path, list(SLOW_FUSIONS)), "dense": dense.runner(threads=1)}
     x = [t.numpy() for t in inputs]
     hidden = cases["optimum"](x)[0]  # (1, T, C): MiniLM's mean pooling over real tokens, then L2 norm
     mask = feeds["attention_mask"][..., None].astype(np.float32)

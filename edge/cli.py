@@ -12,6 +12,7 @@ from edge.errors import EdgeError
 
 DEFAULT_OUT = "out/minilm-acm"
 CALIB_LIMIT = 512  # calibration passages the budget knob is set on (edge acmize --calib-limit)
+TOKENS = 128  # the export example input's token count (edge export --tokens)
 
 
 def _passages(text: str | None):
@@ -246,7 +247,7 @@ def cmd_demo(args) -> int:
     import export
 
     model, tok = edge.load_pretrained()
-    dense = export.to_executorch(model, original, _example(tok, _passages(None), 128), overwrite=True,
+    dense = export.to_executorch(model, original, _example(tok, _passages(None), TOKENS), overwrite=True,
                                  progress=not args.quiet, tokenizer=tok)
     base = profiler.profile(dense.path, "local", profiler.ProfileConfig(runs=args.runs, ops=False, branch_runs=0),
                             progress=not args.quiet)["levels"][0]["stats"]["p50"]
@@ -334,7 +335,7 @@ def parser() -> argparse.ArgumentParser:
                         "segments between the gates, run by the plan's driver (default: the faster one "
                         "for the runtime, measured: routed for executorch, graph for onnx; litert takes routed only)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write (atomically)")
-    p.add_argument("--tokens", type=int, default=128, help="token count of the example input (the graph takes 2..max)")
+    p.add_argument("--tokens", type=int, default=TOKENS, help="token count of the example input (the graph takes 2..max)")
     p.add_argument("--text", help="your own UTF-8 text file for the example input (default: Jane Austen)")
     p.add_argument("--budgets", type=float, nargs="+",
                    help="budget levels to record in the plan, as fractions of the original FLOPs (e.g. 1 0.75 0.5); "

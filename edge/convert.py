@@ -162,11 +162,7 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
     stream = _cycle(data, rng)
     _train_representations(teacher, arch, ffns, acms, stream, distill, progress)
     _train_gates(teacher, arch, ffns, acms, stream, distill, progress)
-    # phase 3 starts as retarget starts it (the seed, the data from the top), so that acmize at a budget is
-    # exactly phases 1-2 and then retarget to it (what bench/acm_fidelity.py measures per budget)
-    torch.manual_seed(distill.seed)
-    return _retarget_(student, teacher, config.budget, _cycle(data, random.Random(distill.seed)), calib or data[:8],
-                      distill, progress)
+    return _retarget_(student, teacher, config.budget, data, calib or data[:8], distill, progress)
 
 
 def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[dict],
@@ -185,17 +181,19 @@ def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[d
     AcmConfig(budget=budget)  # validates the budget
     if not data:
         raise EdgeError("retarget needs at least one batch of training data")
-    distill = distill.resolved()
-    torch.manual_seed(distill.seed)
-    stream = _cycle(data, random.Random(distill.seed))
     student = copy.deepcopy(acm_model)
-    return _retarget_(student, model.eval().requires_grad_(False), budget, stream, calib or data[:8], distill,
-                      progress)
+    return _retarget_(student, model.eval().requires_grad_(False), budget, data, calib or data[:8],
+                      distill.resolved(), progress)
 
 
-def _retarget_(student, teacher, budget, stream, calib, distill: DistillConfig, progress) -> nn.Module:
+def _retarget_(student, teacher, budget, data, calib, distill: DistillConfig, progress) -> nn.Module:
+    """Phase 3 and calibration. It starts from the seed and the top of the data whoever calls it, so
+    that acmize at a budget is exactly phases 1-2 and then retarget to it (what bench/acm_fidelity.py
+    measures per budget)."""
     if not acm_modules(student):
         raise EdgeError("this model has no ACMs; run edge.acmize first")
+    torch.manual_seed(distill.seed)
+    stream = _cycle(data, random.Random(distill.seed))
     if distill.e2e_steps:  # start the end-to-end phase at the target budget
         calibrate_budget_(student, calib, budget, distill.calib_iters)
     _train_end_to_end(student, teacher, arch_for(teacher), acm_modules(student), budget, stream, distill, progress)
