@@ -198,9 +198,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--learners", type=int, default=edge.AcmConfig.learners,
                     help="learners per ACM (each 1/N of the FFN's width)")
+    ap.add_argument("--gate-hidden", type=int, default=edge.AcmConfig.gate_hidden, help="hidden width of each ACM's gate")
     ap.add_argument("--acm", type=Path, metavar="DIR",
                     help="time this converted MiniLM (the output of edge demo or edge acmize: trained learners and "
-                         "gates) instead of MiniLM with untrained ACMs; --learners is then the model's")
+                         "gates) instead of MiniLM with untrained ACMs; --learners and --gate-hidden are then the model's")
     ap.add_argument("--runtimes", nargs="+", default=export.RUNTIMES.names())
     ap.add_argument("--modes", nargs="+", default=list(export.MODES), choices=export.MODES)
     ap.add_argument("--no-native", action="store_true",
@@ -223,7 +224,7 @@ def main() -> None:
             raise SystemExit(f"{args.acm} is not a converted MiniLM (the dense exports it is compared with are)")
     else:
         gated = copy.deepcopy(model)
-        edge.install_acms(gated, edge.AcmConfig(learners=args.learners))
+        edge.install_acms(gated, edge.AcmConfig(learners=args.learners, gate_hidden=args.gate_hidden))
     gated = edge.add_exits(gated, edge.ExitConfig(after=[2, 3, 4, 5], steps=0), train, progress=False)
     gated = edge.add_skips(gated, edge.SkipConfig(samples=32), train, progress=False)
     graph = GraphModel(gated)

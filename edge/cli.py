@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge.acm import AcmConfig
 from edge.convert import PRECISIONS, DistillConfig
 from edge.errors import EdgeError
 
@@ -49,7 +50,7 @@ def cmd_acmize(args) -> dict:
     from edge.evaluate import evaluate
     from edge.io import atomic_dir, write_json_atomic
 
-    config = edge.AcmConfig(budget=args.budget, learners=args.learners, init=args.init)
+    config = AcmConfig(budget=args.budget, learners=args.learners, gate_hidden=args.gate_hidden, init=args.init)
     distill = DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
                             tune_backbone=not args.freeze_backbone, precision=args.precision).resolved()
     if args.calib_limit < 1:
@@ -271,7 +272,9 @@ def _add_acmize_args(p, output_default=None):
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out passages")
     p.add_argument("--calib-limit", type=int, default=CALIB_LIMIT,
                    help=f"set the budget knob on the first N calibration passages (default {CALIB_LIMIT})")
-    p.add_argument("--learners", type=int, default=4, help="learners per ACM (N >= 1)")
+    p.add_argument("--learners", type=int, default=AcmConfig.learners, help="learners per ACM (N >= 1)")
+    p.add_argument("--gate-hidden", type=int, default=AcmConfig.gate_hidden,
+                   help=f"hidden width of each ACM's gate (default {AcmConfig.gate_hidden}; its FLOPs count in the budget)")
     p.add_argument("--repr-steps", type=int, default=DistillConfig.repr_steps,
                    help="phase 1 steps (batches of 32; default: the precision's, "
                    + ", ".join(f"{p.repr_steps} at {n}" for n, p in PRECISIONS.items()) + ")")
