@@ -4,7 +4,7 @@ Phases 1 and 2 run once (defaults, 4 learners); then each variant runs phase 3 a
 the same start (edge.retarget) and is scored on held-out Austen passages: the cosine of the sentence
 embedding to the original MiniLM's (mean, 5th percentile), the achieved FFN fraction and the seconds.
 
-    .venv/bin/python bench/acm_phase3.py                      # every variant: about 50 minutes on 2 cores
+    .venv/bin/python bench/acm_phase3.py                      # every variant: about 75 minutes on 2 cores
     .venv/bin/python bench/acm_phase3.py default "e2e lr 3e-4"  # some of them
 Last line: one JSON object.
 """
