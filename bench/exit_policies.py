@@ -1,0 +1,179 @@
+"""Which passages should leave MiniLM early, and could any rule pick them (issue 3's MiniLM figures)?
+
+The product's exit heads after layers 1..5 (edge.add_exits), one full pass per passage, then rules that
+choose each passage's exit layer, side by side, on the held-out Austen passages, scored by the novel
+probe (fitted on the original's embeddings, applied unchanged) and the FLOPs spent (edge's accounting,
+heads included):
+
+  learned      the product's rule: leave at the first exit whose confidence (a small MLP predicting the
+               cosine of the exit's output to the final embedding) is >= t;
+  patience     leave at the first exit (after the second) whose output's cosine to the previous exit's
+               output is >= t: two consecutive exits agree (known at run time, no training);
+  task head    leave at the first exit where the novel probe, applied to the exit's output, is sure:
+               its largest class probability >= t (a classifier's confidence, where the deployed model
+               is MiniLM + this task's head);
+  exit classifiers  leave at the first exit whose own linear classifier (fitted like the probe, on the
+               same passages, from that layer's pooled state) has its largest class probability >= t,
+               and answer with its prediction (a classifier with exits, for this task only);
+  distilled classifiers  the same from classifiers fitted without labels, as edge fits a classifier's
+               exit heads (least squares from the LayerNorm of the pooled state to the final logits,
+               on the exit heads' passages), the final logits being the novel probe's;
+  oracle cos   leave at the first exit whose output's TRUE cosine to the final embedding is >= t: the
+               best any cosine-predicting confidence could do (not known at run time);
+  oracle task  leave at the first exit whose probe prediction equals the full model's: the best any
+               rule could do on this task (the full model's accuracy at the least compute; not known at
+               run time).
+
+For each rule: the least FLOPs fraction at which the accuracy is within 1 point of the full model's,
+with t chosen on the calibration passages and scored on the test passages (the rule's honest figure),
+and the same read off the test passages themselves (its best case). Issue 3's target: <= 0.7.
+
+    .venv/bin/python bench/exit_policies.py        # about 3 minutes on 2 cores
+Last line: one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import edge
+from edge.depth import exit_heads, fit_linear_, run
+from edge.evaluate import LinearProbe, teacher_probe
+
+AFTER = (1, 2, 3, 4, 5)
+RULES = ("learned", "patience", "task head", "exit classifiers", "distilled classifiers", "oracle cos", "oracle task")
+GRID = 200  # thresholds per rule (quantiles of its scores)
+
+
+def passes(model, batches: list[dict]) -> dict:
+    """Per passage: every exit's output (E, N, D) and confidence (E, N), the FLOPs of leaving at each
+    exit (E, N) and of the full path (N,), and the final embedding (N, D)."""
+    heads = exit_heads(model)
+    ys, confs, pooled, flops, full, final = [], [], [], [], [], []
+    with torch.no_grad():
+        for b in batches:
+            out, t = run(model, b, exits=False, collect=True)
+            cost = torch.cumsum(torch.tensor([float(heads[a].flops()) for a in AFTER]), 0)
+            ys.append(torch.stack([t.exits[a][0] for a in AFTER]))
+            confs.append(torch.stack([t.exits[a][1] for a in AFTER]))
+            pooled.append(torch.stack([t.pooled[a - 1] for a in AFTER]))
+            flops.append(torch.stack([t.layer_flops[a - 1] for a in AFTER]).double() + cost[:, None])
+            full.append(t.flops.double() + cost[-1])
+            final.append(out)
+    return {"y": torch.cat(ys, 1), "conf": torch.cat(confs, 1), "pooled": torch.cat(pooled, 1), "flops": torch.cat(flops, 1),
+            "full": torch.cat(full), "final": torch.cat(final)}
+
+
+def probe_logits(probe: LinearProbe):
+    """The novel probe as a function: embedding (N, D) -> logits (N, classes)."""
+    return lambda x: probe.lin((x - probe.mean) / probe.std)
+
+
+def distilled(x: torch.Tensor, target: torch.Tensor):
+    """An exit's classifier fitted as edge fits a classifier's exit head, without labels: LayerNorm,
+    then the least-squares map from the pooled states x to the final logits."""
+    norm, lin = nn.LayerNorm(x.shape[1]), nn.Linear(x.shape[1], target.shape[1])
+    with torch.no_grad():
+        fit_linear_(lin, norm(x), target)
+    return lambda z: lin(norm(z))
+
+
+def scores(rule: str, p: dict, probe, classifiers: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rule's score at each exit (E, N) (a passage leaves at the first exit whose score >= t) and
+    the label each exit predicts (E, N)."""
+    y, final, task = p["y"], p["final"], probe_logits(probe)
+    with torch.no_grad():
+        if rule in classifiers:  # the exit's own classifier answers, with its own confidence
+            probs = torch.stack([c(x) for c, x in zip(classifiers[rule], p["pooled"])]).softmax(-1)
+            return probs.amax(-1), probs.argmax(-1)
+        probs = torch.stack([task(e) for e in y]).softmax(-1)  # the task head on each exit's output
+    pred = probs.argmax(-1)
+    if rule == "learned":
+        return p["conf"].float(), pred
+    if rule == "patience":
+        agree = F.cosine_similarity(y[1:], y[:-1], dim=-1)
+        return torch.cat([torch.full_like(agree[:1], -2.0), agree]), pred  # (no previous exit at the first)
+    if rule == "task head":
+        return probs.amax(-1), pred
+    if rule == "oracle cos":
+        return F.cosine_similarity(y, final[None], dim=-1), pred
+    return (pred == probe.predict(final)).float(), pred  # oracle task: 1 where the exit predicts what the full model does
+
+
+def leave(s: torch.Tensor, pred: torch.Tensor, t: float, p: dict, probe) -> tuple[float, torch.Tensor]:
+    """(FLOPs fraction, predicted labels (N,)) when every passage leaves at its first score >= t."""
+    go = s >= t
+    first = torch.where(go.any(0), go.float().argmax(0), torch.full_like(go[0], len(AFTER), dtype=torch.long))
+    n = torch.arange(s.shape[1])
+    stay = first == len(AFTER)
+    e = first.clamp(max=len(AFTER) - 1)
+    flops = torch.where(stay, p["full"], p["flops"][e, n])
+    return float(flops.sum() / p["full"].sum()), torch.where(stay, probe.predict(p["final"]), pred[e, n])
+
+
+def curve(rule: str, p: dict, labels: torch.Tensor, probe, classifiers) -> list[tuple[float, float, float]]:
+    """[(t, FLOPs fraction, accuracy)] over the rule's threshold grid."""
+    s, pred = scores(rule, p, probe, classifiers)
+    ts = torch.quantile(s.flatten().double(), torch.linspace(0, 1, GRID, dtype=torch.double)).tolist() + [float("inf")]
+    rows = []
+    for t in sorted(set(ts)):
+        f, got = leave(s, pred, t, p, probe)
+        rows.append((t, f, float((got == labels).float().mean())))
+    return rows
+
+
+def least_flops(rows, acc_full: float) -> tuple[float, float, float] | None:
+    ok = [r for r in rows if r[2] >= acc_full - 0.01]
+    return min(ok, key=lambda r: r[1]) if ok else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", type=int, default=4800, help="training passages (the exit heads' data)")
+    ap.add_argument("--calib", type=int, default=1024, help="calibration passages (the thresholds are chosen on them)")
+    ap.add_argument("--test", type=int, default=2048, help="held-out passages scored")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = edge.load_pretrained()
+    texts = edge.austen_passages()
+    probe = teacher_probe(model, tok, texts)
+    train = edge.batches(tok, texts.split("train").texts[:args.train], 32)
+    heads = edge.add_exits(model, edge.ExitConfig(after=list(AFTER), steps=len(train)), train, progress=False)
+    data = {}
+    for split, n in (("probe", None), ("calib", args.calib), ("test", args.test)):
+        part = texts.split(split) if n is None else texts.split(split).head(n)
+        data[split] = (passes(heads, edge.batches(tok, part.texts, 64)), torch.tensor(part.labels))
+    fitted, y = data.pop("probe")  # the passages the novel probe was fitted on: each exit's classifier too
+    on_train = passes(heads, train)  # the exit heads' passages: each exit's map to the task head's logits
+    with torch.no_grad():
+        target = probe_logits(probe)(on_train["final"])
+    classifiers = {"exit classifiers": [probe_logits(LinearProbe().fit(x, y)) for x in fitted["pooled"]],
+                   "distilled classifiers": [distilled(x, target) for x in on_train["pooled"]]}
+    acc_full = {k: probe.accuracy(p["final"], y) for k, (p, y) in data.items()}
+    print(f"full model: probe accuracy {acc_full['test']:.4f} on {args.test} test passages "
+          f"({acc_full['calib']:.4f} on {args.calib} calibration passages)", flush=True)
+    result = {"rule": [], "flops_frac": [], "acc": [], "best_flops_frac": [], "best_acc": [], "acc_full": acc_full["test"]}
+    for rule in RULES:
+        test = curve(rule, *data["test"], probe, classifiers)
+        best = least_flops(test, acc_full["test"])
+        chosen = best  # an oracle has no threshold to carry over: it is read off the test passages
+        if not rule.startswith("oracle"):
+            pick = least_flops(curve(rule, *data["calib"], probe, classifiers), acc_full["calib"])
+            p, y = data["test"]
+            f, pred = leave(*scores(rule, p, probe, classifiers), pick[0], p, probe) if pick else (None, None)
+            chosen = (pick[0], f, float((pred == y).float().mean())) if pick else None
+        result["rule"].append(rule)
+        for key, r in (("", chosen), ("best_", best)):
+            result[key + "flops_frac"].append(round(r[1], 4) if r else None)
+            result[key + "acc"].append(round(r[2], 4) if r else None)
+        fmt = lambda r: f"{r[1]:.3f} of the FLOPs at accuracy {r[2]:.4f}" if r else "none within 1 point"  # noqa: E731
+        print(f"{rule:12s} threshold from calibration: {fmt(chosen)} | best on test: {fmt(best)}", flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
