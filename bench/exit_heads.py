@@ -38,18 +38,26 @@ def pooled_stats(model: nn.Module, batches: list[dict]) -> torch.Tensor:
     return torch.cat(out, 1)
 
 
+def with_exits(n_train: int):
+    """MiniLM, the passages, the novel probe, the exit heads' n_train training passages (batches) and
+    MiniLM with the product's exit heads after AFTER trained on them (also bench/exit_policies.py)."""
+    torch.manual_seed(0)
+    model, tok = edge.load_pretrained()
+    p = edge.austen_passages()
+    probe = teacher_probe(model, tok, p)
+    train = edge.batches(tok, p.split("train").texts[:n_train], 32)
+    heads = edge.add_exits(model, edge.ExitConfig(after=list(AFTER), steps=len(train)), train, progress=False)
+    return model, tok, p, probe, train, heads
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--train", type=int, default=4800, help="training passages (the exit heads' data)")
     ap.add_argument("--test", type=int, default=1024, help="held-out passages scored")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model, tok = edge.load_pretrained()
-    p = edge.austen_passages()
-    train = edge.batches(tok, p.split("train").texts[:args.train], 32)
+    model, tok, p, probe, train, heads = with_exits(args.train)
     test_p = p.split("test").head(args.test)
     test, y = edge.batches(tok, test_p.texts, 64), torch.tensor(test_p.labels)
-    probe = teacher_probe(model, tok, p)
     arch = edge.arch_for(model)
     with torch.no_grad():
         final_train = torch.cat([arch.output(model, b) for b in train])
@@ -57,7 +65,6 @@ def main():
     score = lambda out: (round(float(F.cosine_similarity(out, final).mean()), 4),  # noqa: E731
                          round(float((probe.predict(out) == y).float().mean()), 4))
 
-    heads = edge.add_exits(model, edge.ExitConfig(after=list(AFTER), steps=len(train)), train, progress=False)
     with torch.no_grad():
         passes = [run(heads, b, exits=False, collect=True)[1] for b in test]
     stats_train, stats_test = pooled_stats(model, train), pooled_stats(model, test)

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -42,9 +44,11 @@ import torch.nn.functional as F
 
 import edge
 from edge.depth import exit_heads, fit_linear_, run
-from edge.evaluate import LinearProbe, teacher_probe
+from edge.evaluate import LinearProbe
 
-AFTER = (1, 2, 3, 4, 5)
+sys.path.insert(0, str(Path(__file__).parent))
+from exit_heads import AFTER, with_exits  # noqa: E402
+
 RULES = ("learned", "patience", "task head", "exit classifiers", "distilled classifiers", "oracle cos", "oracle task")
 GRID = 200  # thresholds per rule (quantiles of its scores)
 
@@ -137,12 +141,7 @@ def main():
     ap.add_argument("--calib", type=int, default=1792, help="calibration passages, the thresholds chosen on them (default: all)")
     ap.add_argument("--test", type=int, default=2688, help="held-out test passages scored (default: all)")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model, tok = edge.load_pretrained()
-    texts = edge.austen_passages()
-    probe = teacher_probe(model, tok, texts)
-    train = edge.batches(tok, texts.split("train").texts[:args.train], 32)
-    heads = edge.add_exits(model, edge.ExitConfig(after=list(AFTER), steps=len(train)), train, progress=False)
+    _, tok, texts, probe, train, heads = with_exits(args.train)
     data = {}
     for split, n in (("probe", None), ("calib", args.calib), ("test", args.test)):
         part = texts.split(split) if n is None else texts.split(split).head(n)
