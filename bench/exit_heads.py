@@ -63,13 +63,13 @@ def main():
         final_train = torch.cat([arch.output(model, b) for b in train])
         final = torch.cat([arch.output(model, b) for b in test])
     score = lambda out: (round(float(F.cosine_similarity(out, final).mean()), 4),  # noqa: E731
-                         round(float((probe.predict(out) == y).float().mean()), 4))
+                         round(probe.accuracy(out, y), 4))
 
     with torch.no_grad():
         passes = [run(heads, b, exits=False, collect=True)[1] for b in test]
     stats_train, stats_test = pooled_stats(model, train), pooled_stats(model, test)
     result = {"layer": list(AFTER), "head_cos": [], "head_acc": [], "rich_cos": [], "rich_acc": []}
-    for i, a in enumerate(AFTER):
+    for a in AFTER:
         cos, acc = score(torch.cat([t.exits[a][0] for t in passes]))
         rich = nn.Linear(stats_train.shape[-1], final.shape[-1])
         with torch.no_grad():

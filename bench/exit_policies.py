@@ -53,23 +53,25 @@ RULES = ("learned", "patience", "task head", "exit classifiers", "distilled clas
 GRID = 200  # thresholds per rule (quantiles of its scores)
 
 
-def passes(model, batches: list[dict]) -> dict:
-    """Per passage: every exit's output (E, N, D) and confidence (E, N), the FLOPs of leaving at each
-    exit (E, N) and of the full path (N,), and the final embedding (N, D)."""
+def passes(model, batches: list[dict], probe: LinearProbe) -> dict:
+    """Per passage: every exit's output (E, N, D), confidence (E, N) and pooled state (E, N, d), the
+    FLOPs of leaving at each exit (E, N) and of the full path (N,), the final embedding (N, D) and
+    the probe's answer on it (N,)."""
     heads = exit_heads(model)
+    cost = torch.cumsum(torch.tensor([float(heads[a].flops()) for a in AFTER]), 0)  # the heads passed on the way
     ys, confs, pooled, flops, full, final = [], [], [], [], [], []
     with torch.no_grad():
         for b in batches:
             out, t = run(model, b, exits=False, collect=True)
-            cost = torch.cumsum(torch.tensor([float(heads[a].flops()) for a in AFTER]), 0)
             ys.append(torch.stack([t.exits[a][0] for a in AFTER]))
             confs.append(torch.stack([t.exits[a][1] for a in AFTER]))
             pooled.append(torch.stack([t.pooled[a - 1] for a in AFTER]))
             flops.append(torch.stack([t.layer_flops[a - 1] for a in AFTER]).double() + cost[:, None])
             full.append(t.flops.double() + cost[-1])
             final.append(out)
+    final = torch.cat(final)
     return {"y": torch.cat(ys, 1), "conf": torch.cat(confs, 1), "pooled": torch.cat(pooled, 1), "flops": torch.cat(flops, 1),
-            "full": torch.cat(full), "final": torch.cat(final)}
+            "full": torch.cat(full), "final": final, "final_pred": probe.predict(final)}
 
 
 def probe_logits(probe: LinearProbe):
@@ -105,29 +107,26 @@ def scores(rule: str, p: dict, probe, classifiers: dict) -> tuple[torch.Tensor, 
         return probs.amax(-1), pred
     if rule == "oracle cos":
         return F.cosine_similarity(y, final[None], dim=-1), pred
-    return (pred == probe.predict(final)).float(), pred  # oracle task: 1 where the exit predicts what the full model does
+    return (pred == p["final_pred"]).float(), pred  # oracle task: 1 where the exit predicts what the full model does
 
 
-def leave(s: torch.Tensor, pred: torch.Tensor, t: float, p: dict, probe) -> tuple[float, torch.Tensor]:
-    """(FLOPs fraction, predicted labels (N,)) when every passage leaves at its first score >= t."""
+def point(s: torch.Tensor, pred: torch.Tensor, t: float, p: dict, labels: torch.Tensor) -> tuple[float, float, float]:
+    """(t, FLOPs fraction, accuracy) when every passage leaves at its first exit whose score >= t."""
     go = s >= t
     first = torch.where(go.any(0), go.float().argmax(0), torch.full_like(go[0], len(AFTER), dtype=torch.long))
     n = torch.arange(s.shape[1])
     stay = first == len(AFTER)
     e = first.clamp(max=len(AFTER) - 1)
     flops = torch.where(stay, p["full"], p["flops"][e, n])
-    return float(flops.sum() / p["full"].sum()), torch.where(stay, probe.predict(p["final"]), pred[e, n])
+    got = torch.where(stay, p["final_pred"], pred[e, n])
+    return t, float(flops.sum() / p["full"].sum()), float((got == labels).float().mean())
 
 
 def curve(rule: str, p: dict, labels: torch.Tensor, probe, classifiers) -> list[tuple[float, float, float]]:
     """[(t, FLOPs fraction, accuracy)] over the rule's threshold grid."""
     s, pred = scores(rule, p, probe, classifiers)
     ts = torch.quantile(s.flatten().double(), torch.linspace(0, 1, GRID, dtype=torch.double)).tolist() + [float("inf")]
-    rows = []
-    for t in sorted(set(ts)):
-        f, got = leave(s, pred, t, p, probe)
-        rows.append((t, f, float((got == labels).float().mean())))
-    return rows
+    return [point(s, pred, t, p, labels) for t in sorted(set(ts))]
 
 
 def least_flops(rows, acc_full: float) -> tuple[float, float, float] | None:
@@ -145,9 +144,9 @@ def main():
     data = {}
     for split, n in (("probe", None), ("calib", args.calib), ("test", args.test)):
         part = texts.split(split) if n is None else texts.split(split).head(n)
-        data[split] = (passes(heads, edge.batches(tok, part.texts, 64)), torch.tensor(part.labels))
+        data[split] = (passes(heads, edge.batches(tok, part.texts, 64), probe), torch.tensor(part.labels))
     fitted, y = data.pop("probe")  # the passages the novel probe was fitted on: each exit's classifier too
-    on_train = passes(heads, train)  # the exit heads' passages: each exit's map to the task head's logits
+    on_train = passes(heads, train, probe)  # the exit heads' passages: each exit's map to the task head's logits
     with torch.no_grad():
         target = probe_logits(probe)(on_train["final"])
     classifiers = {"exit classifiers": [probe_logits(LinearProbe().fit(x, y)) for x in fitted["pooled"]],
@@ -163,8 +162,7 @@ def main():
         if not rule.startswith("oracle"):
             pick = least_flops(curve(rule, *data["calib"], probe, classifiers), acc_full["calib"])
             p, y = data["test"]
-            f, pred = leave(*scores(rule, p, probe, classifiers), pick[0], p, probe) if pick else (None, None)
-            chosen = (pick[0], f, float((pred == y).float().mean())) if pick else None
+            chosen = point(*scores(rule, p, probe, classifiers), pick[0], p, y) if pick else None
         result["rule"].append(rule)
         for key, r in (("", chosen), ("best_", best)):
             result[key + "flops_frac"].append(round(r[1], 4) if r else None)
