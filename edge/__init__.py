@@ -14,9 +14,10 @@ from edge.convert import DistillConfig, acmize, calibrate_budget_, install_acms,
 from edge.depth import ExitConfig, SkipConfig, add_exits, add_skips, run, set_budget_, sweep
 from edge.data import austen_passages, batches, fetch_austen, text_file_passages
 from edge.errors import EdgeError
+from edge.head import HeadConfig, add_head
 from edge.io import load, save
 from edge.pretrained import load_pretrained
 
-__all__ = ["ACM", "AcmConfig", "ARCHS", "DistillConfig", "EdgeError", "ExitConfig", "SkipConfig", "add_exits", "add_skips", "run", "set_budget_", "sweep", "acm_modules", "acmize", "arch_for",
+__all__ = ["ACM", "AcmConfig", "ARCHS", "DistillConfig", "EdgeError", "ExitConfig", "HeadConfig", "add_head", "SkipConfig", "add_exits", "add_skips", "run", "set_budget_", "sweep", "acm_modules", "acmize", "arch_for",
            "austen_passages", "batches", "calibrate_budget_", "fetch_austen", "install_acms", "load",
            "load_pretrained", "measure_budget", "retarget", "save", "text_file_passages"]

@@ -49,16 +49,17 @@ class Arch:
         raise NotImplementedError
 
     def output(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """The model's final output that conversion must preserve, (B, D). A model with exits or
-        skips runs through edge.depth.run, which really takes them."""
+        """The model's final output that conversion must preserve, (B, D): the readout, then the task
+        head if the model has one (edge.add_head). A model with exits or skips runs through
+        edge.depth.run, which really takes them."""
         if hasattr(model, "edge_exits") or hasattr(model, "edge_routers"):
             from edge.depth import run
 
             return run(model, batch)[0]
-        return self.hf_output(model, batch)
+        return _task(model, self.hf_output(model, batch))
 
     def hf_output(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """The output through the model's own (Hugging Face) forward."""
+        """The readout through the model's own (Hugging Face) forward (no task head)."""
         raise NotImplementedError
 
     def token_mask(self, batch: dict, shape: torch.Size) -> torch.Tensor:
@@ -92,6 +93,10 @@ class Arch:
 
     def head(self, model: nn.Module, h: torch.Tensor, ctx: dict) -> torch.Tensor:
         """From the last layer's hidden states to the output that `output` returns, (B, D)."""
+        return _task(model, self.readout(model, h, ctx))
+
+    def readout(self, model: nn.Module, h: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """The model's own readout of the last layer's hidden states (pooling, norm, its classifier)."""
         raise NotImplementedError
 
     def pool(self, h: torch.Tensor, ctx: dict) -> torch.Tensor:
@@ -103,7 +108,18 @@ class Arch:
 
     def output_kind(self, model: nn.Module) -> str:
         """"logits" (a classifier: exits use softmax confidence) or "embedding" (compared by cosine)."""
+        return "logits" if task_head(model) is not None else self.readout_kind(model)
+
+    def output_dim(self, model: nn.Module) -> int:
+        """D, the size of the output."""
+        head = task_head(model)
+        return head.linear.out_features if head is not None else self.readout_dim(model)
+
+    def readout_kind(self, model: nn.Module) -> str:
         return "embedding"
+
+    def readout_dim(self, model: nn.Module) -> int:
+        return self.dims(model)[0]  # the registered families' embeddings have the hidden size
 
     def unit_output(self, model: nn.Module) -> bool:
         """Whether the output embedding is L2-normalized (exit heads then normalize too)."""
@@ -114,8 +130,23 @@ class Arch:
         raise NotImplementedError
 
     def fixed_flops(self, model: nn.Module, ctx: dict) -> float:
-        """FLOPs per sequence outside the layers (patch or conv embeddings, classifier)."""
+        """FLOPs per sequence outside the layers (patch or conv embeddings, classifier, task head)."""
+        head = task_head(model)
+        return self.readout_flops(model, ctx) + (head.flops() if head is not None else 0.0)
+
+    def readout_flops(self, model: nn.Module, ctx: dict) -> float:
+        """The model's own FLOPs per sequence outside the layers (embeddings, its classifier)."""
         return 0.0
+
+
+def task_head(model: nn.Module):
+    """The task head edge.add_head put on `model` (an edge.head.TaskHead), or None."""
+    return getattr(model, "edge_head", None)
+
+
+def _task(model: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    head = task_head(model)
+    return y if head is None else head(y)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +225,7 @@ class BertFamily(Arch):
     def feed_forward(self, layer, h, ctx, ffn=None):
         return layer.feed_forward_chunk(h) if ffn is None else layer.output(ffn(h), h)
 
-    def head(self, model, h, ctx):
+    def readout(self, model, h, ctx):
         return unit(self.pool(h, ctx))
 
     def unit_output(self, model):
@@ -251,20 +282,23 @@ class VitFamily(Arch):
     def feed_forward(self, layer, h, ctx, ffn=None):
         return h + (ffn or layer.mlp)(layer.layernorm_after(h))
 
-    def head(self, model, h, ctx):
+    def readout(self, model, h, ctx):
         cls = model.base_model.layernorm(self.pool(h, ctx))  # LayerNorm is per token: only CLS needs it
         return model.classifier(cls) if hasattr(model, "classifier") else cls
 
     def pool(self, h, ctx):
         return h[:, :1].flatten(1)  # the CLS token, as the classifier reads it (a slice: XNNPACK has no select)
 
-    def output_kind(self, model):
+    def readout_kind(self, model):
         return "logits" if hasattr(model, "classifier") else "embedding"
+
+    def readout_dim(self, model):
+        return model.classifier.out_features if hasattr(model, "classifier") else model.config.hidden_size
 
     def dims(self, model):
         return model.config.hidden_size, model.config.intermediate_size
 
-    def fixed_flops(self, model, ctx):
+    def readout_flops(self, model, ctx):
         c = model.config
         patches = (c.image_size // c.patch_size) ** 2
         flops = 2 * c.num_channels * c.patch_size**2 * c.hidden_size * patches
@@ -314,13 +348,13 @@ class WhisperEncoderFamily(Arch):
         ffn = ffn or (lambda x: layer.fc2(layer.activation_fn(layer.fc1(x))))
         return h + ffn(layer.final_layer_norm(h))
 
-    def head(self, model, h, ctx):
+    def readout(self, model, h, ctx):
         return getattr(model, "encoder", model).layer_norm(h).mean(1)
 
     def dims(self, model):
         return model.config.d_model, model.config.encoder_ffn_dim
 
-    def fixed_flops(self, model, ctx):
+    def readout_flops(self, model, ctx):
         enc = getattr(model, "encoder", model)
         t1 = enc.config.max_source_positions * enc.conv2.stride[0]  # frames after conv1 (stride 1)
         t2 = enc.config.max_source_positions

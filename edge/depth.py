@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from edge.acm import acm_of
-from edge.arch import Arch, arch_for, unit
+from edge.arch import arch_for, unit
 from edge.errors import EdgeError
 
 BELOW_ONE = 1.0 - 1e-6  # confidences and router scores are clamped here: threshold 1 is never met
@@ -58,6 +58,7 @@ class ExitConfig(_Config):
     """Exit heads after layers `after` (1..L-1). Only the heads train: each projection is first fitted
     in closed form (least squares to the final output on the cached training states), then `steps`
     Adam steps at `lr` train the confidence head (embedding model) or refine the head (classifier).
+    A classifier's exits given the task's labels are instead fitted to the labels (add_exits).
 
     hidden: width of the confidence head of an embedding model (a classifier's confidence is its
     maximum softmax probability). threshold: see the module docstring."""
@@ -186,7 +187,7 @@ def install_exits(model: nn.Module, config: ExitConfig) -> None:
     _check_layers("ExitConfig.after layers", config.after, len(arch.layers(model)), allow_last=False)
     d, _ = arch.dims(model)
     kind, unit = arch.output_kind(model), arch.unit_output(model)
-    out_dim = model.classifier.out_features if kind == "logits" else _output_dim(model, arch)
+    out_dim = arch.output_dim(model)
     model.edge_exits = nn.ModuleDict({str(a): ExitHead(d, out_dim, kind, unit, config.hidden) for a in config.after})
     model.exit_config = config
 
@@ -200,11 +201,6 @@ def install_skips(model: nn.Module, config: SkipConfig) -> None:
     d, _ = arch.dims(model)
     model.edge_routers = nn.ModuleDict({str(i): Router(d) for i in layers})
     model.skip_config = config
-
-
-def _output_dim(model, arch: Arch) -> int:
-    d, _ = arch.dims(model)
-    return d  # embedding outputs of the registered families have the hidden size
 
 
 # --- the forward that really skips ----------------------------------------------------------------
@@ -254,6 +250,7 @@ def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, c
         router = gates.get(i)
         if router is None:
             h = _ffn(arch, layer, arch.attention(layer, h, ctx), ctx, trace, idx, t, d, f)
+            trace.flops[idx] += attention_flops(d, t)
         else:
             r = router(arch.pool(h, ctx))  # (b,)
             trace.flops[idx] += router.flops()
@@ -375,9 +372,18 @@ def fit_linear_(linear: nn.Linear, x: torch.Tensor, y: torch.Tensor, ridge: floa
     linear.bias.copy_(w[-1].to(linear.bias.dtype))
 
 
-def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: bool = True) -> nn.Module:
+def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: bool = True,
+              labels: list[torch.Tensor] | None = None) -> nn.Module:
     """Return a copy of `model` with exit heads after layers `config.after`, trained (heads only,
     the backbone frozen) to reproduce the model's own final output from each exit.
+
+    labels (a classifier only: a model with a classifier or a task head, edge.add_head): the class of
+    every sequence, one (B,) tensor per batch of `data`. Each exit is then the task's own classifier
+    at its depth instead of a copy of the final output: an L2-regularized logistic regression of the
+    labels on its LayerNorm'd pooled state (edge.evaluate.LinearProbe, fitted on all of `data`), its
+    confidence the largest class probability, i.e. how sure it is of the answer, which is what
+    deciding to leave needs (a copy of the final output is no surer of the answer than the final
+    output is). Use the labelled data the task head was fitted on.
 
     >>> import edge
     >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
@@ -388,17 +394,22 @@ def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: 
     """
     if not data:
         raise EdgeError("add_exits needs at least one batch of training data")
+    kind = arch_for(model).output_kind(model)
+    if labels is not None:
+        _check_labels(model, kind, data, labels)
     student = copy.deepcopy(model).eval()
     install_exits(student, config)
     heads = exit_heads(student)
     student.requires_grad_(False)
-    kind = arch_for(student).output_kind(student)
     # the backbone is frozen: its pooled states and final outputs are computed once
     cache = []
     with torch.no_grad():
-        for b in data[: max(1, min(len(data), config.steps))]:
+        for b in data if labels is not None else data[: max(1, min(len(data), config.steps))]:
             out, trace = run(student, b, exits=False, collect=True)
             cache.append(([trace.pooled[a - 1] for a in config.after], out))
+    if labels is not None:
+        _fit_to_labels_(heads, [c[0] for c in cache], torch.cat(labels))
+        return student.requires_grad_(False)
     # each projection starts at its least-squares fit to the final output: every output direction is
     # fitted on its own, including the low-variance ones a gradient fit on cosine leaves behind
     for i, (a, head) in enumerate(sorted(heads.items())):
@@ -427,6 +438,32 @@ def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: 
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     return student.requires_grad_(False)
+
+
+def _check_labels(model, kind: str, data: list[dict], labels) -> None:
+    if kind != "logits":
+        raise EdgeError("labels train a classifier's exits, but this model outputs embeddings; "
+                        "put the task's head on it first (edge.add_head)")
+    classes = arch_for(model).output_dim(model)
+    sizes = [len(next(iter(b.values()))) for b in data]
+    if len(labels) != len(data) or any(not isinstance(y, torch.Tensor) or y.shape != (n,) for y, n in zip(labels, sizes)):
+        raise EdgeError(f"labels must be one (B,) tensor per batch of data ({len(data)} batches), with each batch's size")
+    y = torch.cat(labels)
+    if y.dtype not in (torch.int64, torch.int32) or int(y.min()) < 0 or int(y.max()) >= classes:
+        raise EdgeError(f"labels must be integer classes in 0..{classes - 1} (the model's {classes} outputs)")
+
+
+def _fit_to_labels_(heads: dict[int, ExitHead], pooled: list[list[torch.Tensor]], y: torch.Tensor) -> None:
+    """Each exit's projection := the logistic regression of y on its LayerNorm'd pooled states."""
+    from edge.evaluate import LinearProbe
+
+    for i, (_, head) in enumerate(sorted(heads.items())):
+        with torch.no_grad():
+            z = head.norm(torch.cat([p[i] for p in pooled]))
+        lin = LinearProbe().fit(z, y.long(), classes=head.proj.out_features).as_linear()
+        with torch.no_grad():
+            head.proj.weight.copy_(lin.weight)
+            head.proj.bias.copy_(lin.bias)
 
 
 def add_skips(model: nn.Module, config: SkipConfig, data: list[dict], progress: bool = True) -> nn.Module:

@@ -34,12 +34,13 @@ class LinearProbe:
     def __init__(self, l2: float = 1e-4):
         self.l2 = l2
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor) -> "LinearProbe":
+    def fit(self, x: torch.Tensor, y: torch.Tensor, classes: int | None = None) -> "LinearProbe":
+        """Fit on features x (N, d) and labels y (N,) in 0..classes-1 (default: up to the largest seen)."""
         torch.manual_seed(0)
         self.mean = x.mean(0)
         self.std = x.std(0) + 1e-6
         x = (x - self.mean) / self.std
-        n_cls = int(y.max()) + 1
+        n_cls = classes or int(y.max()) + 1
         self.lin = nn.Linear(x.shape[1], n_cls)
         opt = torch.optim.LBFGS(self.lin.parameters(), lr=1, max_iter=500, line_search_fn="strong_wolfe")
 
@@ -58,6 +59,16 @@ class LinearProbe:
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((self.predict(x) == y).float().mean())
+
+    def as_linear(self) -> nn.Linear:
+        """The probe as one nn.Linear on the raw features (the standardization folded in), e.g. for
+        edge.add_head."""
+        lin = nn.Linear(*self.lin.weight.shape[::-1])
+        with torch.no_grad():
+            w = self.lin.weight / self.std  # (C, d)
+            lin.weight.copy_(w)
+            lin.bias.copy_(self.lin.bias - w @ self.mean)
+        return lin
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "std": self.std, "weight": self.lin.weight.data, "bias": self.lin.bias.data}

@@ -72,7 +72,7 @@ def write_json_atomic(path: str | Path, obj) -> None:
 
 
 # what an adaptive model may carry: edge.json key -> model attribute holding its config
-_PARTS = {"acm": "acm_config", "exits": "exit_config", "skips": "skip_config"}
+_PARTS = {"acm": "acm_config", "head": "head_config", "exits": "exit_config", "skips": "skip_config"}
 
 
 def save(model: nn.Module, path: str | Path, tokenizer=None, extra: dict | None = None,
@@ -92,7 +92,7 @@ def save(model: nn.Module, path: str | Path, tokenizer=None, extra: dict | None 
 
     parts = {key: getattr(model, attr).to_dict() for key, attr in _PARTS.items() if hasattr(model, attr)}
     if not parts:
-        raise EdgeError("this model has nothing adaptive to save; run edge.acmize, add_exits or add_skips first")
+        raise EdgeError("this model has nothing of edge's to save; run edge.acmize, add_head, add_exits or add_skips first")
     cls = type(model)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "edge_version": edge.__version__,
             "model_module": cls.__module__, "model_class": cls.__name__, **parts, **(extra or {}),
@@ -147,6 +147,7 @@ def load(path: str | Path) -> nn.Module:
     except (ImportError, AttributeError, KeyError, OSError, ValueError) as e:
         raise EdgeError(f"cannot rebuild the model described in {path}: {e}") from None
     from edge.depth import ExitConfig, SkipConfig, install_exits, install_skips
+    from edge.head import HeadConfig, install_head
 
     if meta.get("attn_implementation"):  # not kept in config.json; eager and sdpa differ in the last bits
         hf_config._attn_implementation = meta["attn_implementation"]
@@ -156,6 +157,8 @@ def load(path: str | Path) -> nn.Module:
             setattr(model, name, None)
     if "acm" in meta:
         install_acms(model, AcmConfig.from_dict(meta["acm"]))
+    if "head" in meta:  # before the exits: a classifier's exits have its number of classes
+        install_head(model, HeadConfig.from_dict(meta["head"]))
     if "exits" in meta:
         install_exits(model, ExitConfig.from_dict(meta["exits"]))
     if "skips" in meta:

@@ -21,15 +21,25 @@ def tiny_vit_classifier():
     return ViTForImageClassification(cfg).eval(), {"pixel_values": torch.randn(3, 1, 16, 16)}
 
 
+def with_head(arch, model, classes=3, seed=0):
+    """`model` with a random task head (edge.add_head): an embedding model made a classifier."""
+    torch.manual_seed(seed)
+    return edge.add_head(model, nn.Linear(arch.output_dim(model), classes))
+
+
 def _tiny(case):
     if case == "vit-classifier":
         return edge.ARCHS.get("vit"), *tiny_vit_classifier()
+    if case == "bert-head":
+        arch = edge.ARCHS.get("bert")
+        model, batch = arch.tiny("bert")
+        return arch, with_head(arch, model), batch
     name, mt = case
     arch = edge.ARCHS.get(name)
     return arch, *arch.tiny(mt)
 
 
-ALL = CASES + ["vit-classifier"]
+ALL = CASES + ["vit-classifier", "bert-head"]
 FEW = dict(progress=False)
 
 
@@ -46,12 +56,15 @@ def test_full_setting_equals_original(case):
     m = edge.add_skips(m, edge.SkipConfig(samples=2, threshold=0.0), [batch], **FEW)
     with torch.no_grad():
         out, trace = run(m, batch)
-        ref = arch.hf_output(model, batch)
+        ref = arch.output(model, batch)
     torch.testing.assert_close(out, ref)
     assert trace.exit_layer.tolist() == [len(arch.layers(model))] * len(out)
     assert not trace.skipped.any()
     assert torch.allclose(trace.flops, trace.full_flops + sum(r.flops() for r in routers(m).values())
                           + exit_heads(m)[1].flops())
+    e = edge.add_exits(model, edge.ExitConfig(after=[1], steps=3), [batch], **FEW)  # exits alone
+    trace = run(e, batch)[1]
+    assert torch.allclose(trace.flops, trace.full_flops + exit_heads(e)[1].flops())
 
 
 @pytest.mark.parametrize("case", ALL)
@@ -107,7 +120,7 @@ def test_forced_skip_equals_model_without_attention(case):
         _drop_attention(arch.name, layer)
     with torch.no_grad():
         out, trace = run(m, batch)
-        ref = arch.hf_output(ref_model, batch)
+        ref = arch.output(ref_model, batch)
     for hk in hooks:
         hk.remove()
     torch.testing.assert_close(out, ref)
@@ -273,3 +286,65 @@ def test_exit_fit_is_the_least_squares_map():
         for _ in range(5):
             lin.weight.add_(1e-2 * torch.randn(3, 6, generator=g))
             assert err() > best
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_task_head_makes_a_classifier_of_the_embedding(name, mt):
+    arch = edge.ARCHS.get(name)
+    model, batch = arch.tiny(mt)
+    lin = nn.Linear(arch.output_dim(model), 4)
+    m = edge.add_head(model, lin, labels=["a", "b", "c", "d"])
+    s = edge.add_skips(model, edge.SkipConfig(samples=1), [batch], **FEW)  # run() on the model without the head
+    with torch.no_grad():
+        torch.testing.assert_close(arch.output(m, batch), lin(arch.hf_output(model, batch)))
+        torch.testing.assert_close(run(m, batch)[0], lin(arch.hf_output(model, batch)))
+        extra = run(m, batch)[1].full_flops - run(s, batch)[1].full_flops
+    assert arch.output_kind(m) == "logits" and arch.output_kind(model) == "embedding"
+    assert extra.tolist() == [2.0 * lin.in_features * 4] * len(extra)  # the head's FLOPs are counted
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in m.state_dict().items() if not k.startswith("edge_head"))
+
+
+def test_exits_trained_on_labels_learn_the_task():
+    """With labels, a classifier's exit is the task's classifier at its depth: here the labels are a
+    linear function of the first layer's pooled state, which the exit after layer 1 learns (a copy of
+    the random final output, what exits learn without labels, would be right a third of the time)."""
+    arch = edge.ARCHS.get("bert")
+    model, _ = arch.tiny("bert")
+    m = with_head(arch, model)
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": torch.randint(3, 100, (16, 10), generator=g),
+             "attention_mask": torch.ones(16, 10, dtype=torch.long)} for _ in range(8)]
+    probe = nn.Sequential(nn.LayerNorm(32, elementwise_affine=False), nn.Linear(32, 3))
+    with torch.no_grad():
+        labels = [probe(run(m, b, exits=False, collect=True)[1].pooled[0]).argmax(-1) for b in data]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    for y, trained in ((labels, True), (None, False)):
+        e = edge.add_exits(m, edge.ExitConfig(after=[1], steps=20), data, labels=y, **FEW)
+        with torch.no_grad():
+            got = torch.cat([run(e, b, exits=False, collect=True)[1].exits[1][0].argmax(-1) for b in data])
+        acc = float((got == torch.cat(labels)).float().mean())
+        assert (acc >= 0.9) == trained, f"exit accuracy {acc:.2f} with labels={trained}"
+        state = e.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in before.items()), "backbone or task head changed"
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m, v, b: edge.add_head(v, nn.Linear(32, 3)), "already outputs logits"),
+    (lambda m, v, b: edge.add_head(m, nn.Linear(5, 3)), "takes 5 features"),
+    (lambda m, v, b: edge.add_head(m, "probe"), "torch.nn.Linear"),
+    (lambda m, v, b: edge.add_head(edge.add_exits(m, edge.ExitConfig(after=[1], steps=1), [b], **FEW),
+                                   nn.Linear(32, 3)), "before the exits"),
+    (lambda m, v, b: edge.add_head(m, nn.Linear(32, 3), labels=["a"]), "3 class names"),
+    (lambda m, v, b: edge.HeadConfig(classes=1), ">= 2"),
+    (lambda m, v, b: edge.add_exits(m, edge.ExitConfig(after=[1]), [b], labels=[torch.tensor([0, 1])], **FEW),
+     "outputs embeddings"),
+    (lambda m, v, b: edge.add_exits(edge.add_head(m, nn.Linear(32, 3)), edge.ExitConfig(after=[1]), [b],
+                                    labels=[torch.tensor([0, 1, 2])], **FEW), "one \\(B,\\) tensor per batch"),
+    (lambda m, v, b: edge.add_exits(edge.add_head(m, nn.Linear(32, 3)), edge.ExitConfig(after=[1]), [b],
+                                    labels=[torch.tensor([0, 3])], **FEW), "classes in 0..2"),
+])
+def test_bad_heads_and_labels(call, match):
+    model, batch = edge.ARCHS.get("bert").tiny("bert")
+    vit, _ = tiny_vit_classifier()
+    with pytest.raises(EdgeError, match=match):
+        call(model, vit, batch)

@@ -32,17 +32,20 @@ GATES = {  # gate type -> what the tiny model carries
     "skip-attention": dict(skips="attention"),
     "skip-block": dict(skips="block", acm=True),
     "acm": dict(acm=True),
+    "head-exits": dict(head=True, exits=True),  # an embedding model made a classifier: classifier exits
 }
 ALL_GATES = dict(exits=True, skips="attention", acm=True)  # the model of test_every_architecture_exports_with_all_gates
 
 
-def adaptive(case, exits=False, skips=None, acm=False, threshold=0.5):
+def adaptive(case, exits=False, skips=None, acm=False, head=False, threshold=0.5):
     name, mt = case
     if acm:
         arch, model, batch, _ = tiny_acm_model(name, mt)
     else:
         arch = edge.ARCHS.get(name)
         model, batch = arch.tiny(mt)
+    if head:
+        model = edge.add_head(model, torch.nn.Linear(arch.output_dim(model), 3))
     if exits:
         model = edge.add_exits(model, edge.ExitConfig(after=[1], steps=2, threshold=threshold), [batch], progress=False)
     if skips:
@@ -186,6 +189,7 @@ def test_every_gate_type_exports(runtime, mode, gate, tmp_path):
     assert export.verify(a)["max_abs_diff"] <= 1e-4
     stats = export.RUNTIMES.get(runtime).stats(a.path, a.plan["methods"])
     gates = GATES[gate]
+    assert a.plan["model"]["output_kind"] == ("logits" if gates.get("head") else "embedding")
     if mode == "graph":  # the control flow is kept in the program, not unrolled
         assert (stats["branches"] > 0) == bool(gates.get("exits") or gates.get("skips"))
         assert (stats["gathers"] > 0) == bool(gates.get("acm"))

@@ -78,5 +78,5 @@ def test_save_refuses_to_overwrite_and_leaves_no_partial_dir(tmp_path):
 
 def test_save_without_anything_adaptive_is_refused(tmp_path):
     model, _ = edge.ARCHS.get("bert").tiny("bert")
-    with pytest.raises(edge.EdgeError, match="nothing adaptive"):
+    with pytest.raises(edge.EdgeError, match="nothing of edge.s to save"):
         edge.save(model, tmp_path / "x")

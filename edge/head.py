@@ -1,0 +1,86 @@
+"""A task head on an embedding model: the model then outputs a classifier's logits.
+
+An embedding model (MiniLM) answers a task through a head on its embedding, e.g. a linear probe.
+`add_head` makes that head part of the model, so that everything downstream sees a classifier: its
+exits are classifier exits with softmax confidence (trained on the task's labels, see
+edge.add_exits), budgets are set on top-1 agreement, the export carries the head and the plan says
+"logits". The backbone and the embedding it computes are unchanged.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from edge.arch import arch_for, task_head
+from edge.depth import _Config, exit_heads
+from edge.errors import EdgeError
+
+
+@dataclass(frozen=True)
+class HeadConfig(_Config):
+    """A linear head to `classes` classes, optionally named by `labels`."""
+
+    classes: int
+    labels: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if not (isinstance(self.classes, int) and not isinstance(self.classes, bool) and self.classes >= 2):
+            raise EdgeError(f"HeadConfig.classes must be an integer >= 2, got {self.classes!r}")
+        if self.labels and (len(self.labels) != self.classes or not all(isinstance(n, str) for n in self.labels)):
+            raise EdgeError(f"HeadConfig.labels must be {self.classes} class names (one per class) or empty, "
+                            f"got {list(self.labels)!r}")
+
+
+class TaskHead(nn.Module):
+    """Embedding (B, D) -> logits (B, classes)."""
+
+    def __init__(self, d: int, classes: int):
+        super().__init__()
+        self.linear = nn.Linear(d, classes)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.linear(y)
+
+    def flops(self) -> int:
+        return 2 * self.linear.in_features * self.linear.out_features
+
+
+def install_head(model: nn.Module, config: HeadConfig) -> None:
+    """Attach an untrained task head (in place); used by add_head and by edge.load."""
+    arch = arch_for(model)
+    if task_head(model) is not None or arch.output_kind(model) != "embedding":
+        raise EdgeError("this model already outputs logits; a task head goes on an embedding model")
+    model.edge_head = TaskHead(arch.output_dim(model), config.classes)
+    model.head_config = config
+
+
+def add_head(model: nn.Module, linear: nn.Linear, labels: tuple[str, ...] | list[str] = ()) -> nn.Module:
+    """Return a copy of embedding model `model` whose output is `linear` applied to its embedding: a
+    classifier. Add it before the exits (they are then trained as this classifier's exits).
+
+    >>> import edge, torch
+    >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
+    >>> m = edge.add_head(model, torch.nn.Linear(32, 3))
+    >>> edge.arch_for(m).output(m, batch).shape
+    torch.Size([2, 3])
+    """
+    if not isinstance(linear, nn.Linear):
+        raise EdgeError(f"add_head takes a torch.nn.Linear (e.g. LinearProbe.as_linear()), got {type(linear).__name__}")
+    if exit_heads(model):
+        raise EdgeError("add the task head before the exits: exits are trained for the output they stand in for")
+    arch = arch_for(model)
+    if arch.output_kind(model) != "embedding":
+        raise EdgeError("this model already outputs logits; a task head goes on an embedding model")
+    if linear.in_features != arch.output_dim(model):
+        raise EdgeError(f"the head takes {linear.in_features} features but the model's embedding has "
+                        f"{arch.output_dim(model)}")
+    out = copy.deepcopy(model)
+    install_head(out, HeadConfig(linear.out_features, tuple(labels)))
+    with torch.no_grad():
+        out.edge_head.linear.weight.copy_(linear.weight)
+        out.edge_head.linear.bias.copy_(linear.bias)
+    return out.eval().requires_grad_(False)
