@@ -4,9 +4,13 @@
 
 Tasks (real data, held-out evaluation):
   minilm       all-MiniLM-L6-v2 (pretrained), which of Austen's six novels a passage is from: a linear
-               probe fitted on the ORIGINAL model's embeddings of the probe split, applied unchanged.
-               Exits and routers train on the train split, thresholds are chosen on the calib split,
-               accuracy is reported on the test split.
+               probe fitted on the ORIGINAL model's embeddings of the probe split (2,688 labelled
+               passages) is made MiniLM's task head (edge.add_head), so the model is a classifier. Its
+               exits after layers 1-5 are fitted to the labels of the same probe passages (the
+               task's classifier at each depth, edge.add_exits(labels=...)); the routers are
+               router-tuned on the train split; thresholds are chosen on the whole calib split,
+               accuracy is reported on the whole test split. The ACM model is the embedding model
+               converted (as bench/acm_fidelity.py does) with the same task head put on it.
   fashion-vit  a 6-layer ViT TRAINED HERE on Fashion-MNIST's 60k training images (edge.vision).
                Exits and routers train on training images, thresholds are chosen on the first
                2,000 test images, accuracy is reported on the other 8,000.
@@ -21,7 +25,7 @@ for (c) every token running the same number of ACM learners - with calibration F
 the dynamic point's. FLOPs are counted analytically per sequence (padding excluded, exit heads,
 routers and gates included) as a fraction of the original model's.
 
-    .venv/bin/python bench/depth.py          # about 45 minutes on 2 cores
+    .venv/bin/python bench/depth.py          # about an hour on 2 cores
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -60,6 +64,10 @@ class Task:
     predict: object  # outputs (N, D) -> predicted labels (N,)
     exits_after: list[int]
     acm: edge.AcmConfig
+    exit_data: list[dict]  # what the exit heads are fitted on ...
+    exit_labels: list[torch.Tensor] | None  # ... and its labels, for exits that learn the task
+    base: torch.nn.Module  # what the ACM conversion converts (MiniLM: the embedding model) ...
+    finish: object  # ... and what makes the task's model of it (MiniLM: puts the task head on)
 
     def acc(self, out: torch.Tensor, y: torch.Tensor) -> float:
         return float((self.predict(out) == y).float().mean())
@@ -70,14 +78,21 @@ def minilm_task(args) -> Task:
 
     model, tok = edge.load_pretrained()
     p = edge.austen_passages()
-    calib_p, test_p = p.split("calib").sample(args.calib_limit), p.split("test")
+    calib_p, test_p = p.split("calib"), p.split("test")
+    if args.calib_limit:
+        calib_p = calib_p.sample(args.calib_limit)
     if args.test_limit:
         test_p = test_p.head(args.test_limit)
     probe = teacher_probe(model, tok, p)
-    return Task("minilm", model, edge.batches(tok, p.split("train").texts, 32),
+    finish = lambda m: edge.add_head(m, probe.as_linear(), p.label_names)  # noqa: E731
+    probe_p = p.split("probe")
+    probe_b = edge.batches(tok, probe_p.texts, 64)
+    labels = torch.tensor(probe_p.labels).split([len(b["input_ids"]) for b in probe_b])
+    return Task("minilm", finish(model), edge.batches(tok, p.split("train").texts, 32),
                 edge.batches(tok, calib_p.texts, 64), torch.tensor(calib_p.labels),
                 edge.batches(tok, test_p.texts, 64), torch.tensor(test_p.labels),
-                probe.predict, [2, 3, 4, 5], edge.AcmConfig(budget=0.5))
+                lambda out: out.argmax(-1), [1, 2, 3, 4, 5], edge.AcmConfig(budget=0.5), probe_b, list(labels),
+                model, finish)
 
 
 def vit_task(args) -> Task:
@@ -89,15 +104,17 @@ def vit_task(args) -> Task:
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:12000]
     xt, yt = fashion_mnist("test")
     n_test = args.test_limit or len(xt)
-    return Task("fashion-vit", model, image_batches(x[perm], 64), image_batches(xt[:2000]), yt[:2000],
+    train = image_batches(x[perm], 64)
+    return Task("fashion-vit", model, train, image_batches(xt[:2000]), yt[:2000],
                 image_batches(xt[2000:n_test]), yt[2000:n_test], lambda out: out.argmax(-1), [2, 3, 4, 5],
-                edge.AcmConfig(budget=0.75))
+                edge.AcmConfig(budget=0.75), train, None, model, lambda m: m)
 
 
 def adaptive(task: Task, base: torch.nn.Module, args) -> tuple[torch.nn.Module, float]:
     """base + exit heads + routers (only those trained). Returns the model and router-tuning seconds."""
     steps = 10 if args.quick else edge.ExitConfig.steps
-    m = edge.add_exits(base, edge.ExitConfig(after=task.exits_after, steps=steps), task.train)
+    m = edge.add_exits(base, edge.ExitConfig(after=task.exits_after, steps=steps), task.exit_data,
+                       labels=task.exit_labels)
     t0 = time.time()
     m = edge.add_skips(m, edge.SkipConfig(samples=args.router_samples), task.train)
     return m, time.time() - t0
@@ -216,9 +233,9 @@ def bench_task(task: Task, args) -> tuple[list[dict], float]:
     else:
         t0 = time.time()
         distill = edge.DistillConfig(repr_steps=5, gate_steps=5, e2e_steps=5) if args.quick else edge.DistillConfig()
-        acm_base = edge.acmize(task.model, task.acm, task.train, task.calib, distill)
+        acm_base = edge.acmize(task.base, task.acm, task.train, task.calib, distill)
         print(f"acmize: {time.time() - t0:.0f} s", flush=True)
-    acm, _ = adaptive(task, acm_base, args)
+    acm, _ = adaptive(task, task.finish(acm_base), args)
     models = {"depth": depth, "acm": acm}
 
     score = lambda out: task.acc(out, task.calib_y)  # noqa: E731
@@ -247,7 +264,7 @@ def bench_task(task: Task, args) -> tuple[list[dict], float]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", nargs="+", default=["minilm", "fashion-vit"], choices=["minilm", "fashion-vit"])
-    ap.add_argument("--calib-limit", type=int, default=1024)
+    ap.add_argument("--calib-limit", type=int, default=None, help="MiniLM: calibration passages (default: all 1,792)")
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--router-samples", type=int, default=1000)
     ap.add_argument("--acm", metavar="DIR", help="MiniLM's ACM model from `bench/acm_fidelity.py --save` "
