@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from edge.arch import arch_for, task_head
+from edge.arch import arch_for
 from edge.depth import _Config, exit_heads
 from edge.errors import EdgeError
 
@@ -49,11 +49,17 @@ class TaskHead(nn.Module):
         return 2 * self.linear.in_features * self.linear.out_features
 
 
+def _require_embedding(model: nn.Module):
+    """The model's adapter, if the model outputs an embedding (a task head goes on nothing else)."""
+    arch = arch_for(model)
+    if arch.output_kind(model) != "embedding":  # (a task head already there makes it "logits" too)
+        raise EdgeError("this model already outputs logits; a task head goes on an embedding model")
+    return arch
+
+
 def install_head(model: nn.Module, config: HeadConfig) -> None:
     """Attach an untrained task head (in place); used by add_head and by edge.load."""
-    arch = arch_for(model)
-    if task_head(model) is not None or arch.output_kind(model) != "embedding":
-        raise EdgeError("this model already outputs logits; a task head goes on an embedding model")
+    arch = _require_embedding(model)
     model.edge_head = TaskHead(arch.output_dim(model), config.classes)
     model.head_config = config
 
@@ -72,9 +78,7 @@ def add_head(model: nn.Module, linear: nn.Linear, labels: tuple[str, ...] | list
         raise EdgeError(f"add_head takes a torch.nn.Linear (e.g. LinearProbe.as_linear()), got {type(linear).__name__}")
     if exit_heads(model):
         raise EdgeError("add the task head before the exits: exits are trained for the output they stand in for")
-    arch = arch_for(model)
-    if arch.output_kind(model) != "embedding":
-        raise EdgeError("this model already outputs logits; a task head goes on an embedding model")
+    arch = _require_embedding(model)
     if linear.in_features != arch.output_dim(model):
         raise EdgeError(f"the head takes {linear.in_features} features but the model's embedding has "
                         f"{arch.output_dim(model)}")
