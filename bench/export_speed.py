@@ -13,7 +13,10 @@ machine's noise falls on all alike), for every registered runtime:
              between the gates run by the plan's driver) and steered only through its knob inputs:
              every gate open (all learners, no exit, no skip), ACM at 50 % of the learners (each
              ACM's gate bias set so that its mean k is N/2, as calibration sets a converted model),
-             ACM at k = 0, and an exit after layer k.
+             ACM at k = 0, and an exit after layer k;
+  acm        the same MiniLM with its ACM FFNs only (no exits, no routers), exported and timed beside
+             the rest at 50 % of the learners and at k = 0 (the same gate biases): the ACM bullet's
+             figures for a model converted to ACMs alone, and what the exits and routers add to them.
 
 Figures (ratios of medians):
   acm50_model_ratio  gated at 50 % learners / dense;
@@ -26,6 +29,7 @@ Figures (ratios of medians):
   overhead_ratio     gated with every gate open / dense;
   exit_ratio         exit after layer 2 / the gated full path (target <= 2/6 + 0.1);
   max_abs_diff       over every bundled branch-forcing case (verify).
+  acm_only_*         the first three and fixed_ratio for the ACM-only model (its own k = 0 and parity).
 ExecuTorch's artifacts (both modes) are also timed through the native runner (profiler/runner: the
 plan's driver in C++ on ExecuTorch's Module API, what an ARM board or a phone runs; the cases are the
 artifact's budget levels, timed in turn with dense in one runner process): the rows "executorch:<mode>:native",
@@ -159,10 +163,10 @@ def routed_split(artifact, values: list[np.ndarray], runs: int) -> dict:
     return {**split, "driver": total / runs * 1e3 - sum(split.values())}
 
 
-def native_medians(plain: dict[str, Path], gated: Path, runs: int) -> dict:
+def native_medians(plain: dict[str, Path], gated: list[Path], runs: int) -> dict:
     """{case: median ms} through the native runner (profiler/runner: ExecuTorch's C++ Module API with
     the plan's driver in C++, what a device runs): the plain artifacts ({case: path}) and each budget
-    level of the gated one (named after the cases), timed in turn, run by run, in ONE runner process
+    level of the gated ones (named after the cases), timed in turn, run by run, in ONE runner process
     (its side-by-side mode), so that the machine's noise falls on all alike (across processes the
     ratios move by +-0.05 here: bench/results/export_speed.txt)."""
     import subprocess
@@ -170,7 +174,7 @@ def native_medians(plain: dict[str, Path], gated: Path, runs: int) -> dict:
     from profiler import native
     from profiler.measure import read_records
 
-    cmd = [str(native.ensure()), *map(str, [*plain.values(), gated]), "--runs", str(runs), "--branch-runs", "0", "--no-ops"]
+    cmd = [str(native.ensure()), *map(str, [*plain.values(), *gated]), "--runs", str(runs), "--branch-runs", "0", "--no-ops"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     if done.returncode:
         raise SystemExit(f"the native runner failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -179,16 +183,22 @@ def native_medians(plain: dict[str, Path], gated: Path, runs: int) -> dict:
             for r in read_records(done.stdout) if r["kind"] == "level"}
 
 
-def figures(name: str, ms: dict, report: dict, gated_s: float, dense_s: float) -> dict:
+def acm_figures(ms: dict, acm50: str, k0: str) -> dict:
+    return {"acm50_ffn_ratio": (ms[acm50] - ms[k0]) / (ms["dense"] - ms[k0]),
+            "acm50_ffn_vs_dense_ffn": (ms[acm50] - ms[k0]) / (ms["dense"] - ms["noffn"]),
+            "fixed_ratio": (ms[k0] - ms["noffn"]) / ms["dense"],
+            "acm50_model_ratio": ms[acm50] / ms["dense"]}
+
+
+def figures(name: str, ms: dict, report: dict, acm_report: dict, gated_s: float, dense_s: float) -> dict:
     return {"runtime": name, "ms": {k: round(v, 3) for k, v in ms.items()},
-            "acm50_ffn_ratio": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["k0"]),
-            "acm50_ffn_vs_dense_ffn": (ms["acm50"] - ms["k0"]) / (ms["dense"] - ms["noffn"]),
-            "fixed_ratio": (ms["k0"] - ms["noffn"]) / ms["dense"],
-            "acm50_model_ratio": ms["acm50"] / ms["dense"],
+            **acm_figures(ms, "acm50", "k0"),
             "overhead_ratio": ms["open"] / ms["dense"],
             "exit_ratio": ms["exit"] / ms["open"],
             "acm50_vs_user": ms["acm50"] / ms["user"] if "user" in ms else None,
             "max_abs_diff": report["max_abs_diff"],
+            **{f"acm_only_{k}": v for k, v in acm_figures(ms, "acm:acm50", "acm:k0").items()},
+            "acm_only_max_abs_diff": acm_report["max_abs_diff"],
             "export_seconds_gated": round(gated_s, 1), "export_seconds_dense": round(dense_s, 1)}
 
 
@@ -225,6 +235,7 @@ def main() -> None:
     else:
         gated = copy.deepcopy(model)
         edge.install_acms(gated, edge.AcmConfig(learners=args.learners, gate_hidden=args.gate_hidden))
+    acm_only = copy.deepcopy(gated)
     gated = edge.add_exits(gated, edge.ExitConfig(after=[2, 3, 4, 5], steps=0), train, progress=False)
     gated = edge.add_skips(gated, edge.SkipConfig(samples=32), train, progress=False)
     graph = GraphModel(gated)
@@ -243,6 +254,8 @@ def main() -> None:
     half = float(ks[:, inputs[1][0].bool()].float().mean()) / graph.acms[0].n
     # the cases are also the artifacts' budget levels: what the native runner times
     levels = [{"name": name, **{k: v.tolist() for k, v in knobs.items()}} for name, knobs in settings.items()]
+    acm_settings = {f"acm:{name}": {"gate_bias": settings[name]["gate_bias"]} for name in ("acm50", "k0")}
+    acm_levels = [{"name": name, "gate_bias": knobs["gate_bias"].tolist()} for name, knobs in acm_settings.items()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for rt in args.runtimes:
@@ -258,13 +271,17 @@ def main() -> None:
                 gated_a = export.to_runtime(gated, rt, Path(tmp) / f"gated-{rt}-{mode}", example, progress=False,
                                             mode=mode, levels=levels)
                 gated_s = time.time() - t0
-                report = export.verify(gated_a)
-                run = gated_a.runner(threads=1)
+                acm_a = export.to_runtime(acm_only, rt, Path(tmp) / f"acm-{rt}-{mode}", example, progress=False,
+                                          mode=mode, levels=acm_levels)
+                report, acm_report = export.verify(gated_a), export.verify(acm_a)
+                run, acm_run = gated_a.runner(threads=1), acm_a.runner(threads=1)
                 knob_values = {name: [v.numpy().astype(np.float32) for v in k.values()] for name, k in settings.items()}
+                acm_values = {name: [v.numpy().astype(np.float32) for v in k.values()] for name, k in acm_settings.items()}
                 cases = {"dense": lambda: dense_run(x), "noffn": lambda: noffn_run(x), "user": lambda: user_run(x),
-                         **{name: (lambda v=v: run(x + v)) for name, v in knob_values.items()}}
+                         **{name: (lambda v=v: run(x + v)) for name, v in knob_values.items()},
+                         **{name: (lambda v=v: acm_run(x + v)) for name, v in acm_values.items()}}
                 ms = interleaved(cases, args.runs)
-                row = figures(f"{rt}:{mode}", ms, report, gated_s, dense_s)
+                row = figures(f"{rt}:{mode}", ms, report, acm_report, gated_s, dense_s)
                 if mode == "routed":
                     split = routed_split(gated_a, x + knob_values["open"], args.runs)
                     print(f"{rt}:routed, every gate open, ms per run: "
@@ -272,14 +289,15 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 if rt == "executorch" and not args.no_native:
-                    ms = native_medians({"dense": dense_a.path, "noffn": noffn_a.path}, gated_a.path, args.runs)
-                    rows.append(figures(f"{rt}:{mode}:native", ms, report, gated_s, dense_s))
+                    ms = native_medians({"dense": dense_a.path, "noffn": noffn_a.path}, [gated_a.path, acm_a.path], args.runs)
+                    rows.append(figures(f"{rt}:{mode}:native", ms, report, acm_report, gated_s, dense_s))
                     print(json.dumps(rows[-1]), flush=True)
     print(f"acm50 ran {half:.3f} of the learners on real tokens; exit after layer {EXIT_AFTER} of 6 "
           f"(target exit_ratio <= {EXIT_AFTER / 6 + 0.1:.3f})")
     keys = ["acm50_ffn_ratio", "acm50_model_ratio", "overhead_ratio", "exit_ratio", "max_abs_diff", "acm50_vs_user",
-            "acm50_ffn_vs_dense_ffn", "fixed_ratio"]
-    print(json.dumps({"runtime": [r["runtime"] for r in rows], **{k: [r[k] if k == "max_abs_diff" or r[k] is None
+            "acm50_ffn_vs_dense_ffn", "fixed_ratio", "acm_only_acm50_ffn_ratio", "acm_only_acm50_model_ratio",
+            "acm_only_acm50_ffn_vs_dense_ffn", "acm_only_fixed_ratio", "acm_only_max_abs_diff"]
+    print(json.dumps({"runtime": [r["runtime"] for r in rows], **{k: [r[k] if k.endswith("max_abs_diff") or r[k] is None
                       else round(r[k], 4) for r in rows] for k in keys}, "learner_fraction_at_acm50": round(half, 3),
                       "export_seconds": [r["export_seconds_gated"] for r in rows]}))
 
