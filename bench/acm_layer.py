@@ -12,11 +12,15 @@ do not (MiniLM's layers hold 42 MB; a phone's caches are smaller still). With --
 first reads MB megabytes of other data, so the weights come from memory, as in a model (the time of
 that read alone, timed as its own case, is taken off every case). With --int8 every form is
 XNNPACK's dynamically quantized int8 GEMMs instead (export.executorch.dynamic_int8; the dense FFN
-too): a quarter of the weight bytes.
+too): a quarter of the weight bytes. With --rows the dense FFN and the group (every learner on the
+same rows) are timed on 1..128 tokens instead: what a call costs whatever the tokens (the weights
+streamed through the caches) and what each token adds; the last line then gives the floor that cost
+puts under the ratio at half the learners (no gate, no routing counted).
 
     taskset -c 0 .venv/bin/python bench/acm_layer.py             # about 2 minutes
     taskset -c 0 .venv/bin/python bench/acm_layer.py --cold 512  # weights from memory; about 6 minutes
     taskset -c 0 .venv/bin/python bench/acm_layer.py --int8      # int8 weights; about a minute
+    taskset -c 0 .venv/bin/python bench/acm_layer.py --rows      # cost against tokens; about a minute
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -61,6 +65,7 @@ def main():
     ap.add_argument("--cold", type=int, default=0, metavar="MB",
                     help="read MB megabytes of other data before every call (more than the CPU's last-level cache)")
     ap.add_argument("--int8", action="store_true", help="every form with int8 weights (dynamic quantization)")
+    ap.add_argument("--rows", action="store_true", help="time dense and group on 1..128 tokens (cost against tokens)")
     args = ap.parse_args()
     if args.cold < 0:
         ap.error("--cold takes megabytes >= 0")
@@ -115,6 +120,8 @@ def main():
     def cold(f):  # other.sum() reads it all, evicting the weights from the caches (nothing to do without --cold)
         return (lambda: (other.sum(), f())) if args.cold else f
 
+    if args.rows:
+        return by_rows(runs, x, args.runs)
     rng = np.random.default_rng(0)
     dists = {"open (k=4)": np.full(T, 4), "all k=2": np.full(T, 2), "uniform 0..4": rng.integers(0, 5, T),
              "bimodal 0|4": rng.choice([0, 4], T), "1|3": rng.choice([1, 3], T)}
@@ -141,6 +148,25 @@ def main():
                        *((("dense_vs_fp32_dense", round(md["dense"] / md["dense_fp32"], 3)),) if args.int8 else ())):
             result[key].append(v)
     print(json.dumps(result))
+
+
+def by_rows(runs: dict, x: np.ndarray, n: int) -> None:
+    """Dense FFN and group (all N learners on the same m rows) on m = 1..T rows, interleaved. A call's
+    time is about a + b * m: `a` (m = 1) is what the call costs whatever the tokens (the layer's weights,
+    4.7 MB, streamed from the caches it does not fit; the call itself). Half the learners on every token
+    then cost (a + (t(T) - a) / 2) / t(T) of the dense FFN at best."""
+    sizes = [1, 4, 16, 32, 64, 96, T]
+    cases = {f"{form} {m}": (lambda f=runs[form], a=[x[:m]] * (N if form == "group" else 1): f(a))
+             for m in sizes for form in ("dense", "group")}
+    md = interleaved(cases, n)
+    for m in sizes:
+        print(f"{m:4d} tokens  dense {md[f'dense {m}']:.3f} ms  group {md[f'group {m}']:.3f} ms", flush=True)
+    dense = {m: md[f"dense {m}"] for m in sizes}
+    group = {m: md[f"group {m}"] for m in sizes}
+    print(json.dumps({"tokens": sizes, "dense_ms": [round(v, 4) for v in dense.values()],
+                      "group_ms": [round(v, 4) for v in group.values()],
+                      "fixed_share_dense": round(dense[1] / dense[T], 3), "fixed_share_group": round(group[1] / dense[T], 3),
+                      "half_floor": round((group[1] + (group[T] - group[1]) / 2) / dense[T], 3)}))
 
 
 if __name__ == "__main__":
