@@ -81,6 +81,10 @@ def weights_into_branches(graph) -> None:
 # of ORT's default session without them (bench/ort_fusions.py measures each on this machine). The CPU's
 # kernels only: ORT's CUDA kernels for them were not measured (no GPU here), so CUDA sessions keep them.
 SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
+# ONNX Runtime's memory pattern (one block planned for a run's tensors) made a gated graph's CPU session
+# 5-6 % slower (MiniLM with ACMs, exits and routers: ~0.3-0.4 ms a run for each exit's If); the dense
+# MiniLM runs the same either way (bench/ort_fusions.py).
+MEMORY_PATTERN = False
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}  # (cuda: onnxruntime-gpu, edge[cuda])
 
 
@@ -96,6 +100,7 @@ def _sessions(directory: Path, files: dict[str, str], threads: int | None, profi
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.enable_profiling = profile
+    opts.enable_mem_pattern = MEMORY_PATTERN if device == "cpu" else True
     if profile:  # ORT writes its trace into the working directory unless told where
         import tempfile
 

@@ -399,6 +399,19 @@ def test_onnx_sessions_leave_out_the_slow_fusions(tmp_path, monkeypatch):
     assert {"SkipLayerNormalization", "BiasGelu"} <= ran(a)
 
 
+def test_onnx_sessions_run_without_the_memory_pattern(tmp_path, monkeypatch):
+    """ORT's memory pattern made gated graphs slower (bench/ort_fusions.py): edge's CPU sessions turn it off."""
+    import export.onnx as ox
+
+    model, batch = adaptive(("bert", "bert"), exits=True)
+    a = export.to_onnx(model, tmp_path / "a", batch, progress=False)
+    pattern = lambda: [s.get_session_options().enable_mem_pattern  # noqa: E731
+                       for s in ox._sessions(a.path, a.plan["methods"], 1).values()]
+    assert pattern() == [False]
+    monkeypatch.setattr(ox, "MEMORY_PATTERN", True)
+    assert pattern() == [True]
+
+
 def test_budget_levels_go_into_the_plan(tmp_path):
     """Budget levels are the knobs edge.set_budget_ picks per FLOP budget; the plan records them and a
     level without the model's knobs is refused."""
