@@ -8,7 +8,7 @@ edge's sessions with the memory pattern on; also the residual Add + LayerNorm of
 (1, 128, 384) alone: ORT's fused SkipLayerNormalization against Add + LayerNormalization, so that the
 kernels themselves are compared, not a whole model.
 
-    taskset -c 0 .venv/bin/python bench/ort_fusions.py        # ~1 minute
+    taskset -c 0 .venv/bin/python bench/ort_fusions.py        # ~2 minutes
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -75,10 +75,10 @@ def main() -> None:
     gated = edge.add_skips(edge.add_exits(gated, edge.ExitConfig(after=[2, 3, 4, 5], steps=0), train, progress=False),
                            edge.SkipConfig(samples=16), train, progress=False)
     own = GraphModel(gated).knobs()
-    knobs = {"open": [torch.ones(4), torch.zeros(6), own["gate_bias"] - 1e4],
-             "k0": [torch.ones(4), torch.zeros(6), own["gate_bias"] + 1e4]}
+    never = {**own, "exit_thresholds": torch.ones(4), "skip_thresholds": torch.zeros(6)}  # no exit, no skip
+    knobs = {"open": {**never, "gate_bias": own["gate_bias"] - 1e4}, "k0": {**never, "gate_bias": own["gate_bias"] + 1e4}}
     x = [example["input_ids"].numpy(), example["attention_mask"].numpy()]
-    feeds = {"dense": {"": x}, "gated": {k: x + [t.numpy() for t in v] for k, v in knobs.items()}}
+    feeds = {"dense": {"": x}, "gated": {k: x + [t.numpy() for t in v.values()] for k, v in knobs.items()}}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {"dense": export.to_runtime(model, "onnx", Path(tmp) / "dense", example, progress=False).path,
                  "gated": export.to_runtime(gated, "onnx", Path(tmp) / "gated", example, progress=False, mode="graph").path}
