@@ -275,11 +275,11 @@ def main() -> None:
                                           mode=mode, levels=acm_levels)
                 report, acm_report = export.verify(gated_a), export.verify(acm_a)
                 run, acm_run = gated_a.runner(threads=1), acm_a.runner(threads=1)
-                knob_values = {name: [v.numpy().astype(np.float32) for v in k.values()] for name, k in settings.items()}
-                acm_values = {name: [v.numpy().astype(np.float32) for v in k.values()] for name, k in acm_settings.items()}
+                knob_values = {name: [v.numpy().astype(np.float32) for v in k.values()]
+                               for name, k in {**settings, **acm_settings}.items()}
                 cases = {"dense": lambda: dense_run(x), "noffn": lambda: noffn_run(x), "user": lambda: user_run(x),
-                         **{name: (lambda v=v: run(x + v)) for name, v in knob_values.items()},
-                         **{name: (lambda v=v: acm_run(x + v)) for name, v in acm_values.items()}}
+                         **{name: (lambda r=acm_run if name in acm_settings else run, v=v: r(x + v))
+                            for name, v in knob_values.items()}}
                 ms = interleaved(cases, args.runs)
                 row = figures(f"{rt}:{mode}", ms, report, acm_report, gated_s, dense_s)
                 if mode == "routed":

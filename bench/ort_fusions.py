@@ -67,8 +67,10 @@ def main() -> None:
     example = {k: v for k, v in tok([text], padding="max_length", truncation=True, max_length=128,
                                     return_tensors="pt").items() if k in ("input_ids", "attention_mask")}
     off = list(SLOW_FUSIONS)
-    settings = {"default": ([], True), **{f"no {f}": ([f], True) for f in SLOW_FUSIONS}, "no fusions": (off, True),
-                "edge": (off, MEMORY_PATTERN)}
+    settings = {  # model -> setting name -> (fusions off, memory pattern); each model's first setting is its baseline
+        "dense": {"default": ([], True), **{f"no {f}": ([f], True) for f in SLOW_FUSIONS}, "no fusions": (off, True),
+                  "edge": (off, MEMORY_PATTERN)},
+        "gated": {"edge, memory pattern on": (off, True), "edge": (off, MEMORY_PATTERN)}}
     gated = copy.deepcopy(model)
     edge.install_acms(gated, edge.AcmConfig())
     train = edge.batches(tok, edge.austen_passages().split("train").texts[:32], 16)
@@ -84,8 +86,7 @@ def main() -> None:
                  "gated": export.to_runtime(gated, "onnx", Path(tmp) / "gated", example, progress=False, mode="graph").path}
         cases = {}
         for m, path in paths.items():
-            for name, (disabled, pattern) in settings.items() if m == "dense" else (
-                    ("edge, memory pattern on", (off, True)), ("edge", (off, MEMORY_PATTERN))):
+            for name, (disabled, pattern) in settings[m].items():
                 s = session(str(path / "model.onnx"), disabled, pattern)
                 for level, feed in feeds[m].items():
                     named = dict(zip([i.name for i in s.get_inputs()], feed))
@@ -95,12 +96,12 @@ def main() -> None:
     xr = {n: np.random.rand(1, 128, 384).astype(np.float32) for n in ("x", "r")}
     kernel = interleaved({name: (lambda s=session(rn, off): s.run(None, xr))
                           for name, off in {"fused": [], "unfused": ["SkipLayerNormFusion"]}.items()}, args.runs * 5)
-    base = {(m, level): v for (m, level, name), v in ms.items() if name in ("default", "edge, memory pattern on")}
+    base = {(m, level): v for (m, level, name), v in ms.items() if name == next(iter(settings[m]))}
     ratios = {}
     for (m, level, name), v in ms.items():
         ratios[f"{m}{' ' + level if level else ''}: {name}"] = round(v / base[(m, level)], 4)
         print(f"MiniLM {m:5s} {level:4s}  {name:28s} {v:8.3f} ms  {v / base[(m, level)]:.3f}x "
-              f"{'default' if m == 'dense' else 'memory pattern on'}")
+              f"{next(iter(settings[m]))}")
     for name, v in kernel.items():
         print(f"Add + LayerNorm (1, 128, 384) {name:8s} {v * 1e3:8.1f} us")
     print(json.dumps({"minilm_ratio": ratios,
