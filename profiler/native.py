@@ -120,7 +120,7 @@ def build(arch_name: str | None = None, out: str | Path | None = None, replace: 
             (stage / "glibc").mkdir()
             for lib in [arch.loader, *GLIBC]:
                 shutil.copy2(Path(arch.sysroot) / "lib" / lib, stage / "glibc" / lib)  # (follows the symlinks)
-        cmd = [arch.compiler, "-O2", "-std=c++17", "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED",
+        cmd = [arch.compiler, "-O3", "-std=c++17", "-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED",
                f"-DEDGE_EXECUTORCH_VERSION=\"{version('executorch')}\"", f"-I{include}",
                f"-I{include / 'executorch/runtime/core/portable_type/c10'}", str(SOURCE),
                "-o", str(stage / BINARY), f"-L{stage / 'lib'}", "-Wl,--no-as-needed",
