@@ -346,6 +346,7 @@ std::vector<Array> drive(Program& program, const Json& section, int layers, cons
   for (const auto& [name, a] : inputs) values[name] = view(a);
   const Json& segments = section["segments"];
   const long acms = section["acms"].integer();
+  scratch.ys.resize(acms);  // (the first run sizes it; later runs find it so)
   int64_t exit_layer = layers;
   Array skipped = filled(ScalarType::Bool, {layers}, 0);
   Array ks;
@@ -391,7 +392,6 @@ std::vector<Array> drive(Program& program, const Json& section, int layers, cons
       for (size_t j = 0; j < counts.size(); ++j)
         counts[j] = static_cast<int>(std::count_if(kk, kk + T, [&](int64_t v) { return v > static_cast<int64_t>(j); }));
       const long a = then["acm"].integer();
-      if (scratch.ys.size() < static_cast<size_t>(acms)) scratch.ys.resize(acms);
       Array& y = scratch.ys[a];
       if (y.shape != std::vector<int32_t>{1, T, H}) y = filled(ScalarType::Float, {1, T, H}, 0);
       std::vector<int> order(T);  // tokens by k, most first: learner j takes a prefix
