@@ -9,11 +9,68 @@ from pathlib import Path
 
 from edge.acm import AcmConfig
 from edge.convert import PRECISIONS, DistillConfig
+from edge.console import terminal
 from edge.errors import EdgeError
 
 DEFAULT_OUT = "out/minilm-acm"
 CALIB_LIMIT = 512  # calibration passages the budget knob is set on (edge acmize --calib-limit)
 TOKENS = 128  # the export example input's token count (edge export --tokens)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as edge's one line (and exit 2) instead of a usage block."""
+
+    def error(self, message: str):
+        print(f"edge: error: {self.prog.removeprefix('edge ')}: {message} (see {self.prog} --help)", file=terminal())
+        raise SystemExit(2)
+
+
+def count(low: int = 1):
+    """An argparse type: an integer >= low (no silent "0 means all")."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def number(text: str) -> float:
+    """An argparse type: a finite number (the library checks its range)."""
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def _check_output(path, overwrite: bool, kind: str = "directory") -> Path | None:
+    """Fail before minutes of work, not after: an output that exists (without --overwrite), one of the
+    other kind (a file where a directory goes, or the reverse), or a parent that is not a directory."""
+    if path is None:
+        return None
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        wrong = path.is_symlink() or (not path.is_dir() if kind == "directory" else path.is_dir())
+        if wrong:
+            raise EdgeError(f"{path} exists and is not a {kind}; remove it or choose another output")
+        if not overwrite:
+            raise EdgeError(f"{path} already exists; choose another output {kind} or pass --overwrite")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EdgeError(f"cannot write {path}: {parent} is a file, not a directory")
+            break
+    return path
 
 
 def _passages(text: str | None):
@@ -53,11 +110,7 @@ def cmd_acmize(args) -> dict:
     config = AcmConfig(budget=args.budget, learners=args.learners, gate_hidden=args.gate_hidden, init=args.init)
     distill = DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
                             tune_backbone=not args.freeze_backbone, precision=args.precision).resolved()
-    if args.calib_limit < 1:
-        raise EdgeError(f"--calib-limit must be an integer >= 1, got {args.calib_limit}")
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:  # fail before minutes of training, not after
-        raise EdgeError(f"{out} already exists; choose another output directory or pass --overwrite")
+    out = _check_output(args.output, args.overwrite)
     passages = _passages(args.text)
     model, tok = edge.load_pretrained(args.model)
     train = passages.split("train")
@@ -89,6 +142,12 @@ def cmd_eval(args) -> dict:
     acm = edge.load(args.acm_dir)
     original = args.original or meta.get("base_model")
     model, tok = edge.load_pretrained(original)
+    differ = [k for k in ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+              if getattr(model.config, k, None) != getattr(acm.config, k, None)]
+    if differ:
+        raise EdgeError(f"{original or 'the original'} is not the model {args.acm_dir} was converted from ("
+                        + ", ".join(f"{k} {getattr(model.config, k, None)} vs {getattr(acm.config, k, None)}" for k in differ)
+                        + "); pass the original with --original")
     report = _public(evaluate(acm, model, tok, _passages(args.text), limit=args.limit))
     print(_summary(report))
     if args.json:
@@ -103,8 +162,7 @@ def cmd_profile(args) -> int:
     config = profiler.ProfileConfig(runs=args.runs, warmup=args.warmup, threads=args.threads, budget_ms=args.budget_ms,
                                     percentile=args.percentile, ops=not args.no_ops, timeout_s=args.timeout,
                                     runner=args.runner)
-    if args.output and Path(args.output).exists() and not args.overwrite:  # before minutes of measuring
-        raise EdgeError(f"{args.output} already exists; choose another output directory or pass --overwrite")
+    _check_output(args.output, args.overwrite)
     report = profiler.profile(args.artifact, args.target, config, progress=not args.quiet)
     print(json.dumps(report) if args.json else files.table(report), end="\n" if args.json else "")
     if args.output:
@@ -117,7 +175,8 @@ def cmd_profile(args) -> int:
 def cmd_runner(args) -> int:
     from profiler import native
 
-    print(native.build(args.arch, args.output))
+    out = _check_output(args.output or Path("build") / f"runner-{args.arch or native.host_arch()}", args.overwrite)
+    print(native.build(args.arch, out))
     return 0
 
 
@@ -147,11 +206,12 @@ def cmd_preset(args) -> int | None:
 
         if args.budget_ms is None:
             raise EdgeError("`edge preset choose` needs --budget-ms")
+        if args.path is None:
+            raise EdgeError("`edge preset choose` needs the artifact directory")
         a = load_artifact(args.path)
         name = args.name or presets.default_name(a.plan, args.target, args.budget_ms)
-        out = Path(args.output or Path("profiles") / f"{name}.yaml")
-        if out.exists() and not args.overwrite:  # before minutes of measuring
-            raise EdgeError(f"{out} already exists; choose another --output or pass --overwrite")
+        out = Path(args.output) if args.output else presets.preset_file(name)  # (a plain name: inside profiles/)
+        _check_output(out, args.overwrite, "file")
         preset, points = presets.choose(a, args.target, args.budget_ms, _preset_inputs(a, args.text, args.texts),
                                         args.percentile, args.runs, args.threads, name, progress=not args.quiet,
                                         runner=args.runner)
@@ -192,6 +252,7 @@ def cmd_export(args) -> None:
     import edge
     import export
 
+    _check_output(args.output, args.overwrite)
     model = edge.load(args.model_dir)
     arch = edge.arch_for(model)
     if "input_ids" not in arch.inputs:
@@ -208,6 +269,11 @@ def cmd_export(args) -> None:
     if tok is None or len(tok) > model.config.vocab_size:
         raise EdgeError(f"{args.model_dir} has no tokenizer that matches the model; save the model with "
                         "edge.save(..., tokenizer=tok)")
+    from edge.pretrained import token_positions
+
+    most = token_positions(model.config)
+    if most is not None and args.tokens > most:
+        raise EdgeError(f"--tokens {args.tokens} is more than this model takes ({most} token positions)")
     passages = _passages(args.text)
     example = _example(tok, passages, args.tokens)
     levels = None
@@ -224,11 +290,26 @@ def cmd_export(args) -> None:
                       mode=args.mode, levels=levels, tokenizer=tok)
 
 
+def _demo_runner(quiet: bool) -> str:
+    """The demo measures with the native runner (what a board or a phone runs) where it builds here,
+    else with the Python runner, saying so."""
+    from profiler import native
+
+    try:
+        native.ensure()
+        return "native"
+    except EdgeError as e:
+        print(f"edge demo: the native runner does not build here ({e}); measuring with the Python runner, "
+              "which adds its own per-call cost to every method call", file=terminal())
+        return "python"
+
+
 def cmd_demo(args) -> int:
     """The whole path on the embedded MiniLM: ACMize it, export it to ExecuTorch with its ACM routing
-    kept (checked against eager on every branch) and measure the artifact on this CPU: at its own
-    budget, and on every branch forced through its knobs (every learner, none, ...); then the
-    original, exported and measured the same way, beside it."""
+    kept (checked against eager on every branch) and measure the artifact on this CPU with the native
+    runner: at its own budget, and on every branch forced through its knobs (every learner, none, ...);
+    then the original, exported and measured the same way, beside it. Ends with the one figure: the
+    converted model's p50 against the original's."""
     import profiler
 
     profiler.ProfileConfig(runs=args.runs)  # a bad --runs fails now, not after minutes of training
@@ -239,10 +320,12 @@ def cmd_demo(args) -> int:
     original = model_dir.with_name("minilm-executorch")
     quiet = ["--quiet"] if args.quiet else []
     print(f"edge demo: ACMize all-MiniLM-L6-v2 at budget {args.budget} on Jane Austen and evaluate it on held-out "
-          f"passages, export it to ExecuTorch ({artifact}) and measure it on this CPU ({measured})", file=sys.stderr)
-    cmd_acmize(args)
+          f"passages, export it to ExecuTorch ({artifact}) and measure it on this CPU ({measured})", file=terminal())
+    report = cmd_acmize(args)
+    runner = _demo_runner(args.quiet)
     _command(["export", str(model_dir), "--to", "executorch", "-o", str(artifact), "--overwrite", *quiet])
-    rc = _command(["profile", str(artifact), "--runs", str(args.runs), "-o", str(measured), "--overwrite", *quiet])
+    rc = _command(["profile", str(artifact), "--runs", str(args.runs), "-o", str(measured), "--overwrite",
+                   "--runner", runner, *quiet])
     # the original, exported and measured the same way, for the one figure a user asks for
     import edge
     import export
@@ -250,11 +333,16 @@ def cmd_demo(args) -> int:
     model, tok = edge.load_pretrained()
     dense = export.to_executorch(model, original, _example(tok, _passages(None), TOKENS), overwrite=True,
                                  progress=not args.quiet, tokenizer=tok)
-    base = profiler.profile(dense.path, "local", profiler.ProfileConfig(runs=args.runs, ops=False, branch_runs=0),
+    base = profiler.profile(dense.path, "local", profiler.ProfileConfig(runs=args.runs, ops=False, branch_runs=0,
+                                                                        runner=runner),
                             progress=not args.quiet)["levels"][0]["stats"]["p50"]
     own = json.loads((measured / "report.json").read_text())["levels"][0]["stats"]["p50"]
-    print(f"on this CPU (ExecuTorch's Python runtime, 1 thread, p50): the ACMized MiniLM at its budget {own:.2f} ms, "
-          f"the original exported the same way ({original}) {base:.2f} ms: {own / base:.2f}x")
+    cpu = profiler.measure.machine()["cpu"]
+    how = "the native runner" if runner == "native" else "ExecuTorch's Python runtime"
+    print(f"\nedge demo: on this CPU ({cpu}; {how}, 1 thread, p50 of {args.runs} runs, {TOKENS} tokens):\n"
+          f"  the ACMized MiniLM at budget {args.budget}: {own:.2f} ms at {report['model_fraction']:.3f} of the "
+          f"original's FLOPs\n  the original, exported the same way ({original}): {base:.2f} ms\n"
+          f"  time ratio {own / base:.2f}x")
     return rc
 
 
@@ -267,10 +355,10 @@ def _command(argv: list[str]):
 def _add_acmize_args(p, output_default=None):
     p.add_argument("-o", "--output", required=output_default is None, default=output_default,
                    help="output directory (written atomically)")
-    p.add_argument("--budget", type=float, default=0.5, help="target FFN compute fraction in (0, 1]")
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training passages")
-    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N held-out passages")
-    p.add_argument("--calib-limit", type=int, default=CALIB_LIMIT,
+    p.add_argument("--budget", type=number, default=0.5, help="target FFN compute fraction in (0, 1]")
+    p.add_argument("--train-limit", type=count(1), default=None, help="use only the first N training passages")
+    p.add_argument("--eval-limit", type=count(1), default=None, help="evaluate on the first N held-out passages")
+    p.add_argument("--calib-limit", type=count(1), default=CALIB_LIMIT,
                    help=f"set the budget knob on the first N calibration passages (default {CALIB_LIMIT})")
     p.add_argument("--learners", type=int, default=AcmConfig.learners, help="learners per ACM (N >= 1)")
     p.add_argument("--gate-hidden", type=int, default=AcmConfig.gate_hidden,
@@ -298,15 +386,21 @@ def _add_measure_args(p, runs: int, budget: str) -> None:
                    help="the measuring program: python (the runtime's Python API, edge installed on the target), "
                         "native (the C++ runner for ExecuTorch artifacts, built here and pushed) or app "
                         "(android_demo's headless benchmark, adb target)")
-    p.add_argument("--budget-ms", type=float, help=budget)
-    p.add_argument("--percentile", type=float, default=90.0, help="the percentile the budget applies to (default 90)")
+    p.add_argument("--budget-ms", type=number, help=budget)
+    p.add_argument("--percentile", type=number, default=90.0, help="the percentile the budget applies to (default 90)")
     p.add_argument("--runs", type=int, default=runs, help=f"timed runs per budget level (default {runs})")
     p.add_argument("--threads", type=int, default=1, help="the runtime's CPU threads (default 1)")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edge", description="Make pretrained transformers adaptive for edge devices.")
+    ap = _Parser(prog="edge", description="Make pretrained transformers adaptive for edge devices.")
     sub = ap.add_subparsers(dest="command", required=True)
+    common = _Parser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show other libraries' warnings and messages (by default they go to a log file "
+                             "under $EDGE_DATA/logs that an error names)")
+    sub_add = sub.add_parser
+    sub.add_parser = lambda *a, **k: sub_add(*a, parents=[common], **k)  # (every subcommand takes --verbose)
 
     p = sub.add_parser("data", help="fetch the real data (Jane Austen text; with --fashion, Fashion-MNIST) from Debian into the cache")
     p.add_argument("--force", action="store_true", help="fetch again even if cached")
@@ -325,7 +419,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("acm_dir", help="directory written by `edge acmize`")
     p.add_argument("--original", help="original model directory (default: the one it was converted from)")
     p.add_argument("--text", help="your own UTF-8 text file, one passage per line (default: Jane Austen)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N held-out passages")
+    p.add_argument("--limit", type=count(1), default=None, help="evaluate on the first N held-out passages")
     p.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     p.set_defaults(fn=cmd_eval)
 
@@ -338,12 +432,12 @@ def parser() -> argparse.ArgumentParser:
                         "segments between the gates, run by the plan's driver (default: the faster one "
                         "for the runtime, measured: routed for executorch, graph for onnx; litert takes routed only)")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write (atomically)")
-    p.add_argument("--tokens", type=int, default=TOKENS, help="token count of the example input (the graph takes 2..max)")
+    p.add_argument("--tokens", type=count(2), default=TOKENS, help="token count of the example input (the graph takes 2..max)")
     p.add_argument("--text", help="your own UTF-8 text file for the example input (default: Jane Austen)")
-    p.add_argument("--budgets", type=float, nargs="+",
+    p.add_argument("--budgets", type=number, nargs="+",
                    help="budget levels to record in the plan, as fractions of the original FLOPs (e.g. 1 0.75 0.5); "
                         "each gets the knobs edge.set_budget_ picks on calibration passages")
-    p.add_argument("--calib", type=int, default=128, help="calibration passages for --budgets (default 128)")
+    p.add_argument("--calib", type=count(1), default=128, help="calibration passages for --budgets (default 128)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(fn=cmd_export)
@@ -354,7 +448,7 @@ def parser() -> argparse.ArgumentParser:
     _add_measure_args(p, runs=50, budget="latency budget in ms; PASS/FAIL is for the first budget level")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--no-ops", action="store_true", help="skip the per-operator profile")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds before the measurement is stopped")
+    p.add_argument("--timeout", type=number, default=600.0, help="seconds before the measurement is stopped")
     p.add_argument("-o", "--output", help="write report.json, report.txt and latency.png into this directory")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
@@ -365,6 +459,7 @@ def parser() -> argparse.ArgumentParser:
                                       "or cross-compiled for an ARM Linux board")
     p.add_argument("--arch", help="x86_64 or aarch64 (default: this machine's)")
     p.add_argument("-o", "--output", help="directory for the binary and its libraries (default build/runner-ARCH)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.set_defaults(fn=cmd_runner)
 
     p = sub.add_parser("preset", help="choose a budget preset from measurements; list or show presets")
@@ -372,7 +467,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="choose: the artifact; list: a presets directory (default profiles/); "
                                            "show: a preset file")
     _add_measure_args(p, runs=30, budget="the latency budget the preset must meet")
-    p.add_argument("--texts", type=int, default=64, help="held-out passages to measure quality on (default 64)")
+    p.add_argument("--texts", type=count(1), default=64, help="held-out passages to measure quality on (default 64)")
     p.add_argument("--text", help="your own UTF-8 text file for the held-out passages (default: Jane Austen)")
     p.add_argument("--name", help="the preset's name (default: model-target-budget)")
     p.add_argument("-o", "--output", help="preset file to write (default profiles/NAME.yaml; a .png of the front beside it)")
@@ -388,24 +483,34 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _quiet_third_party() -> None:
-    # transformers imports torchao when it is installed, and torchao logs warnings about optional
-    # GPU kernels; they are noise to a CLI user and would bury a one-line error.
-    import logging
-
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """The `edge` command. Exit codes: 0 done; 1 a latency budget failed (`edge profile`) or an internal
+    error (its traceback in the log file it names); 2 a user error (one line); 130 Ctrl-C."""
+    from edge.console import quiet_console
+
     args = parser().parse_args(argv)
-    _quiet_third_party()
-    try:
-        rc = args.fn(args)
-    except EdgeError as e:
-        print(f"edge: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("edge: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    with quiet_console(getattr(args, "verbose", False)) as log:
+        try:
+            rc = args.fn(args)
+        except EdgeError as e:
+            print(f"edge: error: {' '.join(str(e).split())}", file=terminal())
+            return 2
+        except KeyboardInterrupt:
+            print("edge: interrupted; nothing was written", file=terminal())
+            return 130
+        except Exception as e:  # a bug, not the user's: one line, and the traceback where the log is
+            import traceback
+
+            where = "above" if log is None else f"in {log}"
+            (traceback.print_exc() if log is None else
+             log.open("a").write(traceback.format_exc()))
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"edge: error: internal error ({type(e).__name__}: {first}); the traceback is {where}; "
+                  "please report it", file=terminal())
+            return 1
+        from edge.errors import interrupted
+
+        if interrupted():  # (a Ctrl-C that a library swallowed: every write since was refused)
+            print("edge: interrupted; nothing was written", file=terminal())
+            return 130
     return rc if isinstance(rc, int) else 0  # (a command may return its report)

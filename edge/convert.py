@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from edge.acm import ACM, AcmConfig, acm_modules
 from edge.arch import Arch, arch_for
+from edge.console import terminal
 from edge.errors import EdgeError
 from edge.flops import BudgetMeter, ffn_flops, gate_flops, learner_flops
 from edge.registry import Registry
@@ -279,7 +280,7 @@ def _train_representations(teacher, arch, ffns, acms, stream, cfg: DistillConfig
     params = [p for a in acms for p in (a.w1, a.b1, a.w2, a.b2)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.repr_steps)
-    bar = tqdm(range(cfg.repr_steps), desc="phase 1/3 learners", disable=not progress)
+    bar = tqdm(range(cfg.repr_steps), desc="phase 1/3 learners", disable=not progress, file=terminal())
     for _ in bar:
         with _autocast(cfg):
             pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
@@ -304,7 +305,7 @@ def _train_gates(teacher, arch, ffns, acms, stream, cfg: DistillConfig, progress
     if not cfg.gate_steps:
         return
     opt = torch.optim.Adam([p for a in acms for p in a.gate.parameters()], lr=cfg.gate_lr)
-    bar = tqdm(range(cfg.gate_steps), desc="phase 2/3 gates", disable=not progress)
+    bar = tqdm(range(cfg.gate_steps), desc="phase 2/3 gates", disable=not progress, file=terminal())
     for _ in bar:
         loss = 0.0
         with _autocast(cfg):
@@ -357,7 +358,7 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
     # pretrained-scale learners move little (fine-tuning rates); the gates are small and new
     opt = torch.optim.Adam([{"params": learners + backbone, "lr": cfg.e2e_lr}, {"params": gates, "lr": cfg.gate_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.e2e_steps)
-    bar = tqdm(range(cfg.e2e_steps), desc="phase 3/3 end-to-end", disable=not progress)
+    bar = tqdm(range(cfg.e2e_steps), desc="phase 3/3 end-to-end", disable=not progress, file=terminal())
     try:
         for _ in bar:
             batch = next(stream)

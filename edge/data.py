@@ -171,9 +171,16 @@ def austen_passages(words: int = 40) -> Passages:
     if not path.exists():
         raise EdgeError(f"{path} is missing; run `edge data` (or the README's setup command) first")
     try:
-        novels = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        novels = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise EdgeError(f"{path} is corrupt; run `edge data --force` to fetch it again") from None
+    except OSError as e:
+        raise EdgeError(f"cannot read {path}: {e.strerror or e}") from None
+    bad = [n for n in NOVELS if not isinstance(novels, dict) or not isinstance(novels.get(n), list)
+           or not all(isinstance(line, str) for line in novels[n]) or len(" ".join(novels[n]).split()) < 20 * words]
+    if bad:
+        raise EdgeError(f"{path} is not the novels' cache (missing, empty or malformed: {', '.join(bad)}); "
+                        "run `edge data --force` to fetch it again")
     texts, labels = [], []
     for label, name in enumerate(NOVELS):
         stream = " ".join(novels[name]).split()
@@ -198,7 +205,12 @@ def text_file_passages(path: str | Path) -> Passages:
 
 
 def batches(tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[dict]:
-    """Tokenize `texts` into padded batches, in order."""
+    """Tokenize `texts` into padded batches, in order; each text cut to max_length tokens, or to the
+    tokenizer's model_max_length where that is shorter (edge.load_pretrained sets it to the positions
+    the model has)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 2 <= limit < max_length:
+        max_length = limit
     out = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i: i + batch_size], padding=True, truncation=True, max_length=max_length,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from edge.acm import acm_of
 from edge.arch import arch_for, unit
+from edge.console import terminal
 from edge.errors import EdgeError
 
 BELOW_ONE = 1.0 - 1e-6  # confidences and router scores are clamped here: threshold 1 is never met
@@ -422,7 +423,7 @@ def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: 
     for p in params:  # (the heads came in trainable: everything else stays frozen)
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=config.lr)
-    bar = tqdm(range(config.steps), desc="exit heads", disable=not progress)
+    bar = tqdm(range(config.steps), desc="exit heads", disable=not progress, file=terminal())
     rng = random.Random(0)
     for step in bar:
         pooled, target = cache[rng.randrange(len(cache))]
@@ -488,7 +489,7 @@ def add_skips(model: nn.Module, config: SkipConfig, data: list[dict], progress: 
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=config.lr)
     keep_target = 1.0 - config.skip_rate
-    bar = tqdm(total=config.epochs * config.samples, desc="router-tuning", disable=not progress, unit="seq")
+    bar = tqdm(total=config.epochs * config.samples, desc="router-tuning", disable=not progress, file=terminal(), unit="seq")
     for _ in range(config.epochs):
         seen = 0
         for b in data:
@@ -580,7 +581,7 @@ def sweep(model: nn.Module, original: nn.Module | None, calib: list[dict],
     skip_grid = _skip_grid(model, calib) if routers(model) and "skips" in use else (0.0,)
     acm_grid = ACM_GRID if getattr(model, "acm_config", None) is not None and "acm" in use else (None,)
     rows = []
-    bar = tqdm(total=len(skip_grid) * len(acm_grid), desc="budget sweep", disable=not progress)
+    bar = tqdm(total=len(skip_grid) * len(acm_grid), desc="budget sweep", disable=not progress, file=terminal())
     for a in acm_grid:
         apply_setting_(model, Setting(1.0, 0.0, a), calib)
         for s_t in skip_grid:

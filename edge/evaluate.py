@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edge.acm import acm_modules
+from edge.errors import EdgeError
 from edge.arch import arch_for
 from edge.flops import BudgetMeter, count_flops
 
@@ -151,6 +152,8 @@ def evaluate(student: nn.Module, teacher: nn.Module, tokenizer, passages, limit:
     """
     from edge.data import batches
 
+    if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1):
+        raise EdgeError(f"the evaluation limit must be an integer >= 1 (or None: the whole test split), got {limit!r}")
     test = passages.split("test")
     if limit:
         test = test.head(limit)

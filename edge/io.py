@@ -12,7 +12,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from edge.acm import AcmConfig
-from edge.errors import EdgeError
+from edge.errors import EdgeError, check_interrupt
 
 FORMAT = "edge-acm"
 FORMAT_VERSION = 1
@@ -20,23 +20,45 @@ WEIGHTS = "model.safetensors"
 META = "edge.json"
 
 
+def _writable_parent(path: Path, what: str) -> None:
+    """Make `path`'s parent directory, or one clear error (a parent that is a file, no permission)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise EdgeError(f"cannot write {what} {path}: a part of {path.parent} is a file, not a directory") from None
+    except OSError as e:
+        raise EdgeError(f"cannot write {what} {path}: {e.strerror or e} ({path.parent})") from None
+    if not path.parent.is_dir():
+        raise EdgeError(f"cannot write {what} {path}: {path.parent} is not a directory")
+
+
 @contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False):
     """Yield a temporary directory beside `path`; on success it is renamed to `path`, on failure
-    removed, so a reader never sees a half-written output directory."""
+    removed, so a reader never sees a half-written output directory. An existing `path` is replaced
+    only with overwrite=True, and only if it is a directory (a file there is refused, never removed).
+    Ctrl-C at any point (even one a library swallowed) leaves nothing written."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise EdgeError(f"{path} already exists; choose another output directory or pass --overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    if path.exists() or path.is_symlink():
+        if not path.is_dir() or path.is_symlink():
+            raise EdgeError(f"{path} exists and is not a directory; edge writes a directory there only where "
+                            "nothing or an earlier output directory is: remove it or choose another name")
+        if not overwrite:
+            raise EdgeError(f"{path} already exists; choose another output directory or pass --overwrite")
+    _writable_parent(path, "the output directory")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise EdgeError(f"cannot write the output directory {path}: {e.strerror or e}") from None
     try:
         yield tmp
         usual_modes_(tmp)  # mkdtemp/mkstemp make 0700/0600; a finished output gets the usual modes
+        check_interrupt()
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / "x")
             os.replace(tmp, path)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)  # (the new output is in place whatever happens here)
         else:
             os.replace(tmp, path)
     except BaseException:
@@ -55,12 +77,18 @@ def usual_modes_(path: Path) -> None:
 def write_atomic(path: str | Path, write) -> None:
     """Make `path` by write(tmp) on a temporary name beside it, then a rename: never half-written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if path.is_dir():
+        raise EdgeError(f"cannot write the file {path}: a directory of that name exists")
+    _writable_parent(path, "the file")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise EdgeError(f"cannot write the file {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(Path(tmp))
         usual_modes_(Path(tmp))
+        check_interrupt()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -101,6 +129,7 @@ def save(model: nn.Module, path: str | Path, tokenizer=None, extra: dict | None 
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_dir(path, overwrite) as tmp:
         save_file(state, str(tmp / WEIGHTS))
+        meta["weights_sha256"] = sha256(tmp / WEIGHTS)  # (load refuses weights changed or damaged since)
         model.config.to_json_file(str(tmp / "config.json"))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
@@ -114,6 +143,17 @@ def _absent_modules(model: nn.Module) -> list[str]:
     return sorted(n for n, v in vars(model).items() if v is None and not n.startswith("_"))
 
 
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_meta(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_dir():
@@ -122,9 +162,11 @@ def read_meta(path: str | Path) -> dict:
         meta = json.loads((path / META).read_text())
     except FileNotFoundError:
         raise EdgeError(f"{path} has no {META}; it was not written by `edge acmize`") from None
-    except json.JSONDecodeError as e:
-        raise EdgeError(f"{path / META} is corrupt ({e}); re-run `edge acmize`") from None
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgeError(f"{path / META} is corrupt ({str(e).splitlines()[0][:120]}); re-run `edge acmize`") from None
+    except OSError as e:
+        raise EdgeError(f"cannot read {path / META}: {e.strerror or e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise EdgeError(f"{path / META} is not an {FORMAT} v{FORMAT_VERSION} file")
     return meta
 
@@ -163,6 +205,10 @@ def load(path: str | Path) -> nn.Module:
         install_exits(model, ExitConfig.from_dict(meta["exits"]))
     if "skips" in meta:
         install_skips(model, SkipConfig.from_dict(meta["skips"]))
+    digest = meta.get("weights_sha256")  # (models saved before edge recorded it load unchecked)
+    if digest is not None and (path / WEIGHTS).is_file() and sha256(path / WEIGHTS) != digest:
+        raise EdgeError(f"{path / WEIGHTS} does not match the digest in {META}: it was changed or damaged since "
+                        "it was saved; save or convert the model again")
     try:
         state = load_file(str(path / WEIGHTS))
     except FileNotFoundError:

@@ -11,6 +11,9 @@ from edge.arch import arch_for
 from edge.errors import EdgeError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# a text model's tokenizer is one of these files (without one, transformers makes up an empty vocabulary)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 
 
 def default_model_dir() -> Path:
@@ -41,9 +44,38 @@ def load_pretrained(path: str | Path | None = None) -> tuple[nn.Module, object]:
     probe = nn.Module()
     probe.config = config
     arch_for(probe)  # unsupported architectures fail here, before any weights are read
+    if not any((d / f).is_file() for f in TOKENIZER_FILES):
+        raise EdgeError(f"{d} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); edge reads text with the "
+                        "model's own tokenizer: copy its files into the directory")
     try:
         model = AutoModel.from_pretrained(str(d), local_files_only=True)
+    except Exception as e:  # (torch's weights_only refusal of a pickle, a truncated file, a shape mismatch)
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+            raise EdgeError(f"the weights in {d} are a pickle that edge does not load (torch.load weights_only "
+                            "refused it); convert them to model.safetensors") from None
+        raise EdgeError(f"cannot load the model weights in {d} ({type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    try:
         tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise EdgeError(f"cannot load the model in {d}: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        raise EdgeError(f"cannot load the tokenizer in {d} ({type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    positions = token_positions(config)
+    if positions is not None and positions < 2:
+        raise EdgeError(f"{d}: the model has {positions} token positions; edge needs at least 2")
+    if positions is not None and (not isinstance(tokenizer.model_max_length, int) or tokenizer.model_max_length > positions):
+        tokenizer.model_max_length = positions  # (texts are cut to what the position embeddings take)
     return model.eval().requires_grad_(False), tokenizer
+
+
+def token_positions(config) -> int | None:
+    """How many tokens the model's position embeddings take (None: no limit known). RoBERTa-style
+    models number positions from padding_idx + 1."""
+    n = getattr(config, "max_position_embeddings", None)
+    if not isinstance(n, int):
+        return None
+    if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") == "camembert":
+        n -= (getattr(config, "pad_token_id", 1) or 1) + 1
+    return n

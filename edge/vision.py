@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from edge.console import terminal
 from edge.data import FASHION_CLASSES, data_dir, fashion_mnist
 from edge.errors import EdgeError
 
@@ -49,7 +50,7 @@ def train_fashion_vit(epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     t0 = time.time()
-    bar = tqdm(total=steps, desc="training the Fashion-MNIST ViT", disable=not progress)
+    bar = tqdm(total=steps, desc="training the Fashion-MNIST ViT", disable=not progress, file=terminal())
     for _ in range(epochs):
         perm = torch.randperm(len(x))
         for i in range(0, len(x), batch_size):

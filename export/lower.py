@@ -13,7 +13,7 @@ import torch.nn as nn
 import edge
 from edge.errors import EdgeError
 from edge.io import atomic_dir, write_json_atomic
-from export.artifact import CHECKS, PLAN, TOKENIZER, PLAN_FORMAT, PLAN_VERSION, Artifact, load_artifact, sha256
+from export.artifact import CHECKS, TOKENIZER, PLAN_FORMAT, PLAN_VERSION, Artifact, load_artifact, sha256, write_plan
 from export.graph import GraphModel
 from export.routed import Routed, Segment
 from export.runtime import MODES, RUNTIMES
@@ -280,7 +280,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
             **({"tokenizer": TOKENIZER} if tokenizer is not None else {}),
             "files": {f: sha256(tmp / f) for f in sorted({*methods.values(), CHECKS, *extra})},
         }
-        write_json_atomic(tmp / PLAN, plan)
+        plan = write_plan(tmp, plan)
         say(f"edge export: checking {len(cases)} branch-forcing cases against eager ...")
         try:
             report = verify(Artifact(tmp, plan))

@@ -131,11 +131,11 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
     """
     from export.artifact import load_artifact
 
+    t = target_for(target)  # (a bad target is refused before anything else is read)
     a = load_artifact(artifact)
     if config.runner != "python" and a.plan["runtime"] != "executorch":
         raise EdgeError(f"the {config.runner} runner runs ExecuTorch artifacts; {a.path} is a {a.plan['runtime']} artifact "
                         "(profile it with --runner python)")
-    t = target_for(target)
     say = print if progress else (lambda *a, **k: None)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)

@@ -50,7 +50,7 @@ class Preset:
                   "edge_version", "artifact"):
             if not isinstance(getattr(self, f), str) or not getattr(self, f):
                 raise EdgeError(f"preset field {f} must be a non-empty string, got {getattr(self, f)!r}")
-        if not (isinstance(self.threads, int) and self.threads >= 1):
+        if not (isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 1):
             raise EdgeError(f"preset field threads must be an integer >= 1, got {self.threads!r}")
         for f, hi in (("budget_ms", 1e6), ("percentile", 100), ("latency_ms", 1e6)):
             v = getattr(self, f)
@@ -59,9 +59,10 @@ class Preset:
         if not (isinstance(self.quality, (int, float)) and math.isfinite(self.quality)):
             raise EdgeError(f"preset field quality must be a finite number, got {self.quality!r}")
         if not (isinstance(self.knobs, dict) and all(
-                isinstance(k, str) and isinstance(v, list) and all(isinstance(x, (int, float)) for x in v)
+                isinstance(k, str) and isinstance(v, list)
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
                 for k, v in self.knobs.items())):
-            raise EdgeError("preset field knobs must map knob names to lists of numbers")
+            raise EdgeError("preset field knobs must map knob names to lists of finite numbers")
 
     @classmethod
     def from_dict(cls, d) -> "Preset":
@@ -104,7 +105,11 @@ def load_preset(path: str | Path) -> Preset:
     if not path.is_file():
         raise EdgeError(f"{path}: no such preset file; `edge preset list` shows the presets in profiles/")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise EdgeError(f"{path} is not a text file; a preset is YAML written by `edge preset choose`") from None
+    except OSError as e:
+        raise EdgeError(f"cannot read {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise EdgeError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix it or choose the preset again") from None
     try:
@@ -116,20 +121,13 @@ def load_preset(path: str | Path) -> Preset:
 def apply_preset(preset: Preset, artifact) -> list[np.ndarray]:
     """The preset's knobs as the artifact's knob inputs (in the plan's order); refuses a preset made
     for another artifact."""
-    from export.artifact import load_artifact
+    from export.artifact import load_artifact, plan_digest
 
     a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
     if preset.artifact != plan_digest(a.plan):
         raise EdgeError(f"preset {preset.name!r} was chosen for another artifact (plan digest differs); "
                         "choose it again for this one with `edge preset choose`")
     return [np.asarray(preset.knobs[s["name"]], dtype=np.float32).reshape(s["shape"]) for s in a.plan["knobs"]]
-
-
-def plan_digest(plan: dict) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(plan["files"], sort_keys=True).encode()).hexdigest()
 
 
 def level_quality(artifact, inputs: list[list[np.ndarray]], threads: int = 1) -> dict[str, float]:
@@ -175,7 +173,7 @@ def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray
     Returns (preset, points), points: every level's {level, latency_ms, quality, pareto}."""
     import edge
     import profiler
-    from export.artifact import load_artifact
+    from export.artifact import load_artifact, plan_digest
 
     a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
     if not inputs:
@@ -216,7 +214,19 @@ def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray
 
 
 def default_name(plan: dict, target: str, budget_ms: float) -> str:
-    return f"{plan['model']['type']}-{plan['runtime']}-{target.split(':')[0]}-{budget_ms:g}ms"
+    """model-runtime-target-budget, every part reduced to letters, digits and _ . + - (a file name, never a path)."""
+    import re
+
+    parts = [str(plan["model"]["type"]), str(plan["runtime"]), target.split(":")[0], f"{budget_ms:g}ms"]
+    return "-".join(re.sub(r"[^A-Za-z0-9_.+]", "_", p).strip(".") or "_" for p in parts)
+
+
+def preset_file(name: str, directory: str | Path = "profiles") -> Path:
+    """Where a preset named `name` goes when no file is given: DIRECTORY/NAME.yaml; the name must be
+    a plain name (no separator, no leading dot), so the file stays in that directory."""
+    from export.artifact import safe_name
+
+    return Path(directory) / f"{safe_name(name, 'the preset name')}.yaml"
 
 
 def plot_front(points: list[dict], preset: Preset, path: Path) -> None:

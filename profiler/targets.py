@@ -7,6 +7,7 @@ Registered: "local" (this machine, in a subprocess), "cuda" (its NVIDIA GPU, ONN
 (a Linux board) and "adb" (an Android phone). An unknown target name lists the registered ones."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from edge.errors import EdgeError
 from edge.registry import Registry
 
 TARGETS: Registry[type] = Registry("profiling target")
+HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}")  # a host name, IPv4 or IPv6 address (no leading -)
+USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+SERIAL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")  # an adb serial (USB serial, or host:port)
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,11 @@ class Local:
     profiler.measure` in a subprocess (so its peak memory is the artifact's, not this process's)."""
 
     spec: str = "local"
+
+    def __post_init__(self):
+        name = type(self).__dataclass_fields__["spec"].default
+        if self.spec != name:
+            raise EdgeError(f"bad target {self.spec[:120]!r}: write {name} (it takes no address)")
 
     def describe(self) -> dict:
         from profiler.measure import machine
@@ -48,7 +57,9 @@ class Local:
     def run(self, command: list[str], artifact: Path, results: Path, options: list[str], timeout: float,
             watch=None) -> None:
         """Run the measuring side; watch(): called about 5 times a second while it runs (progress)."""
-        argv = [*command, str(artifact), "--out", str(results), *options]
+        # absolute paths: the measuring process runs in the results' directory, and a path the user gave
+        # relative to their own working directory would point elsewhere there
+        argv = [*command, str(Path(artifact).resolve()), "--out", str(Path(results).resolve()), *options]
         with tempfile.TemporaryFile("w+") as err:
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True, cwd=results.parent)
             t0 = time.monotonic()
@@ -140,9 +151,16 @@ class Ssh:
             self.port = u.port or 22
         except ValueError:
             raise EdgeError(f"bad ssh target {spec!r}: the port must be a number") from None
+        # a host or user that ssh could read as an option (-oProxyCommand=...) or a shell word never reaches it
+        if not HOST.fullmatch(u.hostname) or (u.username is not None and not USER.fullmatch(u.username)) or u.password:
+            raise EdgeError(f"bad ssh target {spec[:120]!r}: the user and host must be plain names or addresses "
+                            "(letters, digits, . _ - and : for IPv6; not starting with -)")
         self.host = f"{u.username}@{u.hostname}" if u.username else u.hostname
         self.key, self.python, self.known_hosts = q.get("key"), q.get("python", "python3"), q.get("known_hosts")
         self.dir = q.get("dir", "/tmp/edge-profile")
+        if not self.dir.startswith("/") or ".." in self.dir.split("/") or self.dir.rstrip("/") == "":
+            raise EdgeError(f"bad ssh target {spec[:120]!r}: dir= must be an absolute directory on the board, not / "
+                            "and without ..")
         self.arch, self.emulator = q.get("arch"), q.get("emulator")
         self.remote_results = ""
 
@@ -152,7 +170,7 @@ class Ssh:
         argv = ["ssh", "-p", str(self.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
                 "-o", "StrictHostKeyChecking=accept-new", *(["-i", self.key] if self.key else []),
                 *(["-o", f"UserKnownHostsFile={self.known_hosts}"] if self.known_hosts else []),
-                self.host, shlex.join(remote)]
+                "--", self.host, shlex.join(remote)]
         try:
             done = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -285,7 +303,7 @@ class Adb:
     def __init__(self, spec: str, transport=None):
         self.spec = spec
         serial = spec.split(":", 1)[1] if ":" in spec else None
-        if serial == "":
+        if serial is not None and not SERIAL.fullmatch(serial):
             raise EdgeError(f"bad adb target {spec!r}: write adb or adb:SERIAL (a serial from `adb devices`)")
         self.adb = transport or AdbClient(serial)
         self.serial, self.remote_results = serial, ""

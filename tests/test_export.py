@@ -13,6 +13,7 @@ import edge
 import export
 from edge.depth import run
 from edge.errors import EdgeError
+from export.artifact import write_plan
 from export.graph import GraphModel
 from export.lower import _inputs, _trace
 from export.routed import Routed, drive
@@ -244,7 +245,10 @@ def test_bad_artifacts_and_inputs_give_clear_errors(tmp_path):
     export.load_artifact(bad)
     plan = json.loads((bad / "plan.json").read_text())
     plan["files"]["model.onnx"] = "0" * 64
-    (bad / "plan.json").write_text(json.dumps(plan))
+    (bad / "plan.json").write_text(json.dumps(plan))  # edited by hand: plan.json's own digest refuses it
+    with pytest.raises(EdgeError, match="does not match its own digest"):
+        export.verify(bad)
+    write_plan(bad, plan)  # a plan re-stamped for other files: the files' digests refuse it
     with pytest.raises(EdgeError, match="does not match its plan"):
         export.verify(bad)
     (bad / "plan.json").write_text("{not json")

@@ -397,7 +397,7 @@ def test_adb_target_drives_the_demo_app_on_a_fake_device(artifact, tmp_path):
 def test_a_corrupt_program_is_refused_in_one_line(artifact, tmp_path):
     """A program file that is not the runtime's format (its plan updated to match, so the hash check
     passes) fails to load with the runtime's own reason, not a traceback from inside the runtime."""
-    from export.artifact import sha256
+    from export.artifact import sha256, write_plan
 
     bad = tmp_path / "bad"
     shutil.copytree(artifact.path, bad)
@@ -405,6 +405,6 @@ def test_a_corrupt_program_is_refused_in_one_line(artifact, tmp_path):
     program.write_bytes(b"\0garbage" * 64 + program.read_bytes()[512:])
     plan = json.loads((bad / "plan.json").read_text())
     plan["files"][program.name] = sha256(program)
-    (bad / "plan.json").write_text(json.dumps(plan))
+    write_plan(bad, plan)
     with pytest.raises(EdgeError, match=f"{program} is not a loadable"):
         export.load_artifact(bad).runner()
