@@ -168,7 +168,8 @@ class ACM(nn.Module):
             y[rows] = ys
         return y.reshape(shape)
 
-    def gathered(self, x: torch.Tensor, gate_bias: torch.Tensor, spare: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def gathered(self, x: torch.Tensor, gate_bias: torch.Tensor, spare: bool = False,
+                 k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The skipping forward as one exportable graph, pure (no state written, so it can sit in a
         torch.cond branch): learner j gathers the tokens with k > j (NonZero -> index_select), runs
         on them only and adds its output back; no data-dependent Python. gate_bias is a tensor (a
@@ -177,10 +178,13 @@ class ACM(nn.Module):
         spare=True, for a backend that takes no empty tensor (XNNPACK): every learner also runs on
         one spare row of zeros, so it never runs on 0 rows, and each token reads its row of the
         output back (index_select, 0 for the spare) times whether it ran (ExecuTorch's portable
-        index_add took 0.7 ms a call on MiniLM's 128 tokens). The same numbers either way."""
+        index_add took 0.7 ms a call on MiniLM's 128 tokens). The same numbers either way.
+        k: the learners per token to run instead of the gate's choice (eager only: export.verify
+        recomputes a near-tie along the branch an artifact took)."""
         shape = x.shape
         x = x.reshape(-1, self.d)  # (M, d)
-        k = self.biased(self.gate_logits(x), gate_bias).argmax(-1)  # (M,)
+        if k is None:
+            k = self.biased(self.gate_logits(x), gate_bias).argmax(-1)  # (M,)
         y = torch.zeros_like(x)
         if spare:
             x = torch.cat([torch.zeros_like(x[:1]), x])  # (1 + M, d): row 0 the spare, token i in row i + 1

@@ -226,6 +226,12 @@ def check_plan(plan) -> dict:
            "checks must list the bundled cases")
     tol = plan.get("tolerance")
     _check(isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < 1, "tolerance must be in (0, 1)")
+    if "near_tie" in plan:
+        v = plan["near_tie"]
+        _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "near_tie must be in [0, 1)")
+    for c in checks:
+        if "margin" in c:
+            _check(isinstance(c["margin"], (int, float)) and not isinstance(c["margin"], bool), "a check's margin")
     if "tokenizer" in plan:
         _check(plan["tokenizer"] == TOKENIZER, f"tokenizer must be {TOKENIZER!r}")
     if plan["mode"] == "routed":

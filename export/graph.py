@@ -44,6 +44,11 @@ class GraphModel(nn.Module):
         self.router_index = {i: r for r, i in enumerate(sorted(self.routers))}
         self.acm_index = {i: a for a, i in enumerate(i for i, m in enumerate(self.acms, 1) if m is not None)}
         self.target = getattr(getattr(model, "skip_config", None), "target", "attention")
+        # eager only (export.verify): `follow` = {"exit_layer", "skipped", "ks"} makes every decision take
+        # that branch instead of its own; `margins`, a list, collects (decision, distance of its score
+        # from the threshold, whether followed against its own choice) for every decision made
+        self.follow: dict | None = None
+        self.margins: list | None = None
         n = len(self.layers)
         # constants the branches return come from buffers: a tensor made inside a cond branch breaks export
         self.register_buffer("steps", torch.arange(n + 1), persistent=False)
@@ -81,7 +86,9 @@ class GraphModel(nn.Module):
             skipped = self.no_skips[:1].clone()
             h, k = self._ffn(i, self.arch.attention(layer, h, ctx), ctx, knobs)
         else:
-            keep = router(self.arch.pool(h, ctx))[0] >= knobs["skip_thresholds"][self.router_index[i]]
+            keep = self._decide(f"router {i}", router(self.arch.pool(h, ctx))[0],
+                                knobs["skip_thresholds"][self.router_index[i]],
+                                None if self.follow is None else not self.follow["skipped"][i - 1])
             skipped = (~keep).reshape(1)
             if self.target == "attention":
                 h = _cond(keep, lambda h: self.arch.attention(layer, h, ctx), lambda h: h.clone(), (h,))
@@ -106,7 +113,8 @@ class GraphModel(nn.Module):
             # (an embedding head's projection then runs only when the exit is taken); a copy, as a cond
             # operand may not alias another (a ViT pools a slice of h)
             pooled = self.arch.pool(h, ctx).clone()
-            leave = head(pooled)[1][0] >= knobs["exit_thresholds"][self.exit_index[i]]
+            leave = self._decide(f"exit {i}", head(pooled)[1][0], knobs["exit_thresholds"][self.exit_index[i]],
+                                 None if self.follow is None else self.follow["exit_layer"] == i)
 
             def stop(h, pooled):
                 return head(pooled)[0], self.steps[i:i + 1].clone(), self.no_skips[i:].clone(), self._unrun(h, i + 1)
@@ -124,13 +132,51 @@ class GraphModel(nn.Module):
         if acm is None:
             return self.arch.feed_forward(layer, h, ctx), None
         ran = []  # local to this call: a cond branch may not write state outside itself
+        a = self.acm_index[i]
 
         def ffn(x):
-            y, k = acm.gathered(x, knobs["gate_bias"][self.acm_index[i]], self.spare)
+            forced = self._choose_k(f"acm {i}", acm, x, knobs["gate_bias"][a], a) if self._watching() else None
+            y, k = acm.gathered(x, knobs["gate_bias"][a], self.spare, forced)
             ran.append(k)
             return y
 
         return self.arch.feed_forward(layer, h, ctx, ffn), ran[0]
+
+    # --- decisions, and what verify learns of them in eager ------------------------------------------
+    def _watching(self) -> bool:
+        return (self.follow is not None or self.margins is not None) and not torch.compiler.is_exporting()
+
+    def _decide(self, name: str, score: torch.Tensor, threshold: torch.Tensor, want: bool | None) -> torch.Tensor:
+        """score >= threshold; in eager under verify, the margin is noted and `want` (the branch to
+        follow) taken instead where given."""
+        pred = score >= threshold
+        if not self._watching():
+            return pred
+        own = bool(pred)
+        take = own if want is None or self.follow is None else bool(want)
+        if self.margins is not None:
+            self.margins.append((name, abs(float(score) - float(threshold)), take != own))
+        return torch.tensor(take)
+
+    def _choose_k(self, name: str, acm, x: torch.Tensor, bias: torch.Tensor, a: int) -> torch.Tensor:
+        """The learners per token (M,): the gate's own choice, or the followed one. The margin noted:
+        where tokens follow another k, the largest lead of a token's own k's biased score over the
+        followed k's; else the smallest lead of a token's own k over its runner-up (0: an exact tie)."""
+        scores = acm.biased(acm.gate_logits(x.reshape(-1, acm.d)), bias)  # (M, N+1)
+        own = scores.argmax(-1)
+        take = own if self.follow is None else torch.as_tensor(self.follow["ks"][a], dtype=torch.long).reshape(-1)
+        if take.shape != own.shape or bool((take < 0).any()):
+            take = own  # (a path that never reached this layer in the artifact: a branch mismatch elsewhere)
+        if self.margins is not None:
+            followed = take != own  # (M,)
+            if bool(followed.any()):  # the worst token followed against its own choice
+                gap = scores.gather(-1, own[:, None])[:, 0] - scores.gather(-1, take[:, None])[:, 0]
+                self.margins.append((name, float(gap[followed].max()), True))
+            else:  # the token nearest to choosing another k
+                top2 = scores.topk(min(2, scores.shape[-1]), -1).values
+                gap = top2[:, 0] - top2[:, -1] if top2.shape[-1] > 1 else torch.full_like(top2[:, 0], float("inf"))
+                self.margins.append((name, float(gap.min()), False))
+        return take
 
     def _unrun(self, h: torch.Tensor, first: int, last: int | None = None) -> torch.Tensor:
         """ks rows of -1 for the ACM layers first..last-1 (default: to the end) that did not run."""

@@ -106,7 +106,7 @@ def test_export_bad_input(tmp_path):
     (["--budget", "0"], "budget must be in (0, 1]"),
     (["--learners", "0"], "learners (N) must be an integer >= 1"),
     (["--gate-hidden", "0"], "gate_hidden must be an integer >= 1"),
-    (["--calib-limit", "0"], "--calib-limit must be an integer >= 1"),
+    (["--calib-limit", "0"], "--calib-limit: must be an integer >= 1"),
     (["--text", "/nonexistent/passages.txt"], "not found"),
     (["/nonexistent/model"], "not found"),
 ])

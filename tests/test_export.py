@@ -431,3 +431,53 @@ def test_budget_levels_go_into_the_plan(tmp_path):
     with pytest.raises(EdgeError, match=r"budget level must be in \(0, 1\]"):
         export.budget_levels(model, original, [batch], (1.5,))
     assert not (tmp_path / "b").exists()
+
+
+def test_a_near_tie_is_reported_and_checked_along_the_artifacts_branch(tmp_path):
+    """A gate decision within NEAR_TIE of its threshold may go either way between two correct fp32
+    programs: verify reports it and compares the output along the branch the artifact took
+    (recomputed in eager); the same flip at a decision far from its threshold is a mismatch."""
+    from export.lower import NEAR_TIE, margins
+
+    _, model, batch, acms = tiny_acm_model("bert", "bert")
+    last = acms[0].gate[-1]  # learners 1 and 2 score exactly alike on every token, above the rest:
+    with torch.no_grad():    # at gate bias 0 each token ties between k = 1 and k = 2
+        last.weight[1:3] = 0.0
+        last.bias[:] = 5.0
+        last.bias[1:3] = -10.0
+    a = export.to_onnx(model, tmp_path / "a", batch, progress=False)
+    own = next(c for c in a.plan["checks"] if c["case"] == "own")
+    assert own["margin"] == 0.0 and a.plan["near_tie"] == NEAR_TIE
+    # the non-forcing gate-bias cases were moved off the tie: they test branches, not rounding
+    assert not any(c["case"] == "gate bias +0" for c in a.plan["checks"])
+    assert all(c["margin"] >= 10 * NEAR_TIE for c in a.plan["checks"] if c["case"].startswith("gate bias"))
+    graph, real, n = GraphModel(model), a.runner(), len(a.plan["inputs"])
+
+    def flipping(at_tie: bool):
+        """The real runtime, except that token 0 of the first ACM takes k = 2 where it took k = 1 (at
+        gate bias 0: the other side of the tie; elsewhere: a wrong branch), output recomputed so."""
+        def run(values):
+            got = real(values)
+            tie = float(values[-1][0]) == 0.0
+            if tie != at_tie or got[3][0, 0] != 1:
+                return got
+            ks = got[3].copy()
+            ks[0, 0] = 2
+            follow = {"exit_layer": int(got[1][0]), "skipped": [bool(v) for v in got[2]], "ks": ks}
+            out, _ = margins(graph, [torch.from_numpy(v) for v in values[:n]],
+                             [torch.from_numpy(v) for v in values[n:]], follow)
+            return [o.numpy() for o in out]
+        return run
+
+    a.runner = lambda *args, **kw: flipping(at_tie=True)
+    report = export.verify(a, eager=graph)
+    assert report["branch_mismatches"] == [] and report["max_abs_diff"] <= 1e-4
+    assert {t["case"] for t in report["near_threshold"]} == {"own", "full"}
+    assert all(t["decisions"] == ["acm 1"] and t["margin"] == 0.0 for t in report["near_threshold"])
+    a.runner = lambda *args, **kw: flipping(at_tie=False)
+    with pytest.raises(EdgeError, match="branch mismatches: \\['gate bias"):
+        export.verify(a, eager=graph)
+    # without an eager model at hand, the bundled margin still tells a near-tie (output not compared)
+    a.runner = lambda *args, **kw: flipping(at_tie=True)
+    report = export.verify(a)
+    assert {t["case"] for t in report["near_threshold"]} == {"own", "full"}

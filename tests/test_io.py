@@ -33,7 +33,23 @@ def test_truncated_weights_are_a_clear_error(tmp_path):
     path = saved(tmp_path)
     w = path / "model.safetensors"
     w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(edge.EdgeError, match="does not match the digest in edge.json: it was changed or damaged"):
+        edge.load(path)
+    meta = json.loads((path / "edge.json").read_text())
+    del meta["weights_sha256"]  # a model saved before edge recorded the digest: safetensors' own check
+    (path / "edge.json").write_text(json.dumps(meta))
     with pytest.raises(edge.EdgeError, match="corrupt"):
+        edge.load(path)
+
+
+def test_a_flipped_bit_in_the_weights_is_refused(tmp_path):
+    """safetensors checks its header, not its data: edge.json's digest catches a changed weight."""
+    path = saved(tmp_path)
+    w = path / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0x10  # a weight's bits, past the header
+    w.write_bytes(bytes(data))
+    with pytest.raises(edge.EdgeError, match="changed or damaged"):
         edge.load(path)
 
 
