@@ -1,5 +1,5 @@
 import sys
 
-from edge.cli import main
+from edge_launch import main
 
 sys.exit(main())

@@ -70,23 +70,73 @@ def test_acmize_then_eval_on_the_real_model(tmp_path):
 
 
 def test_demo_runs_the_whole_path(tmp_path):
-    """The README's main command: convert, export with the ACM routing kept, measure on this CPU."""
-    out = tmp_path / "minilm-acm"
-    r = edge_cli("demo", "-o", out, *FEW, "--runs", "3")
+    """The README's main command, as a user runs it: from their own working directory, with RELATIVE
+    paths (the measuring process runs elsewhere): convert, export with the ACM routing kept, measure
+    on this CPU with the native runner, and end with the time ratio against the original."""
+    cwd = tmp_path / "user"
+    cwd.mkdir()
+    r = edge_cli("demo", "-o", "out/minilm-acm", *FEW, "--runs", "3", cwd=cwd)
     assert r.returncode == 0, r.stderr
-    assert json.loads((out / "report.json").read_text())["ffn_fraction"] <= 0.5 + 0.05
-    plan = json.loads((tmp_path / "minilm-acm-executorch" / "plan.json").read_text())
+    out = cwd / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user"] and sorted(p.name for p in cwd.iterdir()) == ["out"]
+    assert json.loads((out / "minilm-acm" / "report.json").read_text())["ffn_fraction"] <= 0.5 + 0.05
+    plan = json.loads((out / "minilm-acm-executorch" / "plan.json").read_text())
     assert (plan["runtime"], plan["mode"], len(plan["control_flow"]["acms"])) == ("executorch", "routed", 6)
-    report = json.loads((tmp_path / "minilm-acm-profile" / "report.json").read_text())
+    report = json.loads((out / "minilm-acm-profile" / "report.json").read_text())
     assert report["complete"] and [lv["name"] for lv in report["levels"]] == ["exported"]
+    assert report["config"]["runner"] == "native"  # what a board or a phone runs
+    assert all(b["outputs_match"] for b in report["branches"])  # (the native runner checks every branch)
     fractions = [b["branch"]["acm_fraction"] for b in report["branches"]]
     assert min(fractions) == 0.0 and max(fractions) == 1.0  # the profile forced every learner and none
     assert "exported" in r.stdout and "per branch" in r.stdout
-    assert (tmp_path / "minilm-executorch" / "model.pte").is_file()
-    assert "the original exported the same way" in r.stdout.splitlines()[-1]
+    assert (out / "minilm-executorch" / "model.pte").is_file()
+    # it ends with its headline: the converted model's p50 against the original's, on the native runner
+    last = r.stdout.strip().splitlines()[-4:]
+    assert "the native runner" in last[0] and "of the original's FLOPs" in last[1], last
+    own, base = (float(line.split(": ")[-1].split(" ms")[0]) for line in last[1:3])
+    assert last[3] == f"  time ratio {own / base:.2f}x"
+    # other libraries' warnings are not in edge's output (they are in its log)
+    assert "Warning" not in r.stdout + r.stderr and "cpuinfo" not in r.stdout + r.stderr
+    assert "DEPRECATION" not in r.stdout + r.stderr
+    # the same artifact profiled and a preset chosen from another directory, by relative paths
+    r = edge_cli("profile", "out/minilm-acm-executorch", "--runs", "2", "--no-ops", "--quiet", "--json", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["levels"][0]["stats"]["n"] == 2
+    r = edge_cli("preset", "choose", "out/minilm-acm-executorch", "--budget-ms", "1e4", "--runs", "2", "--texts", "2",
+                 "--quiet", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert (cwd / "profiles" / "bert-executorch-local-10000ms.yaml").is_file()
     # a bad measurement option fails before the training, and writes nothing
     assert_user_error(edge_cli("demo", "-o", tmp_path / "bad", "--runs", "0"), "runs must be an integer >= 1")
     assert not (tmp_path / "bad").exists()
+
+
+def test_ctrl_c_during_an_export_exits_130_and_writes_nothing(tmp_path):
+    """Ctrl-C while the export lowers (inside executorch and torch, which may swallow it): exit 130,
+    one line, and neither the output nor a temporary directory is left."""
+    import signal
+    import time
+
+    from transformers import AutoConfig, AutoModel
+
+    _, tok = edge.load_pretrained()
+    cfg = AutoConfig.for_model("bert", vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)
+    model = AutoModel.from_config(cfg, attn_implementation="eager", add_pooling_layer=False).eval()
+    edge.install_acms(model, edge.AcmConfig(learners=2))
+    src = edge.save(model, tmp_path / "acm", tokenizer=tok)
+    out = tmp_path / "exports" / "a"
+    proc = subprocess.Popen([sys.executable, "-m", "edge", "export", str(src), "--to", "executorch", "-o", str(out),
+                             "--tokens", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # interrupted while lowering (inside executorch), not before it starts
+        if "lowering" in line:
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (rest, err)
+    assert [line for line in err.splitlines() if line.strip()] == ["edge: interrupted; nothing was written"]
+    assert not out.exists() and list((tmp_path / "exports").iterdir()) == []
 
 
 def test_export_bad_input(tmp_path):
