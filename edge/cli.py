@@ -212,6 +212,7 @@ def cmd_preset(args) -> int | None:
         name = args.name or presets.default_name(a.plan, args.target, args.budget_ms)
         out = Path(args.output) if args.output else presets.preset_file(name)  # (a plain name: inside profiles/)
         _check_output(out, args.overwrite, "file")
+        _check_output(out.with_suffix(".png"), args.overwrite, "file")  # (the front's plot, beside it)
         preset, points = presets.choose(a, args.target, args.budget_ms, _preset_inputs(a, args.text, args.texts),
                                         args.percentile, args.runs, args.threads, name, progress=not args.quiet,
                                         runner=args.runner)

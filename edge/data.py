@@ -28,7 +28,8 @@ BLOCK = 8  # passages per block; blocks cycle through the splits by index mod 20
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("EDGE_DATA", Path.home() / ".cache" / "edge"))
+    """$EDGE_DATA (default ~/.cache/edge), absolute: the measuring processes run in other directories."""
+    return Path(os.environ.get("EDGE_DATA") or Path.home() / ".cache" / "edge").expanduser().absolute()
 
 
 def austen_path() -> Path:

@@ -113,6 +113,9 @@ class Artifact:
                 raise EdgeError(f"the artifact takes {len(specs)} inputs ({', '.join(s['name'] for s in specs)}), got {len(values)}")
             for v, s in zip(values, specs):
                 check_input(v, s)
+            for v, s in zip(values[len(plan["inputs"]):], plan["knobs"]):
+                if not np.isfinite(v).all():
+                    raise EdgeError(f"knob {s['name']} must be finite, got {v.tolist()}")
             return run(values)
 
         return checked

@@ -212,7 +212,13 @@ def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
 
 
 def _check_levels(levels: list[dict], own: dict) -> list[dict]:
+    bad = [k for k, v in own.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise EdgeError(f"the model's own {', '.join(bad)} is not finite ({', '.join(str(own[k].tolist()) for k in bad)}); "
+                        "set its budget again (edge.set_budget_ or edge.calibrate_budget_)")
     for level in levels:
+        if not all(np.isfinite(np.asarray(level.get(k, 0.0), dtype=float)).all() for k in own):
+            raise EdgeError(f"budget level {level.get('name')!r} has a knob that is not finite")
         bad = [k for k, v in own.items() if k not in level or torch.tensor(level[k]).shape != v.shape]
         if not isinstance(level.get("name"), str) or bad:
             raise EdgeError(f"budget level {level.get('name')!r} must have a name and the knobs "
@@ -277,7 +283,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     graph = GraphModel(exportable(model), rt.spare_rows)
     args = _inputs(graph, example)
     own = graph.knobs()
-    levels = _check_levels(levels, own) if levels else [{"name": "exported", **{k: v.tolist() for k, v in own.items()}}]
+    levels = _check_levels(levels or [{"name": "exported", **{k: v.tolist() for k, v in own.items()}}], own)
     arch = graph.arch
     n_tok = args[0].shape[1] if arch.seq_inputs else None
     max_tok = int(getattr(model.config, "max_position_embeddings", 512))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -78,23 +77,12 @@ class Preset:
 
 def save_preset(preset: Preset, path: str | Path) -> Path:
     """Write the preset as YAML, atomically (a temporary file, then a rename)."""
-    import os
-
     import yaml
 
-    from edge.io import usual_modes_
+    from edge.io import write_atomic
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(asdict(preset), f, sort_keys=False)
-        usual_modes_(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: tmp.write_text(yaml.safe_dump(asdict(preset), sort_keys=False)))
     return path
 
 
@@ -247,5 +235,7 @@ def plot_front(points: list[dict], preset: Preset, path: Path) -> None:
     ax.set_ylabel(preset.quality_metric)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from edge.io import write_atomic
+
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
