@@ -17,10 +17,11 @@ from edge.errors import EdgeError, check_interrupt
 FORMAT = "edge-acm"
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
+OPTIONAL_MODULES = ("pooler",)  # submodules a model may be saved without (a BERT or ViT made without its pooler)
 META = "edge.json"
 
 
-def _writable_parent(path: Path, what: str) -> None:
+def writable_parent(path: Path, what: str) -> None:
     """Make `path`'s parent directory, or one clear error (a parent that is a file, no permission)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +46,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False):
                             "nothing or an earlier output directory is: remove it or choose another name")
         if not overwrite:
             raise EdgeError(f"{path} already exists; choose another output directory or pass --overwrite")
-    _writable_parent(path, "the output directory")
+    writable_parent(path, "the output directory")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as e:
@@ -79,7 +80,7 @@ def write_atomic(path: str | Path, write) -> None:
     path = Path(path)
     if path.is_dir():
         raise EdgeError(f"cannot write the file {path}: a directory of that name exists")
-    _writable_parent(path, "the file")
+    writable_parent(path, "the file")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as e:
@@ -193,9 +194,23 @@ def load(path: str | Path) -> nn.Module:
 
     if meta.get("attn_implementation"):  # not kept in config.json; eager and sdpa differ in the last bits
         hf_config._attn_implementation = meta["attn_implementation"]
-    model = cls(hf_config)
-    for name in meta.get("absent_modules", []):
-        if name in model._modules:
+    from transformers import PreTrainedModel
+
+    if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
+        raise EdgeError(f"{path / META}: model_class {meta['model_class']!r} is not a transformers model class")
+    try:
+        model = cls(hf_config)
+    except Exception as e:  # (a class of another architecture than config.json's)
+        raise EdgeError(f"cannot rebuild the model described in {path}: {type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+    absent = meta.get("absent_modules", [])
+    if not (isinstance(absent, list) and all(isinstance(n, str) for n in absent)):
+        raise EdgeError(f"{path / META}: absent_modules must be a list of names")
+    for name in absent:
+        if name in model._modules and model._modules[name] is not None:
+            if name not in OPTIONAL_MODULES:  # (the model cannot run without the others)
+                raise EdgeError(f"{path / META}: absent_modules may name only {', '.join(OPTIONAL_MODULES)}, "
+                                f"not {name[:40]!r}")
             setattr(model, name, None)
     if "acm" in meta:
         install_acms(model, AcmConfig.from_dict(meta["acm"]))

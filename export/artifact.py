@@ -83,9 +83,14 @@ class Artifact:
 
     def checks(self) -> dict[str, np.ndarray]:
         """The bundled checks: "input.NAME", and per case c "caseC.KNOB" and "caseC.expected.OUTPUT"."""
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        return load_file(str(self.path / CHECKS))
+        try:
+            return load_file(str(self.path / CHECKS))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise EdgeError(f"{self.path / CHECKS} is not a readable safetensors file ({str(e)[:120]}); "
+                            "export the model again") from None
 
     def inputs(self, checks: dict | None = None) -> list[np.ndarray]:
         """The bundled example input (the one the export traced), in the plan's input order."""

@@ -349,11 +349,9 @@ def verify(artifact: Artifact | str | Path, model: nn.Module | None = None, eage
     came that close, and its output is not compared. Returns {"cases", "max_abs_diff",
     "branch_mismatches", "near_threshold": [{"case", "decisions", "margin"}], "k_seen"}; raises
     EdgeError above the tolerance or on any other branch mismatch."""
-    from safetensors.torch import load_file
-
     a = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     plan, run = a.plan, a.runner()
-    t = load_file(str(a.path / CHECKS))
+    t = {k: torch.from_numpy(v) for k, v in a.checks().items()}
     args = [t[f"input.{s['name']}"] for s in plan["inputs"]]
     graph = eager if eager is not None else (GraphModel(model) if model is not None else None)
     near = float(plan.get("near_tie", 0.0))

@@ -153,6 +153,9 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
 
         say(f"edge profile: {a.path} ({a.plan['runtime']}, {a.plan['mode']} mode) on {t.spec} with the {config.runner} runner, "
             f"{len(a.plan['budget_levels'])} budget levels, {config.runs} runs each ...")
+        if config.runner == "python" and a.plan["runtime"] == "executorch":
+            say("  (the python runner adds Python's own cost to every method call, and the routed "
+                "mode makes dozens a run; --runner native times what a board or a phone runs)")
         remote = t.push(a.path, work)
         command = t.command(config.runner)
         error = None

@@ -108,8 +108,14 @@ def build(arch_name: str | None = None, out: str | Path | None = None, replace: 
         raise EdgeError(f"{arch.compiler} is not installed; on Debian: apt-get install {arch.package} "
                         "(setup.sh does it as root)")
     include = Path(importlib.util.find_spec("executorch").submodule_search_locations[0]) / "include"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+    from edge.io import writable_parent
+
+    writable_parent(out, "the runner directory")
+    try:
+        scratch = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.")
+    except OSError as e:
+        raise EdgeError(f"cannot write the runner directory {out}: {e.strerror or e}") from None
+    with scratch as tmp:
         tmp = Path(tmp)
         stage = tmp / "runner"
         (stage / "lib").mkdir(parents=True)

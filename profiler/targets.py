@@ -148,9 +148,11 @@ class Ssh:
             raise EdgeError(f"bad ssh target {self.spec!r}: write ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR]"
                             + (f" (unknown {', '.join(unknown)})" if unknown else ""))
         try:
-            self.port = u.port or 22
+            self.port = 22 if u.port is None else u.port
         except ValueError:
-            raise EdgeError(f"bad ssh target {spec!r}: the port must be a number") from None
+            self.port = -1
+        if not 1 <= self.port <= 65535:
+            raise EdgeError(f"bad ssh target {spec[:120]!r}: the port must be a number in 1..65535") from None
         # a host or user that ssh could read as an option (-oProxyCommand=...) or a shell word never reaches it
         if not HOST.fullmatch(u.hostname) or (u.username is not None and not USER.fullmatch(u.username)) or u.password:
             raise EdgeError(f"bad ssh target {spec[:120]!r}: the user and host must be plain names or addresses "
