@@ -750,7 +750,7 @@ CASES = [
     P(Case(_meta_set(model_module="transformers.models.bert.modeling_bert", model_class="NoSuchModel"), ("nosuchmodel",)),
       id="export-edge-json-class-missing"),
     P(Case(_meta_set(acm={"learners": -1}), ("learners", "acm")), id="export-edge-json-acm-learners-negative"),
-    P(Case(_meta_set(absent_modules=["encoder"]), ("model.safetensors", "match")), id="export-edge-json-absent-encoder"),
+    P(Case(_meta_set(absent_modules=["encoder"]), ("absent_modules", "encoder")), id="export-edge-json-absent-encoder"),
     P(Case(_meta(lambda m: [m]), ("edge.json",)), id="export-edge-json-list"),
     P(Case(_export(prepare=lambda s, m: (m / "model.safetensors").unlink()), ("model.safetensors",)),
       id="export-weights-missing"),
