@@ -54,23 +54,10 @@ def number(text: str) -> float:
 
 
 def _check_output(path, overwrite: bool, kind: str = "directory") -> Path | None:
-    """Fail before minutes of work, not after: an output that exists (without --overwrite), one of the
-    other kind (a file where a directory goes, or the reverse), or a parent that is not a directory."""
-    if path is None:
-        return None
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        wrong = path.is_symlink() or (not path.is_dir() if kind == "directory" else path.is_dir())
-        if wrong:
-            raise EdgeError(f"{path} exists and is not a {kind}; remove it or choose another output")
-        if not overwrite:
-            raise EdgeError(f"{path} already exists; choose another output {kind} or pass --overwrite")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EdgeError(f"cannot write {path}: {parent} is a file, not a directory")
-            break
-    return path
+    """Fail before minutes of work, not after (edge.io.check_output); None: no output asked for."""
+    from edge.io import check_output
+
+    return None if path is None else check_output(path, overwrite, kind)
 
 
 def _passages(text: str | None):

@@ -33,19 +33,33 @@ def writable_parent(path: Path, what: str) -> None:
         raise EdgeError(f"cannot write {what} {path}: {path.parent} is not a directory")
 
 
+def check_output(path: str | Path, overwrite: bool, kind: str = "directory") -> Path:
+    """`path` if an output of `kind` ("directory" or "file") may be written there: nothing there, or
+    one of that kind with overwrite (a file where a directory goes, a link, or the reverse, is
+    refused, never removed), and no file where a parent directory must be. Called before minutes of
+    work, and again by atomic_dir before the rename."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if path.is_symlink() or (not path.is_dir() if kind == "directory" else path.is_dir()):
+            raise EdgeError(f"{path} exists and is not a {kind}; edge writes a {kind} there only where nothing or "
+                            f"an earlier output is: remove it or choose another name")
+        if not overwrite:
+            raise EdgeError(f"{path} already exists; choose another output {kind} or pass --overwrite")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EdgeError(f"cannot write {path}: {parent} is a file, not a directory")
+            break
+    return path
+
+
 @contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False):
     """Yield a temporary directory beside `path`; on success it is renamed to `path`, on failure
     removed, so a reader never sees a half-written output directory. An existing `path` is replaced
     only with overwrite=True, and only if it is a directory (a file there is refused, never removed).
     Ctrl-C at any point (even one a library swallowed) leaves nothing written."""
-    path = Path(path)
-    if path.exists() or path.is_symlink():
-        if not path.is_dir() or path.is_symlink():
-            raise EdgeError(f"{path} exists and is not a directory; edge writes a directory there only where "
-                            "nothing or an earlier output directory is: remove it or choose another name")
-        if not overwrite:
-            raise EdgeError(f"{path} already exists; choose another output directory or pass --overwrite")
+    path = check_output(path, overwrite)
     writable_parent(path, "the output directory")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
