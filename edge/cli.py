@@ -21,7 +21,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as edge's one line (and exit 2) instead of a usage block."""
 
     def error(self, message: str):
-        print(f"edge: error: {self.prog.removeprefix('edge ')}: {message} (see {self.prog} --help)", file=terminal())
+        where = "" if self.prog == "edge" else f"{self.prog.removeprefix('edge ')}: "
+        print(f"edge: error: {where}{message} (see {self.prog} --help)", file=terminal())
         raise SystemExit(2)
 
 
