@@ -490,9 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # a bug, not the user's: one line, and the traceback where the log is
             import traceback
 
+            traceback.print_exc()  # (to sys.stderr: the log, or the terminal with --verbose)
             where = "above" if log is None else f"in {log}"
-            (traceback.print_exc() if log is None else
-             log.open("a").write(traceback.format_exc()))
             first = (str(e).strip().splitlines() or [""])[0][:200]
             print(f"edge: error: internal error ({type(e).__name__}: {first}); the traceback is {where}; "
                   "please report it", file=terminal())

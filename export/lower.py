@@ -339,6 +339,11 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     return load_artifact(out)
 
 
+def _same(got: np.ndarray, expected: torch.Tensor) -> bool:
+    """One branch output (exit_layer, skipped, ks) of the artifact equal to eager's."""
+    return np.array_equal(got.astype(np.int64), expected.numpy().astype(np.int64))
+
+
 def verify(artifact: Artifact | str | Path, model: nn.Module | None = None, eager: GraphModel | None = None) -> dict:
     """Run the artifact on its bundled branch-forcing inputs and compare the output AND the branch
     taken (exit layer, skipped layers, learners per token) with eager PyTorch: the bundled expected
@@ -363,8 +368,7 @@ def verify(artifact: Artifact | str | Path, model: nn.Module | None = None, eage
         else:
             expected = margins(graph, args, knobs)[0]
         got = run([x.numpy() for x in (*args, *knobs)])
-        differ = [name for name, g, e in zip(plan["outputs"][1:], got[1:], expected[1:])
-                  if not np.array_equal(g.astype(np.int64), e.numpy().astype(np.int64))]
+        differ = [name for name, g, e in zip(plan["outputs"][1:], got[1:], expected[1:]) if not _same(g, e)]
         if not differ:
             worst = max(worst, float(np.abs(got[0] - expected[0].numpy()).max()))
         elif graph is not None:  # recompute eager along the artifact's branch: a near-tie, or a real mismatch
@@ -373,9 +377,7 @@ def verify(artifact: Artifact | str | Path, model: nn.Module | None = None, eage
                       "ks": taken.get("ks")}
             along, noted = margins(graph, args, knobs, follow)
             followed = [(n, m) for n, m, f in noted if f]
-            same = all(np.array_equal(g.astype(np.int64), e.numpy().astype(np.int64))
-                       for g, e in zip(got[1:], along[1:]))
-            if same and followed and max(m for _, m in followed) <= near:
+            if all(_same(g, e) for g, e in zip(got[1:], along[1:])) and followed and max(m for _, m in followed) <= near:
                 ties.append({"case": check["case"], "decisions": [n for n, _ in followed],
                              "margin": max(m for _, m in followed)})
                 worst = max(worst, float(np.abs(got[0] - along[0].numpy()).max()))
