@@ -14,6 +14,7 @@ import json
 import torch
 
 import edge
+from edge.parts import parts
 from edge.evaluate import compare, outputs
 
 VARIANTS = {"slices+error": dict(init="slices", gate="error"),
@@ -37,7 +38,7 @@ def static_cosines(acm, teacher_out, test) -> list[float]:
     """Mean cosine to the original's outputs with every token at k = 1..N learners (the static
     baseline of each width); the gates choose again afterwards."""
     cos = []
-    for k in range(1, acm.acm_config.learners + 1):
+    for k in range(1, parts(acm).config('acm').learners + 1):
         for a in edge.acm_modules(acm):
             a.forced_k = k
         cos.append(compare(acm, teacher_out, test)[0]["cos_mean"])

@@ -34,8 +34,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from export.executorch import dynamic_int8, load, lower
-from export.routed import Learners, run_learners
+from device.executorch import load
+from export.executorch import dynamic_int8, lower
+from device.driver import run_learners
+from export.routed import Learners
 from export_speed import interleaved  # (bench/ is the script's directory)
 
 D, F, N, T = 384, 1536, 4, 128

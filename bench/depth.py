@@ -43,7 +43,11 @@ import torch
 import edge
 from edge.acm import acm_modules
 from edge.arch import arch_for
-from edge.depth import Setting, apply_setting_, exit_heads, routers, run, sweep, take_exits
+from edge.budget import Setting, apply_setting_, sweep
+from edge.exits import exit_heads
+from edge.forward import run, take_exits
+from edge.parts import parts
+from edge.skips import routers
 
 sys.path.insert(0, str(Path(__file__).parent))
 from acm_fidelity import clear_static_, set_static_  # noqa: E402
@@ -137,7 +141,7 @@ def evaluate(task: Task, m, batches, y) -> tuple[float, float]:
 # --- static baseline -------------------------------------------------------------------------------
 def force_skips_(m, skipped: set[int]) -> None:
     """Routers that ignore their input: layers in `skipped` always skip their attention, others never."""
-    m.skip_config = edge.SkipConfig(threshold=0.5)
+    parts(m).set_config("skips", edge.SkipConfig(threshold=0.5))
     with torch.no_grad():
         for i, r in routers(m).items():
             r.linear.weight.zero_()
@@ -229,7 +233,7 @@ def bench_task(task: Task, args) -> tuple[list[dict], float]:
     print(f"router-tuning: {router_seconds:.1f} s on {args.router_samples} samples", flush=True)
     if args.acm and task.name == "minilm":  # a conversion saved by bench/acm_fidelity.py --save
         acm_base = edge.load(args.acm)
-        print(f"acmize: loaded {args.acm} (budget {acm_base.acm_config.budget})", flush=True)
+        print(f"acmize: loaded {args.acm} (budget {parts(acm_base).config('acm').budget})", flush=True)
     else:
         t0 = time.time()
         distill = edge.DistillConfig(repr_steps=5, gate_steps=5, e2e_steps=5) if args.quick else edge.DistillConfig()

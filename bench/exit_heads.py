@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import edge
-from edge.depth import fit_linear_, run
+from edge.depth import fit_linear_
+from edge.forward import run
 from edge.evaluate import teacher_probe
 
 AFTER = (1, 2, 3, 4, 5)

@@ -43,7 +43,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import edge
-from edge.depth import exit_heads, fit_linear_, run
+from edge.depth import fit_linear_
+from edge.exits import exit_heads
+from edge.forward import run
 from edge.evaluate import LinearProbe
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -62,7 +62,7 @@ import torch.nn as nn
 import edge
 import export
 from export.graph import GraphModel
-from export.runtime import RUNTIMES
+from device.runtime import RUNTIMES
 
 EXIT_AFTER = 2
 
@@ -172,7 +172,7 @@ def native_medians(plain: dict[str, Path], gated: list[Path], runs: int) -> dict
     import subprocess
 
     from profiler import native
-    from profiler.measure import read_records
+    from device.measure import read_records
 
     cmd = [str(native.ensure()), *map(str, [*plain.values(), *gated]), "--runs", str(runs), "--branch-runs", "0", "--no-ops"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)

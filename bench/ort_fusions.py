@@ -1,7 +1,7 @@
 """Which of ONNX Runtime's session settings make MiniLM slower on this CPU: the dense MiniLM (128 tokens,
 edge's ONNX lowering) in ORT's default session (every fusion on) and with each fusion that
-export.onnx.SLOW_FUSIONS turns off, off alone, all of them off, and all of them off with ORT's memory
-pattern off as well (export.onnx.MEMORY_PATTERN: what edge's sessions run), timed in turn (medians of
+device.onnx.SLOW_FUSIONS turns off, off alone, all of them off, and all of them off with ORT's memory
+pattern off as well (device.onnx.MEMORY_PATTERN: what edge's sessions run), timed in turn (medians of
 --runs calls, 1 thread), as ratios to the default session; the same for MiniLM with ACM FFNs, exits
 and a router per layer (graph mode, untrained gates; every gate open, and every ACM at k = 0), against
 edge's sessions with the memory pattern on; also the residual Add + LayerNorm of one layer
@@ -29,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 import edge
 import export
 from export.graph import GraphModel
-from export.onnx import MEMORY_PATTERN, SLOW_FUSIONS
+from device.onnx import MEMORY_PATTERN, SLOW_FUSIONS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from export_speed import interleaved  # noqa: E402

@@ -20,7 +20,7 @@ Python runtime):
 ONNX Runtime (`optimum-cli export onnx --task feature-extraction`, optimum-onnx 0.1.0: MiniLM's task):
   optimum      its model.onnx in ORT's default session (what optimum's ORTModel opens);
   optimum_O2   after `optimum-cli onnxruntime optimize -O2` (ORT's transformer fusions), default session;
-  optimum_edge_session  optimum's model.onnx in a session like edge's (export.onnx.SLOW_FUSIONS left out);
+  optimum_edge_session  optimum's model.onnx in a session like edge's (device.onnx.SLOW_FUSIONS left out);
   dense        edge's dense export (export.to_onnx) in edge's session.
   Figures: dense_vs_optimum, dense_vs_optimum_O2, and parity: optimum's last hidden state mean-pooled
   and normalized as MiniLM does, against edge's output (max abs diff).
@@ -123,7 +123,7 @@ def executorch_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: list[t
 
 
 def onnx_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: list[torch.Tensor], tmp: Path, runs: int) -> dict:
-    from export.onnx import SLOW_FUSIONS
+    from device.onnx import SLOW_FUSIONS
     from ort_fusions import session
 
     seconds = {}

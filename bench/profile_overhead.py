@@ -2,7 +2,7 @@
 2..5, a skip router per layer), exported for ExecuTorch (routed) with 5 budget levels:
 
   runner_vs_python   the native runner's p50 latency / the Python runtime's (executorch.runtime driven
-                     by export.routed.drive), same artifact, first budget level, the median of 3
+                     by device.driver.drive), same artifact, first budget level, the median of 3
                      interleaved pairs of profiles (per level as well);
   p90_over_p50       the spread p90 / p50 of the first budget level, the largest over the 3 repeated
                      profiles (50 runs each) with the Python runtime (and with the native runner);

@@ -1,23 +1,46 @@
-"""edge: make pretrained transformers adaptive (ACM width, later exits and skips) for edge devices.
+"""edge: make pretrained transformers adaptive (ACM width, early exits, skip routers, a task head) for
+edge devices.
 
     import edge
     model, tok = edge.load_pretrained()                      # all-MiniLM-L6-v2, offline
     texts = edge.austen_passages().split("train").texts
     acm = edge.acmize(model, edge.AcmConfig(budget=0.5), edge.batches(tok, texts))
     edge.save(acm, "out/minilm-acm", tokenizer=tok)
+
+The public names load on first use (PEP 562): `import edge.errors` or `edge.files` (what the torch-free
+device side uses) imports neither torch nor transformers.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from edge.acm import ACM, AcmConfig, acm_modules
-from edge.arch import ARCHS, arch_for
-from edge.convert import DistillConfig, acmize, calibrate_budget_, install_acms, measure_budget, retarget
-from edge.depth import ExitConfig, SkipConfig, add_exits, add_skips, run, set_budget_, sweep
-from edge.data import austen_passages, batches, fetch_austen, text_file_passages
-from edge.errors import EdgeError
-from edge.head import HeadConfig, add_head
-from edge.io import load, save
-from edge.pretrained import load_pretrained
+# public name -> the module that defines it
+_PUBLIC = {
+    "ACM": "edge.acm", "AcmConfig": "edge.acm", "acm_modules": "edge.acm",
+    "ARCHS": "edge.arch", "arch_for": "edge.arch",
+    "DistillConfig": "edge.convert", "acmize": "edge.convert", "calibrate_budget_": "edge.convert",
+    "install_acms": "edge.acm", "measure_budget": "edge.convert", "retarget": "edge.convert",
+    "ExitConfig": "edge.exits", "SkipConfig": "edge.skips", "add_exits": "edge.depth", "add_skips": "edge.depth",
+    "run": "edge.forward", "set_budget_": "edge.budget", "sweep": "edge.budget",
+    "austen_passages": "edge.data", "batches": "edge.data", "fetch_austen": "edge.data",
+    "text_file_passages": "edge.data",
+    "EdgeError": "edge.errors",
+    "HeadConfig": "edge.head", "add_head": "edge.head",
+    "load": "edge.io", "save": "edge.io",
+    "load_pretrained": "edge.pretrained",
+}
+__all__ = sorted(_PUBLIC)
 
-__all__ = ["ACM", "AcmConfig", "ARCHS", "DistillConfig", "EdgeError", "ExitConfig", "HeadConfig", "add_head", "SkipConfig", "add_exits", "add_skips", "run", "set_budget_", "sweep", "acm_modules", "acmize", "arch_for",
-           "austen_passages", "batches", "calibrate_budget_", "fetch_austen", "install_acms", "load",
-           "load_pretrained", "measure_budget", "retarget", "save", "text_file_passages"]
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # (once: the next lookup is a plain attribute)
+        return value
+    raise AttributeError(f"module 'edge' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -9,7 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edge.arch import arch_for
 from edge.errors import EdgeError
+from edge.parts import Transform, attach, register
 from edge.registry import Registry
 
 ACTIVATIONS: Registry[type] = Registry("activation")
@@ -153,7 +155,7 @@ class ACM(nn.Module):
         so learner j's tokens are the first m_j rows, and each learner's weights are read once. (The
         other form, one FFN of width k*h per group of equal k, reads 2.5x the FFN's weights for N = 4
         and ran the converted MiniLM at 0.5 in 1.26x the original's time, batch 1, against 1.07x:
-        bench/acm_eager.py.) The same loop as the routed export's driver (export.routed.run_learners)."""
+        bench/acm_eager.py.) The same loop as the routed export's driver (device.driver.run_learners)."""
         shape = x.shape
         x, k = x.reshape(-1, self.d), k.reshape(-1)  # (M, d), (M,)
         y = x.new_zeros(x.shape)  # zero for the tokens that run no learner
@@ -224,3 +226,19 @@ def acm_of(layer: nn.Module) -> ACM | None:
 
 def acm_modules(model: nn.Module) -> list[ACM]:
     return [m for m in model.modules() if isinstance(m, ACM)]
+
+
+def install_acms(model: nn.Module, config: AcmConfig) -> list[ACM]:
+    """Replace every FFN of `model` (in place) by an ACM of the same width; weights uninitialized."""
+    arch = arch_for(model)
+    acms = []
+    for layer in arch.layers(model):
+        ffn = arch.ffn(layer, model.config)
+        acm = ACM(ffn.fc1.in_features, ffn.fc1.out_features, config, ffn.act)
+        arch.install(layer, acm)
+        acms.append(acm)
+    attach(model).add("acm", config)
+    return acms
+
+
+register(Transform("acm", AcmConfig, install_acms))

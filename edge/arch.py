@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edge.errors import EdgeError
+from edge.parts import parts
 from edge.registry import Registry
 
 ARCHS: Registry["Arch"] = Registry("architecture")
@@ -49,13 +50,9 @@ class Arch:
         raise NotImplementedError
 
     def output(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """The model's final output that conversion must preserve, (B, D): the readout, then the task
-        head if the model has one (edge.add_head). A model with exits or skips runs through
-        edge.depth.run, which really takes them."""
-        if hasattr(model, "edge_exits") or hasattr(model, "edge_routers"):
-            from edge.depth import run
-
-            return run(model, batch)[0]
+        """The backbone's output (B, D) through the model's own forward: the readout, then the task
+        head if the model has one (edge.add_head). Exits and routers are not taken here: a model
+        with them runs through edge.forward.output / edge.forward.run."""
         return _task(model, self.hf_output(model, batch))
 
     def hf_output(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -70,7 +67,7 @@ class Arch:
         """A tiny random model of `model_type` (one of self.model_types) and an example batch."""
         raise NotImplementedError
 
-    # --- layer by layer (edge.depth runs exits and skips through these) ---------------------------
+    # --- layer by layer (edge.forward runs exits and skips through these) ---------------------------
     # A context `ctx` is a dict of per-sequence tensors (batch dimension first) that the layers need;
     # it always holds "tokens": the (B, T) bool mask of real tokens.
 
@@ -139,9 +136,17 @@ class Arch:
         return 0.0
 
 
+def check_layer_numbers(what: str, numbers, n_layers: int, allow_last: bool) -> None:
+    """Layer numbers (1-based) that exist: 1..L, or 1..L-1 where the last layer has nothing after it."""
+    top = n_layers if allow_last else n_layers - 1
+    bad = [a for a in numbers if not 1 <= a <= top]
+    if bad:
+        raise EdgeError(f"{what} {bad} do not exist: this model has {n_layers} layers, so use numbers in 1..{top}")
+
+
 def task_head(model: nn.Module):
     """The task head edge.add_head put on `model` (an edge.head.TaskHead), or None."""
-    return getattr(model, "edge_head", None)
+    return parts(model).module("head")
 
 
 def _task(model: nn.Module, y: torch.Tensor) -> torch.Tensor:

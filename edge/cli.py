@@ -55,8 +55,8 @@ def number(text: str) -> float:
 
 
 def _check_output(path, overwrite: bool, kind: str = "directory") -> Path | None:
-    """Fail before minutes of work, not after (edge.io.check_output); None: no output asked for."""
-    from edge.io import check_output
+    """Fail before minutes of work, not after (edge.files.check_output); None: no output asked for."""
+    from edge.files import check_output
 
     return None if path is None else check_output(path, overwrite, kind)
 
@@ -93,7 +93,7 @@ def cmd_acmize(args) -> dict:
     import edge
     from edge.data import batches
     from edge.evaluate import evaluate
-    from edge.io import atomic_dir, write_json_atomic
+    from edge.files import atomic_dir, write_json_atomic
 
     config = AcmConfig(budget=args.budget, learners=args.learners, gate_hidden=args.gate_hidden, init=args.init)
     distill = DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
@@ -170,7 +170,7 @@ def cmd_runner(args) -> int:
 
 def _preset_inputs(artifact, text: str | None, n: int) -> list:
     """Held-out passages (the test split) tokenized with the artifact's own tokenizer, one input each."""
-    from export.artifact import TOKENIZER
+    from device.artifact import TOKENIZER
 
     if "tokenizer" not in artifact.plan:
         raise EdgeError(f"{artifact.path} has no tokenizer to read text with; export it with `edge export`")
@@ -190,7 +190,7 @@ def cmd_preset(args) -> int | None:
     from profiler import presets
 
     if args.action == "choose":
-        from export.artifact import load_artifact
+        from device.artifact import load_artifact
 
         if args.budget_ms is None:
             raise EdgeError("`edge preset choose` needs --budget-ms")
@@ -326,7 +326,9 @@ def cmd_demo(args) -> int:
                                                                         runner=runner),
                             progress=not args.quiet)["levels"][0]["stats"]["p50"]
     own = json.loads((measured / "report.json").read_text())["levels"][0]["stats"]["p50"]
-    cpu = profiler.measure.machine()["cpu"]
+    from device.measure import machine
+
+    cpu = machine()["cpu"]
     how = "the native runner" if runner == "native" else "ExecuTorch's Python runtime"
     print(f"\nedge demo: on this CPU ({cpu}; {how}, 1 thread, p50 of {args.runs} runs, {TOKENS} tokens):\n"
           f"  the ACMized MiniLM at budget {args.budget}: {own:.2f} ms at {report['model_fraction']:.3f} of the "

@@ -31,7 +31,7 @@ def terminal():
 
 
 def log_dir() -> Path:
-    from edge.data import data_dir
+    from edge.files import data_dir
 
     return data_dir() / "logs"
 

@@ -25,11 +25,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from edge.acm import ACM, AcmConfig, acm_modules
+from edge.acm import ACM, AcmConfig, acm_modules, install_acms
 from edge.arch import Arch, arch_for
 from edge.console import terminal
 from edge.errors import EdgeError
+from edge.parts import parts
 from edge.flops import BudgetMeter, ffn_flops, gate_flops, learner_flops
+from edge.forward import output
 from edge.registry import Registry
 
 
@@ -121,19 +123,6 @@ class DistillConfig:
                        e2e_steps=p.e2e_steps if self.e2e_steps is None else self.e2e_steps)
 
 
-def install_acms(model: nn.Module, config: AcmConfig) -> list[ACM]:
-    """Replace every FFN of `model` (in place) by an ACM of the same width; weights uninitialized."""
-    arch = arch_for(model)
-    acms = []
-    for layer in arch.layers(model):
-        ffn = arch.ffn(layer, model.config)
-        acm = ACM(ffn.fc1.in_features, ffn.fc1.out_features, config, ffn.act)
-        arch.install(layer, acm)
-        acms.append(acm)
-    model.acm_config = config
-    return acms
-
-
 def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[dict] | None = None,
            distill: DistillConfig = DistillConfig(), progress: bool = True) -> nn.Module:
     """Return an ACMized copy of `model`, distilled on `data` (a list of input batches).
@@ -176,7 +165,7 @@ def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[d
     >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
     >>> few = edge.DistillConfig(repr_steps=2, gate_steps=2, e2e_steps=2)
     >>> acm = edge.acmize(model, edge.AcmConfig(budget=0.9, learners=2), [batch], distill=few, progress=False)
-    >>> edge.retarget(acm, model, 0.6, [batch], distill=few, progress=False).acm_config.budget
+    >>> edge.retarget(acm, model, 0.6, [batch], distill=few, progress=False).edge_parts.config('acm').budget
     0.6
     """
     AcmConfig(budget=budget)  # validates the budget
@@ -199,7 +188,7 @@ def _retarget_(student, teacher, budget, data, calib, distill: DistillConfig, pr
         calibrate_budget_(student, calib, budget, distill.calib_iters)
     _train_end_to_end(student, teacher, arch_for(teacher), acm_modules(student), budget, stream, distill, progress)
     calibrate_budget_(student, calib, budget, distill.calib_iters)
-    student.acm_config = replace(student.acm_config, budget=budget)
+    parts(student).set_config("acm", replace(parts(student).config("acm"), budget=budget))
     return student.eval().requires_grad_(False)
 
 
@@ -235,7 +224,7 @@ def _layer_outputs(layers):
 def _ffn_pairs(teacher, arch: Arch, ffns, batch):
     """[(x, y)] per FFN over the batch's real tokens: x (M, d) inputs, y (M, d) outputs."""
     with torch.no_grad(), _capture(ffns) as store:
-        arch.output(teacher, batch)
+        output(teacher, batch)
     pairs = []
     for x, y in store:
         mask = arch.token_mask(batch, x.shape)
@@ -363,9 +352,9 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
         for _ in bar:
             batch = next(stream)
             with _autocast(cfg), torch.no_grad(), _layer_outputs(arch.layers(teacher)) as t_hidden:
-                target = arch.output(teacher, batch).float()
+                target = output(teacher, batch).float()
             with _autocast(cfg), _layer_outputs(arch.layers(student)) as s_hidden:
-                out = arch.output(student, batch).float()
+                out = output(student, batch).float()
             t_hidden, s_hidden = [t.float() for t in t_hidden], [s.float() for s in s_hidden]
             mask = arch.token_mask(batch, acms[0].last_k.shape)
             distil = (1 - F.cosine_similarity(out, target, dim=-1)).mean()
@@ -389,7 +378,7 @@ def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
     meter = BudgetMeter(acm_modules(model))
     with torch.no_grad():
         for b in batches:
-            arch.output(model, b)
+            output(model, b)
             meter.update(arch.token_mask(b, meter.modules[0].last_k.shape))
     return meter
 

@@ -20,16 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import EdgeError
+from edge.files import data_dir
 
 PACKAGE = "r-cran-janeaustenr"
 NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion")
 SPLITS = {"train": range(0, 12), "calib": range(12, 14), "probe": range(14, 17), "test": range(17, 20)}
 BLOCK = 8  # passages per block; blocks cycle through the splits by index mod 20
-
-
-def data_dir() -> Path:
-    """$EDGE_DATA (default ~/.cache/edge), absolute: the measuring processes run in other directories."""
-    return Path(os.environ.get("EDGE_DATA") or Path.home() / ".cache" / "edge").expanduser().absolute()
 
 
 def austen_path() -> Path:
@@ -41,7 +37,7 @@ def fetch_austen(force: bool = False) -> Path:
     out = austen_path()
     if out.exists() and not force:
         return out
-    from edge.io import write_json_atomic
+    from edge.files import write_json_atomic
 
     with tempfile.TemporaryDirectory() as tmp:
         root = _debian_unpack(PACKAGE, tmp, "or pass your own text with --text FILE")

@@ -13,6 +13,7 @@ from edge.acm import acm_modules
 from edge.errors import EdgeError
 from edge.arch import arch_for
 from edge.flops import BudgetMeter, count_flops
+from edge.forward import output
 
 
 def outputs(model: nn.Module, batches: list[dict]) -> tuple[torch.Tensor, BudgetMeter | None]:
@@ -23,7 +24,7 @@ def outputs(model: nn.Module, batches: list[dict]) -> tuple[torch.Tensor, Budget
     outs = []
     with torch.no_grad():
         for b in batches:
-            outs.append(arch.output(model, b))
+            outs.append(output(model, b))
             if meter:
                 meter.update(arch.token_mask(b, acms[0].last_k.shape))
     return torch.cat(outs), meter
@@ -96,8 +97,9 @@ def teacher_probe(teacher: nn.Module, tokenizer, passages, batch_size: int = 64)
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    from edge.data import batches, data_dir
-    from edge.io import write_atomic
+    from edge.data import batches
+    from edge.files import data_dir
+    from edge.files import write_atomic
 
     p = passages.split("probe")
     probe_b, y = batches(tokenizer, p.texts, batch_size), torch.tensor(p.labels)

@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 
 from edge.arch import arch_for
-from edge.depth import _Config, exit_heads
+from edge.exits import _Config, exit_heads
 from edge.errors import EdgeError
+from edge.parts import Transform, attach, parts, register
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,7 @@ def _require_embedding(model: nn.Module):
 def install_head(model: nn.Module, config: HeadConfig) -> None:
     """Attach an untrained task head (in place); used by add_head and by edge.load."""
     arch = _require_embedding(model)
-    model.edge_head = TaskHead(arch.output_dim(model), config.classes)
-    model.head_config = config
+    attach(model).add("head", config, TaskHead(arch.output_dim(model), config.classes))
 
 
 def add_head(model: nn.Module, linear: nn.Linear, labels: tuple[str, ...] | list[str] = ()) -> nn.Module:
@@ -85,6 +85,9 @@ def add_head(model: nn.Module, linear: nn.Linear, labels: tuple[str, ...] | list
     out = copy.deepcopy(model)
     install_head(out, HeadConfig(linear.out_features, tuple(labels)))
     with torch.no_grad():
-        out.edge_head.linear.weight.copy_(linear.weight)
-        out.edge_head.linear.bias.copy_(linear.bias)
+        parts(out).module("head").linear.weight.copy_(linear.weight)
+        parts(out).module("head").linear.bias.copy_(linear.bias)
     return out.eval().requires_grad_(False)
+
+
+register(Transform("head", HeadConfig, install_head))

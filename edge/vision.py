@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from edge.console import terminal
-from edge.data import FASHION_CLASSES, data_dir, fashion_mnist
+from edge.data import FASHION_CLASSES, fashion_mnist
+from edge.files import data_dir
 from edge.errors import EdgeError
 
 MEAN, STD = 0.286, 0.353  # Fashion-MNIST pixel statistics (train split)
@@ -80,7 +81,7 @@ def fashion_vit(progress: bool = True):
         except (OSError, ValueError) as e:
             raise EdgeError(f"the cached ViT in {d} is corrupt ({e}); delete that directory to retrain it") from None
     model, _ = train_fashion_vit(progress=progress)
-    from edge.io import atomic_dir
+    from edge.files import atomic_dir
 
     with atomic_dir(d, overwrite=True) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)

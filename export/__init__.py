@@ -11,12 +11,11 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from device import MODES, RUNTIMES, Artifact, load_artifact  # (the device side's: re-exported for the export API)
 from export import executorch as _executorch  # noqa: F401  (registers "executorch"; imports it lazily)
 from export import litert as _litert  # noqa: F401  (registers "litert"; imports LiteRT lazily)
 from export import onnx as _onnx  # noqa: F401  (registers "onnx"; imports ONNX Runtime lazily)
-from export.artifact import Artifact, load_artifact
-from export.lower import MODES, budget_levels, force_cases, to_runtime, verify
-from export.runtime import RUNTIMES
+from export.lower import budget_levels, force_cases, to_runtime, verify
 
 
 def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True,

@@ -18,7 +18,9 @@ import torch.nn as nn
 
 from edge.acm import acm_of
 from edge.arch import arch_for
-from edge.depth import exit_heads, routers
+from edge.exits import exit_heads
+from edge.parts import parts
+from edge.skips import routers
 
 
 def _cond(pred: torch.Tensor, true_fn, false_fn, operands: tuple):
@@ -43,7 +45,7 @@ class GraphModel(nn.Module):
         self.exit_index = {a: e for e, a in enumerate(sorted(self.heads))}
         self.router_index = {i: r for r, i in enumerate(sorted(self.routers))}
         self.acm_index = {i: a for a, i in enumerate(i for i, m in enumerate(self.acms, 1) if m is not None)}
-        self.target = getattr(getattr(model, "skip_config", None), "target", "attention")
+        self.target = parts(model).config("skips").target if self.routers else "attention"
         # eager only (export.verify): `follow` = {"exit_layer", "skipped", "ks"} makes every decision take
         # that branch instead of its own; `margins`, a list, collects (decision, distance of its score
         # from the threshold, whether followed against its own choice) for every decision made
@@ -59,9 +61,9 @@ class GraphModel(nn.Module):
         model has (a runtime may not take an empty input: ExecuTorch aborts on one)."""
         own = {}
         if self.heads:
-            own["exit_thresholds"] = torch.full((len(self.heads),), float(self.model.exit_config.threshold))
+            own["exit_thresholds"] = torch.full((len(self.heads),), float(parts(self.model).config("exits").threshold))
         if self.routers:
-            own["skip_thresholds"] = torch.full((len(self.routers),), float(self.model.skip_config.threshold))
+            own["skip_thresholds"] = torch.full((len(self.routers),), float(parts(self.model).config("skips").threshold))
         if self.acm_index:
             own["gate_bias"] = torch.stack([m.gate_bias.float() for m in self.acms if m is not None])
         return own

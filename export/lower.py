@@ -12,11 +12,13 @@ import torch.nn as nn
 
 import edge
 from edge.errors import EdgeError
-from edge.io import atomic_dir, write_json_atomic
-from export.artifact import CHECKS, TOKENIZER, PLAN_FORMAT, PLAN_VERSION, Artifact, load_artifact, sha256, write_plan
+from edge.files import atomic_dir, sha256
+from device.artifact import CHECKS, PLAN_FORMAT, PLAN_VERSION, TOKENIZER, Artifact, load_artifact
+from device.runtime import MODES, RUNTIMES
+from export.artifact import write_plan
 from export.graph import GraphModel
 from export.routed import Routed, Segment
-from export.runtime import MODES, RUNTIMES
+from export.runtime import LOWERINGS
 
 TOLERANCE = 1e-4  # fp32: max abs difference of the output against eager
 # a decision whose score lies within NEAR_TIE of its threshold (an ACM token: of its next-best k) may go
@@ -194,7 +196,7 @@ def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
     """The plan's budget levels: for each FLOP budget (a fraction of the original model's FLOPs), the
     knob setting that edge.set_budget_ would pick on `calib` (one sweep serves every budget), with
     the FLOPs and quality it measured there. Pass the result to to_runtime(levels=...)."""
-    from edge.depth import Setting, apply_setting_, choose, sweep
+    from edge.budget import Setting, apply_setting_, choose, sweep
 
     for b in budgets:
         if not (isinstance(b, (int, float)) and 0.0 < b <= 1.0):
@@ -229,7 +231,7 @@ def _check_levels(levels: list[dict], own: dict) -> list[dict]:
 def plan_of(graph: GraphModel, model: nn.Module, runtime: str, mode: str, methods: dict[str, str],
             args: list[torch.Tensor], section: dict, levels: list[dict]) -> dict:
     """The plan's description of the program (all but its checks and file hashes): what every driver
-    (export.routed.drive, the native runner, the Android demo's interpreter) reads."""
+    (device.driver.drive, the native runner, the Android demo's interpreter) reads."""
     arch = graph.arch
     dynamic = arch.seq_inputs and RUNTIMES.get(runtime).dynamic_tokens  # (else the example's token count, fixed)
     dyn = {"min": 2, "max": int(getattr(model.config, "max_position_embeddings", 512))} if dynamic else None
@@ -304,7 +306,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     out = Path(out)
     with atomic_dir(out, overwrite) as tmp:
         say(f"edge export: lowering {len(eps)} method{'s' * (len(eps) > 1)} to {runtime} ...")
-        methods = rt.lower(eps, tmp, mode == "graph")
+        methods = LOWERINGS.get(runtime)(eps, tmp, mode == "graph")
         tensors = {f"input.{n}": a.clone() for n, a in zip(graph.input_names, args)}
         checks = []
         for c, ((name, knobs), outs) in enumerate(zip(cases, expected)):

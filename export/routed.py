@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from device.driver import OUTPUTS
 from export.graph import GraphModel
 
 DECISION = {"router": "skip", "gate": "acm", "exit": "exit", "head": "end"}
 CHANGES_H = {"embed", "attention", "ffn", "finish"}
 READS_CTX = {"attention", "router", "exit", "head"}
-OUTPUTS = {"skip": ["score"], "acm": ["x", "k"], "exit": ["exit_output", "conf"], "end": ["output"]}
 
 
 @dataclass(frozen=True)
@@ -181,58 +181,3 @@ class Routed:
             return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
 
         return call
-
-
-def run_learners(x: np.ndarray, k: np.ndarray, method: str, n: int, call) -> np.ndarray:
-    """An ACM's output on tokens x (T, d) that chose k (T,): learner j runs on the tokens with k > j,
-    its output added. One call of `method` (the ACM's n learners) on the prefixes of the tokens sorted
-    by k; a learner no token needs gets one row to run on (a method's input has at least one), which
-    is dropped; no call at all when no token runs a learner."""
-    counts = [int(np.count_nonzero(k > j)) for j in range(n)]
-    y = np.zeros_like(x)  # zero for the tokens that run no learner
-    if m := counts[0]:
-        order = np.argsort(-k, kind="stable")[:m]  # the m tokens that run any, most learners first
-        xs = x[order]
-        outs = call(method, [xs[:max(c, 1)] for c in counts])
-        ys = outs[0][:m].copy()
-        for c, out in zip(counts[1:], outs[1:]):
-            ys[:c] += out[:c]
-        y[order] = ys
-    return y
-
-
-def drive(section: dict, layers: int, call, inputs: dict[str, np.ndarray], knobs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run a routed plan: `call(method, arrays) -> arrays` runs one method of the program. Returns
-    [output, exit_layer (1,), skipped (layers,), ks (A, T)] (ks only when the model has ACMs)."""
-    values = dict(inputs)
-    segments = section["segments"]
-    exit_layer, skipped, ks = layers, np.zeros(layers, dtype=np.bool_), None
-    s = 0
-    while True:
-        seg, then = segments[s], segments[s]["then"]
-        feeds = [knobs["gate_bias"][then["acm"]:then["acm"] + 1] if n == "gate_bias" else values[n] for n in seg["inputs"]]
-        values.update(zip(seg["outputs"], call(seg["method"], feeds)))
-        kind = then["kind"]
-        if kind == "end":
-            output = values["output"]
-            break
-        if kind == "exit":
-            if values["conf"][0] >= knobs["exit_thresholds"][then["exit"]]:
-                output, exit_layer = values["exit_output"], then["layer"]
-                break
-            s = then["next"]
-        elif kind == "skip":
-            keep = values["score"][0] >= knobs["skip_thresholds"][then["router"]]
-            skipped[then["layer"] - 1] = not keep
-            s = then["keep"] if keep else then["skip"]
-        else:  # "acm": learner j runs on the tokens that chose more than j learners, its output added
-            x, k = values["x"], values["k"]
-            values["y"] = run_learners(x, k, then["learners"], then["n"], call)[None]
-            if ks is None:
-                ks = np.full((section["acms"], len(k)), -1, dtype=np.int64)
-            ks[then["acm"]] = k
-            s = then["next"]
-    out = [output, np.array([exit_layer], dtype=np.int64), skipped]
-    if section["acms"] and ks is None:  # no ACM was reached: every row is -1
-        ks = np.full((section["acms"], values["h"].shape[1]), -1, dtype=np.int64)
-    return out + [ks] if section["acms"] else out

@@ -1,6 +1,6 @@
 """Shared test vectors for the plan drivers written in other languages (the Android demo's Java
 interpreter; the native runner can read them too): for every branch-forcing case of a model, its plan
-(routed mode), the inputs and knobs, every method call the Python driver (export.routed.drive) made,
+(routed mode), the inputs and knobs, every method call the Python driver (device.driver.drive) made,
 with the arrays it passed and got back, and the final outputs. Another driver replays the recorded
 method outputs: it must make the same calls with the same arrays and return the same outputs, so the
 decisions and the ACM token routing are checked without any runtime.
@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.io import write_json_atomic
+from edge.files import write_json_atomic
 from export.graph import GraphModel
 from export.lower import _inputs, force_cases, plan_of
-from export.routed import Routed, drive
+from device.driver import drive
+from export.routed import Routed
 
 
 def tensor(a: np.ndarray) -> dict:

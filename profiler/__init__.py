@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import EdgeError
-from profiler.measure import read_records
+from device.measure import read_records
 from profiler.targets import TARGETS, target_for
 
 
@@ -23,7 +23,7 @@ class ProfileConfig:
     """runs/warmup: timed and untimed runs per budget level; branch_runs: timed runs per branch-forcing
     case; threads: the runtime's CPU threads; budget_ms at percentile (e.g. 90: p90 <= budget);
     ops: also run the runtime's per-operator profiler; timeout_s: the whole measurement's limit;
-    runner: the measuring program, "python" (the runtime's Python API, profiler.measure), "native"
+    runner: the measuring program, "python" (the runtime's Python API, device.measure), "native"
     (the C++ runner on ExecuTorch's Module API, profiler/runner; its ETDump is read here) or "app"
     (android_demo's headless benchmark on a phone; adb target; no operator profile)."""
 
@@ -52,7 +52,7 @@ class ProfileConfig:
             raise EdgeError(f"ProfileConfig.runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
 
     def options(self) -> list[str]:
-        """The measuring side's command-line options (profiler.measure and the native runner share them)."""
+        """The measuring side's command-line options (device.measure and the native runner share them)."""
         return ["--runs", str(self.runs), "--warmup", str(self.warmup), "--threads", str(self.threads),
                 "--branch-runs", str(self.branch_runs), *([] if self.ops else ["--no-ops"])]
 
@@ -105,7 +105,7 @@ def summarize(records: list[dict], config: ProfileConfig, plan: dict, target: di
 
 def _etdump_ops(record: dict, t, results: Path, work: Path) -> dict:
     """The native runner's ETDump, fetched from the target and read here into an "ops" record."""
-    from export.executorch import read_etdump
+    from device.executorch import read_etdump
 
     try:
         local = t.pull(results, work / "pulled.etdump", ".etdump")
@@ -129,7 +129,7 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
     >>> r["budget"]["pass"], r["levels"][0]["stats"]["n"]
     (True, 5)
     """
-    from export.artifact import load_artifact
+    from device.artifact import load_artifact
 
     t = target_for(target)  # (a bad target is refused before anything else is read)
     a = load_artifact(artifact)

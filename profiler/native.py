@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from edge.data import data_dir
+from edge.files import data_dir
 from edge.errors import EdgeError
 
 SOURCE = Path(__file__).parent / "runner" / "edge_runner.cpp"
@@ -108,7 +108,7 @@ def build(arch_name: str | None = None, out: str | Path | None = None, replace: 
         raise EdgeError(f"{arch.compiler} is not installed; on Debian: apt-get install {arch.package} "
                         "(setup.sh does it as root)")
     include = Path(importlib.util.find_spec("executorch").submodule_search_locations[0]) / "include"
-    from edge.io import writable_parent
+    from edge.files import writable_parent
 
     writable_parent(out, "the runner directory")
     try:

@@ -79,7 +79,7 @@ def save_preset(preset: Preset, path: str | Path) -> Path:
     """Write the preset as YAML, atomically (a temporary file, then a rename)."""
     import yaml
 
-    from edge.io import write_atomic
+    from edge.files import write_atomic
 
     path = Path(path)
     write_atomic(path, lambda tmp: tmp.write_text(yaml.safe_dump(asdict(preset), sort_keys=False)))
@@ -109,7 +109,7 @@ def load_preset(path: str | Path) -> Preset:
 def apply_preset(preset: Preset, artifact) -> list[np.ndarray]:
     """The preset's knobs as the artifact's knob inputs (in the plan's order); refuses a preset made
     for another artifact."""
-    from export.artifact import load_artifact, plan_digest
+    from device.artifact import load_artifact, plan_digest
 
     a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
     if preset.artifact != plan_digest(a.plan):
@@ -123,7 +123,7 @@ def level_quality(artifact, inputs: list[list[np.ndarray]], threads: int = 1) ->
     the artifact's own full path (every exit closed, every router open, every learner run): mean
     cosine for embeddings, argmax agreement for logits. Runs here, with the artifact itself."""
     from export.lower import FORCE
-    from profiler.measure import knob_arrays
+    from device.measure import knob_arrays
 
     a = artifact
     plan = a.plan
@@ -161,7 +161,7 @@ def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray
     Returns (preset, points), points: every level's {level, latency_ms, quality, pareto}."""
     import edge
     import profiler
-    from export.artifact import load_artifact, plan_digest
+    from device.artifact import load_artifact, plan_digest
 
     a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
     if not inputs:
@@ -212,7 +212,7 @@ def default_name(plan: dict, target: str, budget_ms: float) -> str:
 def preset_file(name: str, directory: str | Path = "profiles") -> Path:
     """Where a preset named `name` goes when no file is given: DIRECTORY/NAME.yaml; the name must be
     a plain name (no separator, no leading dot), so the file stays in that directory."""
-    from export.artifact import safe_name
+    from device.artifact import safe_name
 
     return Path(directory) / f"{safe_name(name, 'the preset name')}.yaml"
 
@@ -235,7 +235,7 @@ def plot_front(points: list[dict], preset: Preset, path: Path) -> None:
     ax.set_ylabel(preset.quality_metric)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    from edge.io import write_atomic
+    from edge.files import write_atomic
 
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.io import atomic_dir
+from edge.files import atomic_dir
 
 
 def table(report: dict) -> str:

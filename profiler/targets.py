@@ -1,5 +1,5 @@
 """Where an artifact is profiled. A target does five things: describe the device, push the files,
-name the measuring program there (`command`: profiler.measure on the Python runtimes, or the native
+name the measuring program there (`command`: device.measure on the Python runtimes, or the native
 runner, pushed first where it must be), run it, pull the results. Every remote step has a timeout; a
 failure is one EdgeError that says what to check.
 
@@ -28,7 +28,7 @@ SERIAL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")  # an adb serial (USB
 @dataclass(frozen=True)
 class Local:
     """The host CPU: the artifact is already here; the measuring side runs as `python -m
-    profiler.measure` in a subprocess (so its peak memory is the artifact's, not this process's)."""
+    device.measure` in a subprocess (so its peak memory is the artifact's, not this process's)."""
 
     spec: str = "local"
 
@@ -38,7 +38,7 @@ class Local:
             raise EdgeError(f"bad target {self.spec[:120]!r}: write {name} (it takes no address)")
 
     def describe(self) -> dict:
-        from profiler.measure import machine
+        from device.measure import machine
 
         return {"target": self.spec, **machine()}
 
@@ -46,13 +46,13 @@ class Local:
         return artifact
 
     def command(self, runner: str) -> list[str]:
-        """The measuring program: "python" (profiler.measure) or "native" (the C++ runner, built once)."""
+        """The measuring program: "python" (device.measure) or "native" (the C++ runner, built once)."""
         _not_app(runner)
         if runner == "native":
             from profiler import native
 
             return native.command(native.ensure(), native.host_arch())
-        return [sys.executable, "-m", "profiler.measure"]
+        return [sys.executable, "-m", "device.measure"]
 
     def run(self, command: list[str], artifact: Path, results: Path, options: list[str], timeout: float,
             watch=None) -> None:
@@ -132,7 +132,7 @@ class Ssh:
     """A Linux board over SSH: ssh://user@host[:port][?key=PATH&python=PYTHON&dir=REMOTE_DIR&known_hosts=PATH
     &arch=ARCH&emulator=QEMU]. The system's OpenSSH client, key auth only (BatchMode: never a password
     prompt), every call with a timeout. Files go over as a tar stream (`tar -x` on the board); the
-    measuring side is `PYTHON -m profiler.measure` (edge installed there) or the native runner, built
+    measuring side is `PYTHON -m device.measure` (edge installed there) or the native runner, built
     here for the board's architecture (`uname -m`, or arch=) and pushed with its libraries; the
     results come back with `cat`. emulator= runs the runner through that qemu-user binary on the
     board: outputs are real, timings are not latencies (the report says so and gives no verdict)."""
@@ -219,7 +219,7 @@ class Ssh:
     def command(self, runner: str) -> list[str]:
         _not_app(runner)
         if runner != "native":
-            return [self.python, "-m", "profiler.measure"]
+            return [self.python, "-m", "device.measure"]
         from profiler import native
 
         arch = native.get_arch(self.arch or self._uname()[0])
@@ -388,7 +388,7 @@ class Adb:
 
     def _run_app(self, command: list[str], artifact: Path, remote: str, options: list[str], timeout: float) -> None:
         """Start the app's benchmark and poll its records until the last one (memory or error) is there."""
-        from profiler.measure import read_records
+        from device.measure import read_records
 
         extras = ["--es", "model_dir", str(artifact)]
         for flag, value in zip(options, options[1:]):

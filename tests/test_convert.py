@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import edge
+from edge.parts import parts
 from edge.acm import GATE_SCORES
 from edge.convert import PRECISIONS, gate_labels, prefix_errors
 from tests.conftest import CASES
@@ -64,7 +65,7 @@ def test_retarget_moves_the_budget_and_keeps_the_source():
     acm = edge.acmize(model, cfg, [batch], distill=FEW, progress=False)
     before = {k: v.clone() for k, v in acm.state_dict().items()}
     low = edge.retarget(acm, model, 0.4, [batch], distill=FEW, progress=False)
-    assert low.acm_config.budget == 0.4 and acm.acm_config.budget == 0.9
+    assert parts(low).config('acm').budget == 0.4 and parts(acm).config('acm').budget == 0.9
     assert edge.measure_budget(low, [batch]).ffn_fraction() <= 0.4
     assert all(torch.equal(v, acm.state_dict()[k]) for k, v in before.items())
     with pytest.raises(edge.EdgeError, match="budget"):

@@ -7,7 +7,11 @@ import torch
 import torch.nn as nn
 
 import edge
-from edge.depth import exit_heads, fit_linear_, install_exits, routers, run
+from edge.depth import fit_linear_
+from edge.exits import exit_heads, install_exits
+from edge.forward import run
+from edge.parts import parts
+from edge.skips import routers
 from edge.errors import EdgeError
 from edge.flops import count_flops
 from tests.conftest import CASES
@@ -146,7 +150,7 @@ def test_mixed_batch_takes_each_sequence_its_own_way():
     r = routers(m)[1]
     with torch.no_grad():
         scores = r(arch.pool(arch.embed(m, batch)[0], arch.embed(m, batch)[1]))
-        m.skip_config = edge.SkipConfig(layers=[1], threshold=float(scores.mean()))  # between the two
+        parts(m).set_config("skips", edge.SkipConfig(layers=[1], threshold=float(scores.mean())))  # between the two
         out, trace = run(m, batch)
         assert trace.skipped[:, 0].tolist() == (scores < scores.mean()).tolist()
         for i in range(len(out)):  # each sequence alone gives the same answer as in the mixed batch
@@ -160,7 +164,7 @@ def test_training_changes_only_heads_and_routers(case):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     e = edge.add_exits(model, edge.ExitConfig(after=[1], steps=5), [batch], **FEW)
     s = edge.add_skips(model, edge.SkipConfig(samples=8, epochs=2), [batch], **FEW)
-    for trained, extra in ((e, "edge_exits."), (s, "edge_routers.")):
+    for trained, extra in ((e, "edge_parts.exits."), (s, "edge_parts.skips.")):
         state = trained.state_dict()
         for k, v in before.items():
             assert torch.equal(state[k], v), f"backbone parameter {k} changed"
@@ -189,9 +193,9 @@ def test_one_pass_answers_every_exit_threshold(case):
         # (not at a confidence itself: the early-exiting run recomputes it on fewer sequences, and a
         # last-bit difference there would flip a tie)
         for t in sorted({0.0, 1.0, *[(a + b) / 2 for a, b in zip(cs, cs[1:])]}):
-            m.exit_config = edge.ExitConfig(after=list(range(1, n)), threshold=t)
+            parts(m).set_config("exits", edge.ExitConfig(after=list(range(1, n)), threshold=t))
             want, want_trace = run(m, batch)
-            got, flops, layer = edge.depth.take_exits(m, full, trace, t)
+            got, flops, layer = edge.forward.take_exits(m, full, trace, t)
             torch.testing.assert_close(got, want)
             assert torch.equal(flops, want_trace.flops) and torch.equal(layer, want_trace.exit_layer)
             layers_seen |= set(layer.tolist())
@@ -220,7 +224,7 @@ def test_acm_exits_skips_together_one_budget(name, mt):
     chosen = result["chosen"]
     assert chosen["flops_frac"] <= 0.8
     assert len(result["sweep"]) > 10
-    got = edge.depth.measure(m, [batch], [arch.hf_output(model, batch)])
+    got = edge.budget.measure(m, [batch], [arch.hf_output(model, batch)])
     assert got["flops_frac"] == pytest.approx(chosen["flops_frac"])
     with pytest.raises(EdgeError, match="least compute"):
         edge.set_budget_(m, model, 1e-4, [batch])
@@ -236,7 +240,7 @@ def test_save_load_round_trip(case, tmp_path):
     a, ta = run(m, batch)
     b, tb = run(back, batch)
     assert torch.equal(a, b) and torch.equal(ta.flops, tb.flops)
-    assert back.exit_config == m.exit_config and back.skip_config == m.skip_config
+    assert parts(back).configs == parts(m).configs
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -300,7 +304,7 @@ def test_task_head_makes_a_classifier_of_the_embedding(name, mt):
         extra = run(m, batch)[1].full_flops - run(s, batch)[1].full_flops
     assert arch.output_kind(m) == "logits" and arch.output_kind(model) == "embedding"
     assert extra.tolist() == [2.0 * lin.in_features * 4] * len(extra)  # the head's FLOPs are counted
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in m.state_dict().items() if not k.startswith("edge_head"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in m.state_dict().items() if not k.startswith("edge_parts.head"))
 
 
 def test_exits_trained_on_labels_learn_the_task():

@@ -11,12 +11,13 @@ import torch
 
 import edge
 import export
-from edge.depth import run
+from edge.forward import run
 from edge.errors import EdgeError
 from export.artifact import write_plan
 from export.graph import GraphModel
 from export.lower import _inputs, _trace
-from export.routed import Routed, drive
+from device.driver import drive
+from export.routed import Routed
 from tests.conftest import CASES
 from tests.test_acm import tiny_acm_model
 
@@ -273,7 +274,8 @@ def test_executorch_lowering_keeps_what_xnnpack_cannot_take_loadable(tmp_path):
     """The ExecuTorch lowering skips a decomposition pass only when XNNPACK takes every op it asks to
     keep whole: a linear on a weight that is an input (XNNPACK wants a constant) is decomposed as
     before, so the program loads and runs (skipping it there leaves an op no kernel runs)."""
-    from export.executorch import load, lower
+    from device.executorch import load
+    from export.executorch import lower
 
     class Both(torch.nn.Module):
         def __init__(self):
@@ -295,7 +297,8 @@ def test_executorch_dynamic_int8_runs_int8_gemms_in_xnnpack(tmp_path):
     """export.executorch.dynamic_int8 (bench/acm_layer.py --int8): the Linears of a module, with a
     dynamic row count, become XNNPACK's int8 GEMMs: every op in the delegate, a quarter of the weight
     bytes in the program, outputs near fp32's (int8 error, not fp32's), at every row count."""
-    from export.executorch import FILE, dynamic_int8, load, lower, stats
+    from device.executorch import load, stats
+    from export.executorch import FILE, dynamic_int8, lower
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 64)).eval()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import edge
-from edge.io import atomic_dir
+from edge.files import atomic_dir
 from tests.conftest import CASES
 from tests.test_acm import tiny_acm_model
 

@@ -13,9 +13,9 @@ import yaml
 import export
 import profiler
 from edge.errors import EdgeError
-from export.artifact import PLAN_FORMAT, PLAN_VERSION
+from device.artifact import PLAN_FORMAT, PLAN_VERSION
 from profiler import presets
-from profiler.measure import knob_arrays
+from device.measure import knob_arrays
 
 RUNTIMES = export.RUNTIMES.names()
 
@@ -397,7 +397,8 @@ def test_adb_target_drives_the_demo_app_on_a_fake_device(artifact, tmp_path):
 def test_a_corrupt_program_is_refused_in_one_line(artifact, tmp_path):
     """A program file that is not the runtime's format (its plan updated to match, so the hash check
     passes) fails to load with the runtime's own reason, not a traceback from inside the runtime."""
-    from export.artifact import sha256, write_plan
+    from edge.files import sha256
+    from export.artifact import write_plan
 
     bad = tmp_path / "bad"
     shutil.copytree(artifact.path, bad)

@@ -2,7 +2,7 @@
 // ExecuTorch's C++ Module API. It executes the plan as export/routed.py's `drive` does (graph mode: one
 // call of "forward"), times it per budget level and per branch-forcing check, compares every check's
 // outputs with the eager outputs bundled beside the program, and writes the same JSON-line records as
-// `python -m profiler.measure`, flushed one by one so that a crash or a kill keeps what was measured.
+// `python -m device.measure`, flushed one by one so that a crash or a kill keeps what was measured.
 // Unless --no-ops, a last pass at the first budget level runs with ExecuTorch's ETDump event tracer
 // and writes it beside the records (FILE.etdump; the host reads it with the devtools Inspector).
 // With more artifact directories (a benchmark's side by side: dense and gated programs), the budget
@@ -489,7 +489,7 @@ struct Artifact {
     return drive(*program, plan["routed"], static_cast<int>(plan["model"]["layers"].integer()), inputs, knobs, scratch);
   }
 
-  // what one run did, as profiler.measure.branch writes it
+  // what one run did, as device.measure.branch writes it
   std::string branch(const std::vector<Array>& out) const {
     std::ostringstream o;
     const auto& names = plan["outputs"].items;

@@ -7,7 +7,7 @@ import java.util.Locale;
 import java.util.Map;
 import java.util.function.Consumer;
 
-/** The app's headless benchmark: the same JSON-line records as `python -m profiler.measure` and the
+/** The app's headless benchmark: the same JSON-line records as `python -m device.measure` and the
  * native runner (device, one per budget level, one per branch-forcing check with its parity against
  * the bundled eager outputs, memory), so the profiler's adb target reads them as it reads the others. */
 public final class Benchmark {
@@ -62,7 +62,7 @@ public final class Benchmark {
         return r;
     }
 
-    /** What one run did, as profiler.measure.branch writes it. */
+    /** What one run did, as device.measure.branch writes it. */
     public static String branch(Plan plan, Driver.Result r) {
         StringBuilder s = new StringBuilder("{\"exit_layer\": " + r.exitLayer + ", \"skipped\": [");
         boolean first = true;

@@ -3,7 +3,7 @@ lines, one record per budget level and per branch-forcing case, then the operato
 memory, flushed as it goes, so that a crash or a timeout keeps what was measured. A target runs this
 where the artifact is (the local target: in a subprocess of its own, so its peak memory is its own).
 
-    python -m profiler.measure ARTIFACT_DIR --out results.jsonl [--runs 50] [--warmup 5] [--threads 1] [--device cpu]
+    python -m device.measure ARTIFACT_DIR --out results.jsonl [--runs 50] [--warmup 5] [--threads 1] [--device cpu]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def machine() -> dict:
 
 def describe(threads: int, runtime: str, device: str = "cpu") -> dict:
     """The machine, the runtime and its version, the threads, the device it runs on."""
-    from export.runtime import RUNTIMES
+    from device.runtime import RUNTIMES
 
     return {**machine(), "runtime": runtime, "runtime_version": version(RUNTIMES.get(runtime).package),
             "threads": threads, "device": device}
@@ -79,7 +79,7 @@ def knob_arrays(plan: dict, values: dict) -> list[np.ndarray]:
 def measure(path: str, out, runs: int = 50, warmup: int = 5, threads: int = 1, branch_runs: int = 10,
             ops: bool = True, device: str = "cpu") -> None:
     """Measure the artifact at `path`, writing records (dicts) to `out` (a function)."""
-    from export.artifact import load_artifact
+    from device.artifact import load_artifact
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     a = load_artifact(path)
@@ -111,7 +111,7 @@ def measure(path: str, out, runs: int = 50, warmup: int = 5, threads: int = 1, b
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m profiler.measure", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m device.measure", description=__doc__.split("\n\n")[0])
     ap.add_argument("artifact")
     ap.add_argument("--out", required=True, help="JSON lines file to append the records to")
     ap.add_argument("--runs", type=int, default=50)

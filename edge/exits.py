@@ -1,0 +1,121 @@
+"""Early exits: a head after chosen layers that gives the final output's kind (an embedding, or a
+classifier's logits) and a confidence; a sequence leaves at the first exit whose confidence is at least
+the threshold (0: everybody leaves at the first exit; 1: nobody leaves). Layers are numbered from 1:
+an exit `after=3` sits after the third layer. Training: edge.depth.add_exits; the forward that really
+stops: edge.forward.run."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+
+from edge.arch import arch_for, check_layer_numbers, unit
+from edge.errors import EdgeError
+from edge.parts import Transform, attach, parts, register
+
+BELOW_ONE = 1.0 - 1e-6  # confidences and router scores are clamped here: threshold 1 is never met
+
+
+def _check_unit(name: str, v) -> None:
+    if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
+        raise EdgeError(f"{name} must be in [0, 1], got {v!r}")
+
+
+def _check_positive(name: str, v, kind=(int, float)) -> None:
+    if not (isinstance(v, kind) and not isinstance(v, bool) and v > 0):
+        raise EdgeError(f"{name} must be > 0, got {v!r}")
+
+
+class _Config:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise EdgeError(f"unknown {cls.__name__} keys {sorted(set(d) - known)}; known: {sorted(known)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class ExitConfig(_Config):
+    """Exit heads after layers `after` (1..L-1). Only the heads train: each projection is first fitted
+    in closed form (least squares to the final output on the cached training states), then `steps`
+    Adam steps at `lr` train the confidence head (embedding model) or refine the head (classifier).
+    A classifier's exits given the task's labels are instead fitted to the labels (add_exits).
+
+    hidden: width of the confidence head of an embedding model (a classifier's confidence is its
+    maximum softmax probability). threshold: see the module docstring."""
+
+    after: tuple[int, ...] = (2, 3, 4, 5)
+    threshold: float = 1.0
+    hidden: int = 64
+    steps: int = 300
+    lr: float = 1e-3
+
+    def __post_init__(self):
+        object.__setattr__(self, "after", tuple(self.after))
+        if not self.after or not all(isinstance(a, int) and not isinstance(a, bool) for a in self.after):
+            raise EdgeError(f"ExitConfig.after must be a non-empty list of layer numbers, got {self.after!r}")
+        if len(set(self.after)) != len(self.after) or list(self.after) != sorted(self.after):
+            raise EdgeError(f"ExitConfig.after must be increasing without repeats, got {list(self.after)}")
+        _check_unit("ExitConfig.threshold", self.threshold)
+        _check_positive("ExitConfig.hidden", self.hidden, int)
+        if not (isinstance(self.steps, int) and self.steps >= 0):
+            raise EdgeError(f"ExitConfig.steps must be an integer >= 0, got {self.steps!r}")
+        _check_positive("ExitConfig.lr", self.lr)
+
+
+class ExitHead(nn.Module):
+    """Pooled hidden state (B, d) -> (output (B, D), confidence (B,)) in the final output's space."""
+
+    def __init__(self, d: int, out_dim: int, kind: str, unit: bool, hidden: int):
+        super().__init__()
+        self.kind, self.unit = kind, unit
+        self.norm = nn.LayerNorm(d)
+        self.proj = nn.Linear(d, out_dim)
+        if kind == "embedding":  # predicts the cosine of its output to the final output
+            self.confidence = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            if out_dim == d:
+                with torch.no_grad():
+                    self.proj.weight.copy_(torch.eye(d))
+                    self.proj.bias.zero_()
+
+    def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.norm(pooled)
+        y = self.proj(z)
+        if self.kind == "logits":
+            conf = y.softmax(-1).amax(-1)
+        else:
+            conf = torch.sigmoid(self.confidence(z).flatten())
+            if self.unit:
+                y = unit(y)
+        return y, conf.clamp(max=BELOW_ONE)
+
+    def flops(self) -> int:
+        f = 2 * self.proj.in_features * self.proj.out_features
+        if self.kind == "embedding":
+            f += sum(2 * m.in_features * m.out_features for m in self.confidence if isinstance(m, nn.Linear))
+        return f
+
+
+def exit_heads(model: nn.Module) -> dict[int, ExitHead]:
+    """{layer number: its exit head} of `model` ({} without exits)."""
+    heads = parts(model).module("exits")
+    return {int(k): m for k, m in heads.items()} if heads is not None else {}
+
+
+def install_exits(model: nn.Module, config: ExitConfig) -> None:
+    """Attach untrained exit heads (in place); used by add_exits and by edge.load."""
+    arch = arch_for(model)
+    check_layer_numbers("ExitConfig.after layers", config.after, len(arch.layers(model)), allow_last=False)
+    d, _ = arch.dims(model)
+    kind, unit = arch.output_kind(model), arch.unit_output(model)
+    out_dim = arch.output_dim(model)
+    attach(model).add("exits", config, nn.ModuleDict({str(a): ExitHead(d, out_dim, kind, unit, config.hidden)
+                                                     for a in config.after}))
+
+
+register(Transform("exits", ExitConfig, install_exits, after=("head",)))

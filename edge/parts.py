@@ -1,0 +1,127 @@
+"""What edge adds to a model, in one typed place: the registered transforms (ACM FFNs, exits, skip
+routers, a task head, and the ones to come) and, on a model, the parts they installed.
+
+Each transform is one module that registers itself once (`register`): its name (the key in edge.json
+and in the model's parts), its config class, how it installs untrained modules on a model (what
+`edge.load` calls before reading the weights back) and which transforms must be installed before it.
+`edge.save`/`edge.load` loop over the registry; nothing else names the transforms.
+
+On a model, `parts(model)` is the one accessor: the config of every installed transform and the
+modules of those that add modules beside the backbone (exit heads, routers, the head), held in ONE
+submodule, `model.edge_parts` (so their weights are in the state dict as `edge_parts.NAME.*`). An ACM
+replaces the FFN inside its layer instead, and is found there (edge.acm.acm_of).
+
+    >>> import edge
+    >>> from edge.parts import parts
+    >>> m, batch = edge.ARCHS.get("bert").tiny("bert")
+    >>> _ = edge.install_acms(m, edge.AcmConfig(learners=2))
+    >>> parts(m).names(), parts(m).config("acm").learners
+    (['acm'], 2)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from edge.errors import EdgeError
+from edge.registry import Registry
+
+ATTRIBUTE = "edge_parts"  # the model's submodule holding its parts
+
+
+@dataclass(frozen=True)
+class Transform:
+    """name: the key in edge.json and in a model's parts; config: its config class (to_dict/from_dict);
+    install(model, config): attach the transform's untrained modules in place (its weights are then
+    loaded or trained); after: transforms that must be installed first (a classifier's exits need its
+    head's number of classes)."""
+
+    name: str
+    config: type
+    install: Callable[[nn.Module, object], None]
+    after: tuple[str, ...] = ()
+
+
+TRANSFORMS: Registry[Transform] = Registry("transform")
+
+
+def register(transform: Transform) -> Transform:
+    return TRANSFORMS.register(transform.name)(transform)
+
+
+def install_order(names) -> list[str]:
+    """`names` in an order where every transform comes after those it must follow."""
+    done: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in done:
+            return
+        if name in path:
+            raise ValueError(f"transforms {' -> '.join(path + (name,))} must each be installed before the other")
+        for first in TRANSFORMS.get(name).after:
+            if first in names:
+                visit(first, path + (name,))
+        done.append(name)
+
+    for name in sorted(names):
+        visit(name, ())
+    return done
+
+
+class Parts(nn.Module):
+    """The installed transforms of a model: config per name, and the modules some of them add."""
+
+    def __init__(self):
+        super().__init__()
+        self.configs: dict[str, object] = {}
+
+    def names(self) -> list[str]:
+        return sorted(self.configs)
+
+    def has(self, name: str) -> bool:
+        return name in self.configs
+
+    def config(self, name: str):
+        """The config the transform `name` was installed with (or last set to), or None."""
+        return self.configs.get(name)
+
+    def module(self, name: str) -> nn.Module | None:
+        """The module the transform `name` added beside the backbone, or None."""
+        return self._modules.get(name)
+
+    def set_config(self, name: str, config) -> None:
+        TRANSFORMS.get(name)  # (an unknown name raises and lists the known ones)
+        self.configs[name] = config
+
+    def add(self, name: str, config, module: nn.Module | None = None) -> None:
+        self.set_config(name, config)
+        if module is not None:
+            self.add_module(name, module)
+
+
+_EMPTY = Parts()
+
+
+def parts(model: nn.Module) -> Parts:
+    """The parts installed on `model` (an empty, detached Parts when there are none)."""
+    got = model._modules.get(ATTRIBUTE)
+    return got if got is not None else _EMPTY
+
+
+def attach(model: nn.Module) -> Parts:
+    """The model's parts, made (and attached) on first use: what an install calls."""
+    got = model._modules.get(ATTRIBUTE)
+    if got is None:
+        got = Parts()
+        model.add_module(ATTRIBUTE, got)
+    return got
+
+
+def require(model: nn.Module, name: str):
+    """The config of transform `name` on `model`, or one clear error."""
+    config = parts(model).config(name)
+    if config is None:
+        raise EdgeError(f"this model has no {name}; installed: {', '.join(parts(model).names()) or 'none'}")
+    return config
