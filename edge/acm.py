@@ -99,7 +99,7 @@ class ACM(nn.Module):
         self.gate = nn.Sequential(nn.Linear(d, config.gate_hidden), nn.GELU(), nn.Linear(config.gate_hidden, n + 1))
         self.gate_kind = config.gate
         self.register_buffer("gate_bias", torch.zeros(()))
-        self.dense = False  # set by edge.distill during training
+        self.dense = False  # set by edge.convert during training (the dense masked form)
         self.forced_k: int | None = None  # run every token with exactly k learners (static baseline)
         self.last_k: torch.Tensor | None = None  # (...,) choices of the last forward, for accounting
         self.last_gate: torch.Tensor | None = None  # (..., N+1) soft/ST one-hot of the last dense forward
@@ -115,7 +115,7 @@ class ACM(nn.Module):
         ks = torch.arange(self.n + 1, device=logits.device, dtype=logits.dtype)
         return logits - (self.gate_bias if bias is None else bias) * ks  # (..., N+1)
 
-    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+    def count(self, logits: torch.Tensor) -> torch.Tensor:
         if self.forced_k is not None:
             return torch.full(logits.shape[:-1], self.forced_k, dtype=torch.long, device=logits.device)
         return self.biased(logits).argmax(-1)  # (...,)
@@ -137,12 +137,12 @@ class ACM(nn.Module):
         logits = self.gate_logits(x)
         if self.dense:
             return self._forward_dense(x, logits)
-        k = self.choose(logits)
+        k = self.count(logits)
         self.last_k = k
         return self._forward_skipping(x, k)
 
     def _forward_dense(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        hard = F.one_hot(self.choose(logits), self.n + 1).to(x.dtype)
+        hard = F.one_hot(self.count(logits), self.n + 1).to(x.dtype)
         soft = self.biased(logits).softmax(-1)
         g = hard + soft - soft.detach()  # straight-through: forward is hard, gradient is soft's
         self.last_gate, self.last_k = g, hard.argmax(-1)

@@ -1,7 +1,7 @@
 """Architecture adapters: where a model's FFNs are, how to swap in an ACM, what output to distil.
 
 An adapter is registered under the Hugging Face `model_type`s it serves; `arch_for(model)` finds it.
-A new architecture is supported (and tested by tests/test_arch.py) by registering an adapter here.
+A new architecture is supported (and tested by every test parametrized over ARCHS: tests/test_acm.py, tests/test_depth.py, tests/test_export.py) by registering an adapter here.
 """
 from __future__ import annotations
 

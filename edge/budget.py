@@ -51,7 +51,7 @@ def _set_thresholds(model: nn.Module, exit_threshold: float, skip_threshold: flo
         own.set_config("skips", replace(own.config("skips"), threshold=skip_threshold))
 
 
-def measure(model: nn.Module, batches: list[dict], targets: list[torch.Tensor]) -> dict:
+def flops_and_quality(model: nn.Module, batches: list[dict], targets: list[torch.Tensor]) -> dict:
     """Average FLOP fraction (of the original model) and quality against `targets` on `batches`."""
     kind = arch_for(model).output_kind(model)
     spent = full = 0.0
@@ -128,7 +128,7 @@ def _skip_grid(model, calib) -> tuple[float, ...]:
     return tuple(sorted({0.0, *[round(q, 6) for q in qs], 1.0}))
 
 
-def choose(rows: list[dict], budget: float) -> dict:
+def best_within(rows: list[dict], budget: float) -> dict:
     """The best-quality row whose FLOP fraction is within `budget`."""
     ok = [r for r in rows if r["flops_frac"] <= budget]
     if not ok:
@@ -155,6 +155,6 @@ def set_budget_(model: nn.Module, original: nn.Module, budget: float, calib: lis
     if not calib:
         raise EdgeError("set_budget_ needs at least one batch of calibration data")
     rows = sweep(model, original, calib, use, progress)
-    best = choose(rows, budget)
+    best = best_within(rows, budget)
     apply_setting_(model, Setting(best["exit_threshold"], best["skip_threshold"], best["acm_budget"]), calib)
     return {"chosen": best, "sweep": rows}

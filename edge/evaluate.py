@@ -132,8 +132,10 @@ def ffn_share_of_model(model: nn.Module, batch: dict) -> float:
     return sum(4 * f.fc1.in_features * f.fc1.out_features for f in ffns) * seen[0] / total
 
 
-def compare(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict], ffn_share: float | None = None) -> dict:
-    """Cosine of the student's outputs to the teacher's, and the student's achieved compute."""
+def compare(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict], ffn_share: float | None = None,
+            ) -> tuple[dict, torch.Tensor]:
+    """(report, the student's outputs): the cosine of the student's outputs to the teacher's, and the
+    student's achieved compute."""
     out, meter = outputs(student, batches)
     cos = F.cosine_similarity(out, teacher_out, dim=-1)
     report = {"cos_mean": float(cos.mean()), "cos_p5": float(torch.quantile(cos, 0.05)), "n": len(cos)}

@@ -84,9 +84,3 @@ class BudgetMeter:
             out["ffn_share_of_model"] = ffn_share
             out["model_fraction"] = self.model_fraction(ffn_share)
         return out
-
-
-def ffn_share(model: nn.Module, output_fn, batch: dict, n_ffn: int, ffn_token_flops: int, tokens: int) -> float:
-    """Share of the original model's FLOPs spent in its FFNs on `batch` (counted by torch)."""
-    total = count_flops(output_fn, model, batch)
-    return n_ffn * ffn_token_flops * tokens / total

@@ -196,7 +196,7 @@ def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
     """The plan's budget levels: for each FLOP budget (a fraction of the original model's FLOPs), the
     knob setting that edge.set_budget_ would pick on `calib` (one sweep serves every budget), with
     the FLOPs and quality it measured there. Pass the result to to_runtime(levels=...)."""
-    from edge.budget import Setting, apply_setting_, choose, sweep
+    from edge.budget import Setting, apply_setting_, best_within, sweep
 
     for b in budgets:
         if not (isinstance(b, (int, float)) and 0.0 < b <= 1.0):
@@ -204,7 +204,7 @@ def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
     rows = sweep(copy.deepcopy(model), original, calib)
     levels = []
     for b in sorted(set(budgets), reverse=True):
-        best = choose(rows, b)
+        best = best_within(rows, b)
         m = copy.deepcopy(model)
         apply_setting_(m, Setting(best["exit_threshold"], best["skip_threshold"], best["acm_budget"]), calib)
         knobs = GraphModel(m).knobs()

@@ -35,7 +35,7 @@ GLIBC = ["libc.so.6", "libm.so.6", "libstdc++.so.6", "libgcc_s.so.1", "libpthrea
 
 
 @dataclass(frozen=True)
-class Arch:
+class RunnerPlatform:
     """A CPU architecture the runner can be built for: its compiler and the qemu that runs it here."""
 
     name: str
@@ -47,9 +47,9 @@ class Arch:
     loader: str | None = None
 
 
-ARCHES = {a.name: a for a in [
-    Arch("x86_64", "g++", "g++", "manylinux_2_28_x86_64"),
-    Arch("aarch64", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "manylinux_2_28_aarch64", "qemu-aarch64-static", "/usr/aarch64-linux-gnu",
+PLATFORMS = {a.name: a for a in [
+    RunnerPlatform("x86_64", "g++", "g++", "manylinux_2_28_x86_64"),
+    RunnerPlatform("aarch64", "aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu", "manylinux_2_28_aarch64", "qemu-aarch64-static", "/usr/aarch64-linux-gnu",
          "ld-linux-aarch64.so.1"),
 ]}
 
@@ -58,21 +58,21 @@ def host_arch() -> str:
     return platform.machine()
 
 
-def get_arch(name: str) -> Arch:
-    if name not in ARCHES:
-        raise EdgeError(f"no runner build for architecture {name!r}; known: {', '.join(sorted(ARCHES))}")
-    return ARCHES[name]
+def get_arch(name: str) -> RunnerPlatform:
+    if name not in PLATFORMS:
+        raise EdgeError(f"no runner build for architecture {name!r}; known: {', '.join(sorted(PLATFORMS))}")
+    return PLATFORMS[name]
 
 
 def wheel_cache() -> Path:
     return data_dir() / "wheels"
 
 
-def wheel_name(arch: Arch) -> str:
+def wheel_name(arch: RunnerPlatform) -> str:
     return f"executorch-{version('executorch')}-cp311-cp311-{arch.wheel_platform}.whl"
 
 
-def fetch_wheel(arch: Arch) -> Path:
+def fetch_wheel(arch: RunnerPlatform) -> Path:
     """Download executorch's wheel for `arch` into the data directory (setup.sh calls this)."""
     path = wheel_cache() / wheel_name(arch)
     if not path.is_file():
@@ -83,7 +83,7 @@ def fetch_wheel(arch: Arch) -> Path:
     return path
 
 
-def _executorch_dir(arch: Arch, scratch: Path) -> Path:
+def _executorch_dir(arch: RunnerPlatform, scratch: Path) -> Path:
     """The executorch package directory whose lib/ the runner links: the installed one on its own
     architecture, else the one unpacked from the cached wheel."""
     if arch.name == host_arch():

@@ -224,7 +224,7 @@ def test_acm_exits_skips_together_one_budget(name, mt):
     chosen = result["chosen"]
     assert chosen["flops_frac"] <= 0.8
     assert len(result["sweep"]) > 10
-    got = edge.budget.measure(m, [batch], [arch.hf_output(model, batch)])
+    got = edge.budget.flops_and_quality(m, [batch], [arch.hf_output(model, batch)])
     assert got["flops_frac"] == pytest.approx(chosen["flops_frac"])
     with pytest.raises(EdgeError, match="least compute"):
         edge.set_budget_(m, model, 1e-4, [batch])
