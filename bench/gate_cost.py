@@ -26,7 +26,8 @@ import torch
 import edge
 import export
 from export.graph import GraphModel
-from export.lower import FORCE, force_cases
+from edge.acm import FORCE
+from export.lower import force_cases
 
 sys.path.insert(0, str(Path(__file__).parent))
 from export_speed import interleaved, without_ffn  # noqa: E402

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from edge.arch import arch_for
 from edge.errors import EdgeError
-from edge.parts import Transform, attach, register
+from edge.parts import Knob, Transform, attach, register
 from edge.registry import Registry
 
 ACTIVATIONS: Registry[type] = Registry("activation")
@@ -241,4 +241,24 @@ def install_acms(model: nn.Module, config: AcmConfig) -> list[ACM]:
     return acms
 
 
-register(Transform("acm", AcmConfig, install_acms))
+FORCE = 1e4  # a gate bias this large forces k = 0 (positive) or k = N (negative) on every token
+BIAS_STEPS = (-FORCE, -1.0, -0.3, 0.0, 0.3, 1.0, FORCE)  # added to the model's own gate bias by the forcing cases
+
+
+def _gate_bias(model: nn.Module) -> torch.Tensor:
+    return torch.stack([m.gate_bias.float() for m in acm_modules(model)])
+
+
+def _acm_plan(model: nn.Module) -> list[dict]:
+    arch = arch_for(model)
+    layers = [i for i, layer in enumerate(arch.layers(model), 1) if acm_of(layer) is not None]
+    return [{"layer": i, "learners": acm_of(arch.layers(model)[i - 1]).n, "knob": "gate_bias", "index": j}
+            for j, i in enumerate(layers)]
+
+
+GATE_KNOB = Knob(
+    "gate_bias", "acms", own=_gate_bias, full=_gate_bias,
+    cases=lambda m, full: [(f"gate bias {b:+g}", full + b) for b in BIAS_STEPS],  # none .. every token runs all
+    plan=_acm_plan)
+
+register(Transform("acm", AcmConfig, install_acms, knob=GATE_KNOB, export_order=2))

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from edge.arch import arch_for, check_layer_numbers, unit
 from edge.errors import EdgeError
-from edge.parts import Transform, attach, parts, register
+from edge.parts import Knob, Transform, attach, parts, register
 
 BELOW_ONE = 1.0 - 1e-6  # confidences and router scores are clamped here: threshold 1 is never met
 
@@ -118,4 +118,20 @@ def install_exits(model: nn.Module, config: ExitConfig) -> None:
                                                      for a in config.after}))
 
 
-register(Transform("exits", ExitConfig, install_exits, after=("head",)))
+def _exit_cases(model: nn.Module, full: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    cases = []
+    for j, a in enumerate(sorted(exit_heads(model))):
+        t = full.clone()
+        t[j] = 0.0  # confidence >= 0 always: leave here (the earlier exits are closed)
+        cases.append((f"exit after {a}", t))
+    return cases
+
+
+EXIT_KNOB = Knob(
+    "exit_thresholds", "exits",
+    own=lambda m: torch.full((len(exit_heads(m)),), float(parts(m).config("exits").threshold)),
+    full=lambda m: torch.ones(len(exit_heads(m))),
+    cases=_exit_cases,
+    plan=lambda m: [{"after": a, "knob": "exit_thresholds", "index": j} for j, a in enumerate(sorted(exit_heads(m)))])
+
+register(Transform("exits", ExitConfig, install_exits, after=("head",), knob=EXIT_KNOB, export_order=0))

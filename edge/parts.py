@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from edge.errors import EdgeError
@@ -32,16 +33,38 @@ ATTRIBUTE = "edge_parts"  # the model's submodule holding its parts
 
 
 @dataclass(frozen=True)
+class Knob:
+    """The run-time knob of a transform whose gates take decisions: one input of the exported program
+    (a vector, one value per gate), set by a driver to move the budget and by `export.verify` to
+    force every branch. Functions of the model that has the transform installed:
+    own(model): its value at the model's own setting; full(model): the value that runs the full
+    computation past these gates (an exit never taken, a router always running its layer; an ACM's
+    own bias: its learners are the computation); cases(model, full): [(case name, value)] that,
+    each with the other knobs at full, take every branch of these gates; plan(model): the plan's
+    control_flow entries {"knob", "index", ...} under `plan_key`."""
+
+    name: str
+    plan_key: str
+    own: Callable[[nn.Module], torch.Tensor]
+    full: Callable[[nn.Module], torch.Tensor]
+    cases: Callable[[nn.Module, torch.Tensor], list[tuple[str, torch.Tensor]]]
+    plan: Callable[[nn.Module], list[dict]]
+
+
+@dataclass(frozen=True)
 class Transform:
     """name: the key in edge.json and in a model's parts; config: its config class (to_dict/from_dict);
     install(model, config): attach the transform's untrained modules in place (its weights are then
     loaded or trained); after: transforms that must be installed first (a classifier's exits need its
-    head's number of classes)."""
+    head's number of classes); knob: its run-time knob, if its gates take decisions; export_order:
+    where its knob comes among the program's knob inputs (and its forcing cases among the checks)."""
 
     name: str
     config: type
     install: Callable[[nn.Module, object], None]
     after: tuple[str, ...] = ()
+    knob: Knob | None = None
+    export_order: int = 0
 
 
 TRANSFORMS: Registry[Transform] = Registry("transform")
@@ -68,6 +91,12 @@ def install_order(names) -> list[str]:
     for name in sorted(names):
         visit(name, ())
     return done
+
+
+def knobs_of(model: nn.Module) -> list[tuple[Transform, Knob]]:
+    """The knobs of the transforms installed on `model`, in export order."""
+    got = [(t, t.knob) for _, t in TRANSFORMS.items() if t.knob is not None and parts(model).has(t.name)]
+    return sorted(got, key=lambda tk: (tk[0].export_order, tk[0].name))
 
 
 class Parts(nn.Module):

@@ -12,7 +12,7 @@ import torch.nn as nn
 from edge.arch import arch_for, check_layer_numbers
 from edge.errors import EdgeError
 from edge.exits import BELOW_ONE, _check_positive, _check_unit, _Config
-from edge.parts import Transform, attach, parts, register
+from edge.parts import Knob, Transform, attach, parts, register
 
 SKIP_TARGETS = ("attention", "block")
 
@@ -83,4 +83,21 @@ def install_skips(model: nn.Module, config: SkipConfig) -> None:
     attach(model).add("skips", config, nn.ModuleDict({str(i): Router(d) for i in layers}))
 
 
-register(Transform("skips", SkipConfig, install_skips))
+def _skip_cases(model: nn.Module, full: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    cases = []
+    for j, i in enumerate(sorted(routers(model))):
+        t = full.clone()
+        t[j] = 1.0  # score >= 1 never: skip
+        cases.append((f"skip {i}", t))
+    return cases + [("skip all", torch.ones_like(full))]
+
+
+SKIP_KNOB = Knob(
+    "skip_thresholds", "routers",
+    own=lambda m: torch.full((len(routers(m)),), float(parts(m).config("skips").threshold)),
+    full=lambda m: torch.zeros(len(routers(m))),
+    cases=_skip_cases,
+    plan=lambda m: [{"layer": i, "target": parts(m).config("skips").target, "knob": "skip_thresholds", "index": j}
+                    for j, i in enumerate(sorted(routers(m)))])
+
+register(Transform("skips", SkipConfig, install_skips, knob=SKIP_KNOB, export_order=1))

@@ -19,7 +19,7 @@ import torch.nn as nn
 from edge.acm import acm_of
 from edge.arch import arch_for
 from edge.exits import exit_heads
-from edge.parts import parts
+from edge.parts import knobs_of, parts
 from edge.skips import routers
 
 
@@ -57,16 +57,10 @@ class GraphModel(nn.Module):
         self.register_buffer("no_skips", torch.zeros(n, dtype=torch.bool), persistent=False)
 
     def knobs(self) -> dict[str, torch.Tensor]:
-        """The model's own setting as knob tensors (what eager `edge.run` does); only the knobs the
-        model has (a runtime may not take an empty input: ExecuTorch aborts on one)."""
-        own = {}
-        if self.heads:
-            own["exit_thresholds"] = torch.full((len(self.heads),), float(parts(self.model).config("exits").threshold))
-        if self.routers:
-            own["skip_thresholds"] = torch.full((len(self.routers),), float(parts(self.model).config("skips").threshold))
-        if self.acm_index:
-            own["gate_bias"] = torch.stack([m.gate_bias.float() for m in self.acms if m is not None])
-        return own
+        """The model's own setting as knob tensors (what eager `edge.run` does): one per installed
+        transform with a knob (edge.parts.Knob), so only the knobs the model has (a runtime may not take
+        an empty input: ExecuTorch aborts on one)."""
+        return {k.name: k.own(self.model) for _, k in knobs_of(self.model)}
 
     def output_names(self) -> list[str]:
         return ["output", "exit_layer", "skipped"] + (["ks"] if self.acm_index else [])

@@ -12,7 +12,9 @@ import torch.nn as nn
 
 import edge
 from edge.errors import EdgeError
+from edge.acm import FORCE
 from edge.files import atomic_dir, sha256
+from edge.parts import TRANSFORMS, knobs_of, parts
 from device.artifact import CHECKS, PLAN_FORMAT, PLAN_VERSION, TOKENIZER, Artifact, load_artifact
 from device.runtime import MODES, RUNTIMES
 from export.artifact import write_plan
@@ -26,30 +28,16 @@ TOLERANCE = 1e-4  # fp32: max abs difference of the output against eager
 # (their outputs differ from eager's by ~1e-7, their scores alike), so such a branch is reported as a
 # near-tie and its output compared along the branch the artifact took, recomputed in eager
 NEAR_TIE = 1e-4
-FORCE = 1e4  # a gate bias this large forces k = 0 (positive) or k = N (negative) on every token
-BIAS_STEPS = (-FORCE, -1.0, -0.3, 0.0, 0.3, 1.0, FORCE)  # added to the model's own gate bias
-
-
 def force_cases(graph: GraphModel) -> list[tuple[str, dict[str, torch.Tensor]]]:
-    """Knob settings that, together, take every branch: the model's own setting; the full path;
-    each exit taken alone; each skip taken alone and all together; ACM gate biases from "every token
-    runs no learner" to "every token runs all"."""
-    own = graph.knobs()
-    e, r = len(graph.heads), len(graph.routers)
-    full = {**own, **({"exit_thresholds": torch.ones(e)} if e else {}), **({"skip_thresholds": torch.zeros(r)} if r else {})}
+    """Knob settings that, together, take every branch: the model's own setting; the full path; then
+    each installed transform's forcing cases (edge.parts.Knob.cases: each exit taken alone, each skip
+    taken alone and all together, ACM gate biases from "every token runs no learner" to "every token
+    runs all"), the other knobs at the full path."""
+    own, knobs = graph.knobs(), knobs_of(graph.model)
+    full = {k.name: k.full(graph.model) for _, k in knobs}
     cases = [("own", own), ("full", full)]
-    for j, a in enumerate(sorted(graph.heads)):
-        t = full["exit_thresholds"].clone()
-        t[j] = 0.0  # confidence >= 0 always: leave here (the earlier exits are closed)
-        cases.append((f"exit after {a}", {**full, "exit_thresholds": t}))
-    for j, i in enumerate(sorted(graph.routers)):
-        t = full["skip_thresholds"].clone()
-        t[j] = 1.0  # score >= 1 never: skip
-        cases.append((f"skip {i}", {**full, "skip_thresholds": t}))
-    if r:
-        cases.append(("skip all", {**full, "skip_thresholds": torch.ones(r)}))
-    if "gate_bias" in own:
-        cases += [(f"gate bias {b:+g}", {**full, "gate_bias": own["gate_bias"] + b}) for b in BIAS_STEPS]
+    for _, k in knobs:
+        cases += [(name, {**full, k.name: value}) for name, value in k.cases(graph.model, full[k.name])]
     return cases
 
 
@@ -243,13 +231,9 @@ def plan_of(graph: GraphModel, model: nn.Module, runtime: str, mode: str, method
         "inputs": [_spec(n, a, dyn if n in arch.seq_inputs else None) for n, a in zip(graph.input_names, args)],
         "knobs": [_spec(k, v) for k, v in graph.knobs().items()],
         "outputs": graph.output_names(),
-        "control_flow": {
-            "exits": [{"after": a, "knob": "exit_thresholds", "index": j} for a, j in sorted(graph.exit_index.items())],
-            "routers": [{"layer": i, "target": graph.target, "knob": "skip_thresholds", "index": j}
-                        for i, j in sorted(graph.router_index.items())],
-            "acms": [{"layer": i, "learners": graph.acms[i - 1].n, "knob": "gate_bias", "index": j}
-                     for i, j in sorted(graph.acm_index.items())],
-        },
+        # every knob transform's section (empty where the model does not have it), from its registration
+        "control_flow": {t.knob.plan_key: t.knob.plan(model) if parts(model).has(t.name) else []
+                         for _, t in TRANSFORMS.items() if t.knob is not None},
         **section,
         "budget_levels": levels,
     }

@@ -122,7 +122,7 @@ def level_quality(artifact, inputs: list[list[np.ndarray]], threads: int = 1) ->
     """Quality of every budget level on held-out inputs (lists of the model's input arrays), against
     the artifact's own full path (every exit closed, every router open, every learner run): mean
     cosine for embeddings, argmax agreement for logits. Runs here, with the artifact itself."""
-    from export.lower import FORCE
+    from edge.acm import FORCE
     from device.measure import knob_arrays
 
     a = artifact
