@@ -234,7 +234,7 @@ def config(name: str):
             raise TypeError(f"{cls.__name__} defines __post_init__; put its rules across fields in check()")
         unchecked = [f.name for f in dataclasses.fields(cls) if not isinstance(f.metadata.get("check"), Check)]
         if unchecked:
-            raise TypeError(f"{cls.__name__} fields {unchecked} declare no check; declare them with setting(check, ...)")
+            raise TypeError(f"{cls.__name__} fields {unchecked} declare no check; declare them with setting(check)")
         return CONFIGS.register(name)(cls)
 
     return deco

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from edge.acm import acm_of
 from edge.arch import arch_for, unit
+from edge.config import Config, config, integer, one_of, optional, real, sequence_of, setting
 from edge.console import terminal
 from edge.errors import EdgeError
 
@@ -32,30 +33,9 @@ BELOW_ONE = 1.0 - 1e-6  # confidences and router scores are clamped here: thresh
 SKIP_TARGETS = ("attention", "block")
 
 
-def _check_unit(name: str, v) -> None:
-    if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-        raise EdgeError(f"{name} must be in [0, 1], got {v!r}")
-
-
-def _check_positive(name: str, v, kind=(int, float)) -> None:
-    if not (isinstance(v, kind) and not isinstance(v, bool) and v > 0):
-        raise EdgeError(f"{name} must be > 0, got {v!r}")
-
-
-class _Config:
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise EdgeError(f"unknown {cls.__name__} keys {sorted(set(d) - known)}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
+@config("exits")
 @dataclass(frozen=True)
-class ExitConfig(_Config):
+class ExitConfig(Config):
     """Exit heads after layers `after` (1..L-1). Only the heads train: each projection is first fitted
     in closed form (least squares to the final output on the cached training states), then `steps`
     Adam steps at `lr` train the confidence head (embedding model) or refine the head (classifier).
@@ -64,55 +44,33 @@ class ExitConfig(_Config):
     hidden: width of the confidence head of an embedding model (a classifier's confidence is its
     maximum softmax probability). threshold: see the module docstring."""
 
-    after: tuple[int, ...] = (2, 3, 4, 5)
-    threshold: float = 1.0
-    hidden: int = 64
-    steps: int = 300
-    lr: float = 1e-3
+    after: tuple[int, ...] = setting(sequence_of(integer(1), nonempty=True), (2, 3, 4, 5))
+    threshold: float = setting(real(0, 1), 1.0)
+    hidden: int = setting(integer(1), 64)
+    steps: int = setting(integer(0), 300)
+    lr: float = setting(real(0, low_open=True), 1e-3)
 
-    def __post_init__(self):
-        object.__setattr__(self, "after", tuple(self.after))
-        if not self.after or not all(isinstance(a, int) and not isinstance(a, bool) for a in self.after):
-            raise EdgeError(f"ExitConfig.after must be a non-empty list of layer numbers, got {self.after!r}")
-        if len(set(self.after)) != len(self.after) or list(self.after) != sorted(self.after):
+    def check(self):
+        if list(self.after) != sorted(set(self.after)):
             raise EdgeError(f"ExitConfig.after must be increasing without repeats, got {list(self.after)}")
-        _check_unit("ExitConfig.threshold", self.threshold)
-        _check_positive("ExitConfig.hidden", self.hidden, int)
-        if not (isinstance(self.steps, int) and self.steps >= 0):
-            raise EdgeError(f"ExitConfig.steps must be an integer >= 0, got {self.steps!r}")
-        _check_positive("ExitConfig.lr", self.lr)
 
 
+@config("skips")
 @dataclass(frozen=True)
-class SkipConfig(_Config):
+class SkipConfig(Config):
     """MindSkip routers on `layers` (None: every layer) that skip the `target` ("attention" or
     "block") per sequence. Router-tuning trains only the routers, on at most `samples` sequences for
     `epochs` passes, with loss = distillation of the original output + `capacity_weight` *
     (average kept fraction - (1 - `skip_rate`))^2."""
 
-    layers: tuple[int, ...] | None = None
-    target: str = "attention"
-    skip_rate: float = 0.5
-    threshold: float = 0.5
-    capacity_weight: float = 1.0
-    samples: int = 1000
-    epochs: int = 1
-    lr: float = 1e-2
-
-    def __post_init__(self):
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
-            if not self.layers or not all(isinstance(a, int) and not isinstance(a, bool) for a in self.layers):
-                raise EdgeError(f"SkipConfig.layers must be a non-empty list of layer numbers or None, got {self.layers!r}")
-        if self.target not in SKIP_TARGETS:
-            raise EdgeError(f"SkipConfig.target must be one of {', '.join(SKIP_TARGETS)}, got {self.target!r}")
-        _check_unit("SkipConfig.skip_rate", self.skip_rate)
-        _check_unit("SkipConfig.threshold", self.threshold)
-        if not (isinstance(self.capacity_weight, (int, float)) and self.capacity_weight >= 0):
-            raise EdgeError(f"SkipConfig.capacity_weight must be >= 0, got {self.capacity_weight!r}")
-        _check_positive("SkipConfig.samples", self.samples, int)
-        _check_positive("SkipConfig.epochs", self.epochs, int)
-        _check_positive("SkipConfig.lr", self.lr)
+    layers: tuple[int, ...] | None = setting(optional(sequence_of(integer(1), nonempty=True)), None)
+    target: str = setting(one_of(*SKIP_TARGETS), "attention")
+    skip_rate: float = setting(real(0, 1), 0.5)
+    threshold: float = setting(real(0, 1), 0.5)
+    capacity_weight: float = setting(real(0), 1.0)
+    samples: int = setting(integer(1), 1000)
+    epochs: int = setting(integer(1), 1)
+    lr: float = setting(real(0, low_open=True), 1e-2)
 
 
 def _check_layers(what: str, numbers, n_layers: int, allow_last: bool) -> None:
