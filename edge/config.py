@@ -185,7 +185,15 @@ def _plain(v):
 
 
 class Config:
-    """Base of every config (a frozen dataclass registered with @config): validation, to/from dict."""
+    """Base of every config (a frozen dataclass registered with @config): validation, to/from dict.
+
+    >>> from edge.depth import ExitConfig
+    >>> ExitConfig.from_dict({"after": [1, 2], "threshold": 0.5}).to_dict()["after"]
+    [1, 2]
+    >>> ExitConfig(steps=True)
+    Traceback (most recent call last):
+    edge.errors.EdgeError: ExitConfig.steps must be an integer >= 0, got True
+    """
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
