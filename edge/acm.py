@@ -3,13 +3,14 @@ add up, plus a per-token gate that chooses how many of them (k in 0..N) run for 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from edge.arch import arch_for
+from edge.config import Config, config, integer, one_of, real, setting
 from edge.errors import EdgeError
 from edge.parts import Knob, Transform, attach, register
 from edge.registry import Registry
@@ -28,8 +29,9 @@ INITS = ("slices", "random")
 GATE_SCORES = {"error": lambda raw: -raw.clamp(max=30).exp(), "ratio": lambda raw: raw}
 
 
+@config("acm")
 @dataclass(frozen=True)
-class AcmConfig:
+class AcmConfig(Config):
     """What an ACMized model looks like and what compute it should spend.
 
     budget: target average compute of each ACM, as a fraction of the original FFN FLOPs
@@ -42,34 +44,11 @@ class AcmConfig:
     gate: "error" or "ratio", see GATE_SCORES.
     """
 
-    budget: float = 0.5
-    learners: int = 4
-    gate_hidden: int = 64
-    init: str = "slices"
-    gate: str = "error"
-
-    def __post_init__(self):
-        if not (isinstance(self.budget, (int, float)) and 0.0 < self.budget <= 1.0):
-            raise EdgeError(f"AcmConfig.budget must be in (0, 1], got {self.budget!r}")
-        if not (isinstance(self.learners, int) and self.learners >= 1):
-            raise EdgeError(f"AcmConfig.learners (N) must be an integer >= 1, got {self.learners!r}")
-        if not (isinstance(self.gate_hidden, int) and self.gate_hidden >= 1):
-            raise EdgeError(f"AcmConfig.gate_hidden must be an integer >= 1, got {self.gate_hidden!r}")
-        if self.init not in INITS:
-            raise EdgeError(f"AcmConfig.init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.gate not in GATE_SCORES:
-            raise EdgeError(f"AcmConfig.gate must be one of {', '.join(GATE_SCORES)}, got {self.gate!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AcmConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise EdgeError(f"unknown AcmConfig keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+    budget: float = setting(real(0, 1, low_open=True), 0.5)
+    learners: int = setting(integer(1), 4)
+    gate_hidden: int = setting(integer(1), 64)
+    init: str = setting(one_of(*INITS), "slices")
+    gate: str = setting(one_of(*GATE_SCORES), "error")
 
 
 class ACM(nn.Module):

@@ -223,11 +223,10 @@ def cmd_preset(args) -> int | None:
                   f"{p.quality:>9.4f}  {p.level}")
     else:
         import yaml
-        from dataclasses import asdict
 
         if not args.path:
             raise EdgeError("`edge preset show` needs a preset file")
-        print(yaml.safe_dump(asdict(presets.load_preset(args.path)), sort_keys=False), end="")
+        print(yaml.safe_dump(presets.load_preset(args.path).to_dict(), sort_keys=False), end="")
     return None
 
 

@@ -18,7 +18,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from edge.acm import ACM, AcmConfig, acm_modules, install_acms
 from edge.arch import Arch, arch_for
+from edge.config import Config, boolean, config, integer, one_of, optional, real, setting
 from edge.console import terminal
 from edge.errors import EdgeError
 from edge.parts import parts
@@ -75,45 +76,28 @@ def _autocast(cfg: "DistillConfig"):
     return torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
+@config("distill")
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(Config):
     """How long and how hard each phase trains. Steps count batches; repr_steps and e2e_steps default
     (None) to the precision's (PRECISIONS)."""
 
-    repr_steps: int | None = None
-    gate_steps: int = 80
-    e2e_steps: int | None = None
-    lr: float = 2e-3  # phase 1 (bench/results/acm_phase1.txt: 3e-4 left the learners undertrained)
-    gate_lr: float = 1e-3
-    e2e_lr: float = 1e-4
-    gate_ratio: float = 1.2
-    budget_weight: float = 4.0
-    hidden_weight: float = 0.1
-    calib_iters: int = 30
-    seed: int = 0
-    tune_backbone: bool = True  # phase 3 also fine-tunes the rest of the model (attention, norms)
-    precision: str = "auto"  # a PRECISIONS name, or "auto": bf16 where this CPU has it natively (bf16_is_fast)
-
-    def __post_init__(self):
-        for f in ("repr_steps", "gate_steps", "e2e_steps", "calib_iters"):
-            v = getattr(self, f)
-            if not (isinstance(v, int) and v >= 0) and not (v is None and f in ("repr_steps", "e2e_steps")):
-                raise EdgeError(f"DistillConfig.{f} must be an integer >= 0, got {v!r}")
-        if not (isinstance(self.hidden_weight, (int, float)) and self.hidden_weight >= 0):
-            raise EdgeError(f"DistillConfig.hidden_weight must be >= 0, got {self.hidden_weight!r}")
-        for f in ("lr", "gate_lr", "e2e_lr", "budget_weight"):
-            v = getattr(self, f)
-            if not (isinstance(v, (int, float)) and v > 0):
-                raise EdgeError(f"DistillConfig.{f} must be > 0, got {v!r}")
-        if not self.gate_ratio > 1.0:
-            raise EdgeError(f"DistillConfig.gate_ratio must be > 1, got {self.gate_ratio!r}")
-        if self.precision != "auto":
-            PRECISIONS.get(self.precision)  # raises, listing them
-        if not isinstance(self.tune_backbone, bool):
-            raise EdgeError(f"DistillConfig.tune_backbone must be true or false, got {self.tune_backbone!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    repr_steps: int | None = setting(optional(integer(0)), None)
+    gate_steps: int = setting(integer(0), 80)
+    e2e_steps: int | None = setting(optional(integer(0)), None)
+    # phase 1 (bench/results/acm_phase1.txt: 3e-4 left the learners undertrained)
+    lr: float = setting(real(0, low_open=True), 2e-3)
+    gate_lr: float = setting(real(0, low_open=True), 1e-3)
+    e2e_lr: float = setting(real(0, low_open=True), 1e-4)
+    gate_ratio: float = setting(real(1, low_open=True), 1.2)
+    budget_weight: float = setting(real(0, low_open=True), 4.0)
+    hidden_weight: float = setting(real(0), 0.1)
+    calib_iters: int = setting(integer(0), 30)
+    seed: int = setting(integer(0), 0)
+    # phase 3 also fine-tunes the rest of the model (attention, norms)
+    tune_backbone: bool = setting(boolean(), True)
+    # a PRECISIONS name, or "auto": bf16 where this CPU has it natively (bf16_is_fast)
+    precision: str = setting(one_of("auto", *PRECISIONS.names()), "auto")
 
     def resolved(self) -> "DistillConfig":
         """This config as it runs on this machine: precision "auto" and default steps made explicit."""

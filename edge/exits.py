@@ -5,42 +5,22 @@ an exit `after=3` sits after the third layer. Training: edge.depth.add_exits; th
 stops: edge.forward.run."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from edge.arch import arch_for, check_layer_numbers, unit
+from edge.config import Config, config, integer, real, sequence_of, setting
 from edge.errors import EdgeError
 from edge.parts import Knob, Transform, attach, parts, register
 
 BELOW_ONE = 1.0 - 1e-6  # confidences and router scores are clamped here: threshold 1 is never met
 
 
-def _check_unit(name: str, v) -> None:
-    if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-        raise EdgeError(f"{name} must be in [0, 1], got {v!r}")
-
-
-def _check_positive(name: str, v, kind=(int, float)) -> None:
-    if not (isinstance(v, kind) and not isinstance(v, bool) and v > 0):
-        raise EdgeError(f"{name} must be > 0, got {v!r}")
-
-
-class _Config:
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise EdgeError(f"unknown {cls.__name__} keys {sorted(set(d) - known)}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
+@config("exits")
 @dataclass(frozen=True)
-class ExitConfig(_Config):
+class ExitConfig(Config):
     """Exit heads after layers `after` (1..L-1). Only the heads train: each projection is first fitted
     in closed form (least squares to the final output on the cached training states), then `steps`
     Adam steps at `lr` train the confidence head (embedding model) or refine the head (classifier).
@@ -49,23 +29,15 @@ class ExitConfig(_Config):
     hidden: width of the confidence head of an embedding model (a classifier's confidence is its
     maximum softmax probability). threshold: see the module docstring."""
 
-    after: tuple[int, ...] = (2, 3, 4, 5)
-    threshold: float = 1.0
-    hidden: int = 64
-    steps: int = 300
-    lr: float = 1e-3
+    after: tuple[int, ...] = setting(sequence_of(integer(1), nonempty=True), (2, 3, 4, 5))
+    threshold: float = setting(real(0, 1), 1.0)
+    hidden: int = setting(integer(1), 64)
+    steps: int = setting(integer(0), 300)
+    lr: float = setting(real(0, low_open=True), 1e-3)
 
-    def __post_init__(self):
-        object.__setattr__(self, "after", tuple(self.after))
-        if not self.after or not all(isinstance(a, int) and not isinstance(a, bool) for a in self.after):
-            raise EdgeError(f"ExitConfig.after must be a non-empty list of layer numbers, got {self.after!r}")
-        if len(set(self.after)) != len(self.after) or list(self.after) != sorted(self.after):
+    def check(self):
+        if list(self.after) != sorted(set(self.after)):
             raise EdgeError(f"ExitConfig.after must be increasing without repeats, got {list(self.after)}")
-        _check_unit("ExitConfig.threshold", self.threshold)
-        _check_positive("ExitConfig.hidden", self.hidden, int)
-        if not (isinstance(self.steps, int) and self.steps >= 0):
-            raise EdgeError(f"ExitConfig.steps must be an integer >= 0, got {self.steps!r}")
-        _check_positive("ExitConfig.lr", self.lr)
 
 
 class ExitHead(nn.Module):

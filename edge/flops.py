@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from edge.acm import ACM

@@ -15,23 +15,22 @@ import torch
 import torch.nn as nn
 
 from edge.arch import arch_for
-from edge.exits import _Config, exit_heads
+from edge.config import Config, config, integer, sequence_of, setting, text
+from edge.exits import exit_heads
 from edge.errors import EdgeError
 from edge.parts import Transform, attach, parts, register
 
 
+@config("head")
 @dataclass(frozen=True)
-class HeadConfig(_Config):
+class HeadConfig(Config):
     """A linear head to `classes` classes, optionally named by `labels`."""
 
-    classes: int
-    labels: tuple[str, ...] = ()
+    classes: int = setting(integer(2))
+    labels: tuple[str, ...] = setting(sequence_of(text()), ())
 
-    def __post_init__(self):
-        object.__setattr__(self, "labels", tuple(self.labels))
-        if not (isinstance(self.classes, int) and not isinstance(self.classes, bool) and self.classes >= 2):
-            raise EdgeError(f"HeadConfig.classes must be an integer >= 2, got {self.classes!r}")
-        if self.labels and (len(self.labels) != self.classes or not all(isinstance(n, str) for n in self.labels)):
+    def check(self):
+        if self.labels and len(self.labels) != self.classes:
             raise EdgeError(f"HeadConfig.labels must be {self.classes} class names (one per class) or empty, "
                             f"got {list(self.labels)!r}")
 

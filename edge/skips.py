@@ -10,43 +10,29 @@ import torch
 import torch.nn as nn
 
 from edge.arch import arch_for, check_layer_numbers
-from edge.errors import EdgeError
-from edge.exits import BELOW_ONE, _check_positive, _check_unit, _Config
+from edge.config import Config, config, integer, one_of, optional, real, sequence_of, setting
+from edge.exits import BELOW_ONE
 from edge.parts import Knob, Transform, attach, parts, register
 
 SKIP_TARGETS = ("attention", "block")
 
 
+@config("skips")
 @dataclass(frozen=True)
-class SkipConfig(_Config):
+class SkipConfig(Config):
     """MindSkip routers on `layers` (None: every layer) that skip the `target` ("attention" or
     "block") per sequence. Router-tuning trains only the routers, on at most `samples` sequences for
     `epochs` passes, with loss = distillation of the original output + `capacity_weight` *
     (average kept fraction - (1 - `skip_rate`))^2."""
 
-    layers: tuple[int, ...] | None = None
-    target: str = "attention"
-    skip_rate: float = 0.5
-    threshold: float = 0.5
-    capacity_weight: float = 1.0
-    samples: int = 1000
-    epochs: int = 1
-    lr: float = 1e-2
-
-    def __post_init__(self):
-        if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(self.layers))
-            if not self.layers or not all(isinstance(a, int) and not isinstance(a, bool) for a in self.layers):
-                raise EdgeError(f"SkipConfig.layers must be a non-empty list of layer numbers or None, got {self.layers!r}")
-        if self.target not in SKIP_TARGETS:
-            raise EdgeError(f"SkipConfig.target must be one of {', '.join(SKIP_TARGETS)}, got {self.target!r}")
-        _check_unit("SkipConfig.skip_rate", self.skip_rate)
-        _check_unit("SkipConfig.threshold", self.threshold)
-        if not (isinstance(self.capacity_weight, (int, float)) and self.capacity_weight >= 0):
-            raise EdgeError(f"SkipConfig.capacity_weight must be >= 0, got {self.capacity_weight!r}")
-        _check_positive("SkipConfig.samples", self.samples, int)
-        _check_positive("SkipConfig.epochs", self.epochs, int)
-        _check_positive("SkipConfig.lr", self.lr)
+    layers: tuple[int, ...] | None = setting(optional(sequence_of(integer(1), nonempty=True)), None)
+    target: str = setting(one_of(*SKIP_TARGETS), "attention")
+    skip_rate: float = setting(real(0, 1), 0.5)
+    threshold: float = setting(real(0, 1), 0.5)
+    capacity_weight: float = setting(real(0), 1.0)
+    samples: int = setting(integer(1), 1000)
+    epochs: int = setting(integer(1), 1)
+    lr: float = setting(real(0, low_open=True), 1e-2)
 
 
 class Router(nn.Module):

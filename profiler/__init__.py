@@ -8,18 +8,22 @@ branch, against a latency budget; and presets chosen from those measurements (pr
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge.config import Config, boolean, config, integer, one_of, optional, real, setting
 from edge.errors import EdgeError
 from device.measure import read_records
 from profiler.targets import TARGETS, target_for
 
+RUNNERS = ("python", "native", "app")
 
+
+@config("profile")
 @dataclass(frozen=True)
-class ProfileConfig:
+class ProfileConfig(Config):
     """runs/warmup: timed and untimed runs per budget level; branch_runs: timed runs per branch-forcing
     case; threads: the runtime's CPU threads; budget_ms at percentile (e.g. 90: p90 <= budget);
     ops: also run the runtime's per-operator profiler; timeout_s: the whole measurement's limit;
@@ -27,37 +31,20 @@ class ProfileConfig:
     (the C++ runner on ExecuTorch's Module API, profiler/runner; its ETDump is read here) or "app"
     (android_demo's headless benchmark on a phone; adb target; no operator profile)."""
 
-    runs: int = 50
-    warmup: int = 5
-    branch_runs: int = 10
-    threads: int = 1
-    budget_ms: float | None = None
-    percentile: float = 90.0
-    ops: bool = True
-    timeout_s: float = 600.0
-    runner: str = "python"
-
-    def __post_init__(self):
-        for name, low in (("runs", 1), ("warmup", 0), ("branch_runs", 0), ("threads", 1)):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= low):
-                raise EdgeError(f"ProfileConfig.{name} must be an integer >= {low}, got {v!r}")
-        if self.budget_ms is not None and not (isinstance(self.budget_ms, (int, float)) and 0 < self.budget_ms < 1e6):
-            raise EdgeError(f"ProfileConfig.budget_ms must be a positive number of milliseconds, got {self.budget_ms!r}")
-        if not (isinstance(self.percentile, (int, float)) and 0 < self.percentile <= 100):
-            raise EdgeError(f"ProfileConfig.percentile must be in (0, 100], got {self.percentile!r}")
-        if not (isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0):
-            raise EdgeError(f"ProfileConfig.timeout_s must be positive, got {self.timeout_s!r}")
-        if self.runner not in RUNNERS:
-            raise EdgeError(f"ProfileConfig.runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
+    runs: int = setting(integer(1), 50)
+    warmup: int = setting(integer(0), 5)
+    branch_runs: int = setting(integer(0), 10)
+    threads: int = setting(integer(1), 1)
+    budget_ms: float | None = setting(optional(real(0, 1e6, low_open=True, high_open=True)), None)
+    percentile: float = setting(real(0, 100, low_open=True), 90.0)
+    ops: bool = setting(boolean(), True)
+    timeout_s: float = setting(real(0, low_open=True), 600.0)
+    runner: str = setting(one_of(*RUNNERS), "python")
 
     def options(self) -> list[str]:
         """The measuring side's command-line options (device.measure and the native runner share them)."""
         return ["--runs", str(self.runs), "--warmup", str(self.warmup), "--threads", str(self.threads),
                 "--branch-runs", str(self.branch_runs), *([] if self.ops else ["--no-ops"])]
-
-
-RUNNERS = ("python", "native", "app")
 
 
 def stats(ms: list[float], percentile: float = 90.0) -> dict:
@@ -83,7 +70,7 @@ def summarize(records: list[dict], config: ProfileConfig, plan: dict, target: di
     report = {
         "target": target, "device": (by("device") or [{}])[0],
         "artifact": {"runtime": plan["runtime"], "mode": plan["mode"], "model": plan["model"]},
-        "config": asdict(config), "levels": levels,
+        "config": config.to_dict(), "levels": levels,
         "branches": [{"case": r["case"], "stats": stats(r["ms"], pct), "branch": r["branch"],
                       **{k: r[k] for k in ("max_abs_diff", "outputs_match") if k in r}}  # (the native runner checks)
                      for r in by("branch") if r["ms"]],

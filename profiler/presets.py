@@ -9,70 +9,42 @@ from __future__ import annotations
 
 import datetime
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge.config import Config, config, integer, mapping_of, real, sequence_of, setting, text
 from edge.errors import EdgeError
 
 QUALITY = {"embedding": "cos_to_full", "logits": "agreement_with_full"}
 
 
+@config("preset")
 @dataclass(frozen=True)
-class Preset:
+class Preset(Config):
     """name; target ("local", ...) and device (what it was measured on); runtime, mode, threads;
     budget_ms at percentile; level: the plan's budget level chosen and knobs: its knob values;
     latency_ms: measured at that percentile; quality: measured on held-out inputs against the
     artifact's full path (quality_metric); measured: the date; edge_version; artifact: the SHA-256 of
     the plan it belongs to."""
 
-    name: str
-    target: str
-    device: str
-    runtime: str
-    mode: str
-    threads: int
-    budget_ms: float
-    percentile: float
-    level: str
-    knobs: dict
-    latency_ms: float
-    quality: float
-    quality_metric: str
-    measured: str
-    edge_version: str
-    artifact: str
-
-    def __post_init__(self):
-        for f in ("name", "target", "device", "runtime", "mode", "level", "quality_metric", "measured",
-                  "edge_version", "artifact"):
-            if not isinstance(getattr(self, f), str) or not getattr(self, f):
-                raise EdgeError(f"preset field {f} must be a non-empty string, got {getattr(self, f)!r}")
-        if not (isinstance(self.threads, int) and not isinstance(self.threads, bool) and self.threads >= 1):
-            raise EdgeError(f"preset field threads must be an integer >= 1, got {self.threads!r}")
-        for f, hi in (("budget_ms", 1e6), ("percentile", 100), ("latency_ms", 1e6)):
-            v = getattr(self, f)
-            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= hi):
-                raise EdgeError(f"preset field {f} must be a number in (0, {hi:g}], got {v!r}")
-        if not (isinstance(self.quality, (int, float)) and math.isfinite(self.quality)):
-            raise EdgeError(f"preset field quality must be a finite number, got {self.quality!r}")
-        if not (isinstance(self.knobs, dict) and all(
-                isinstance(k, str) and isinstance(v, list)
-                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-                for k, v in self.knobs.items())):
-            raise EdgeError("preset field knobs must map knob names to lists of finite numbers")
-
-    @classmethod
-    def from_dict(cls, d) -> "Preset":
-        if not isinstance(d, dict):
-            raise EdgeError("a preset must be a YAML mapping of its fields")
-        known = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(d) - known), sorted(known - set(d))
-        if unknown or missing:
-            raise EdgeError(f"preset fields: unknown {unknown or 'none'}, missing {missing or 'none'}; "
-                            f"a preset has {', '.join(sorted(known))}")
-        return cls(**d)
+    name: str = setting(text())
+    target: str = setting(text())
+    device: str = setting(text())
+    runtime: str = setting(text())
+    mode: str = setting(text())
+    threads: int = setting(integer(1))
+    budget_ms: float = setting(real(0, 1e6, low_open=True))
+    percentile: float = setting(real(0, 100, low_open=True))
+    level: str = setting(text())
+    knobs: dict[str, tuple[float, ...]] = setting(mapping_of(text(), sequence_of(real())))
+    latency_ms: float = setting(real(0, 1e6, low_open=True))
+    quality: float = setting(real())
+    quality_metric: str = setting(text())
+    measured: str = setting(text())
+    edge_version: str = setting(text())
+    artifact: str = setting(text())
 
 
 def save_preset(preset: Preset, path: str | Path) -> Path:
@@ -82,7 +54,7 @@ def save_preset(preset: Preset, path: str | Path) -> Path:
     from edge.files import write_atomic
 
     path = Path(path)
-    write_atomic(path, lambda tmp: tmp.write_text(yaml.safe_dump(asdict(preset), sort_keys=False)))
+    write_atomic(path, lambda tmp: tmp.write_text(yaml.safe_dump(preset.to_dict(), sort_keys=False)))
     return path
 
 
@@ -100,6 +72,8 @@ def load_preset(path: str | Path) -> Preset:
         raise EdgeError(f"cannot read {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise EdgeError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix it or choose the preset again") from None
+    if not isinstance(data, dict):
+        raise EdgeError(f"{path}: a preset must be a YAML mapping of its fields")
     try:
         return Preset.from_dict(data)
     except EdgeError as e:

@@ -152,9 +152,9 @@ def test_export_bad_input(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--budget", "1.5"], "budget must be in (0, 1]"),
-    (["--budget", "0"], "budget must be in (0, 1]"),
-    (["--learners", "0"], "learners (N) must be an integer >= 1"),
+    (["--budget", "1.5"], "AcmConfig.budget must be a number in (0, 1]"),
+    (["--budget", "0"], "AcmConfig.budget must be a number in (0, 1]"),
+    (["--learners", "0"], "AcmConfig.learners must be an integer >= 1"),
     (["--gate-hidden", "0"], "gate_hidden must be an integer >= 1"),
     (["--calib-limit", "0"], "--calib-limit: must be an integer >= 1"),
     (["--text", "/nonexistent/passages.txt"], "not found"),

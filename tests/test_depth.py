@@ -244,7 +244,8 @@ def test_save_load_round_trip(case, tmp_path):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(after=[0]), "do not exist"), (dict(after=[2]), "do not exist"), (dict(after=[7]), "do not exist"),
+    (dict(after=[0]), "ExitConfig.after must be a non-empty list of integers >= 1"),
+    (dict(after=[2]), "do not exist"), (dict(after=[7]), "do not exist"),
     (dict(after=[]), "non-empty"), (dict(after=[1, 1]), "increasing"), (dict(threshold=1.5), r"\[0, 1\]"),
     (dict(threshold=-0.1), r"\[0, 1\]"), (dict(steps=-1), "steps")])
 def test_bad_exit_configs(bad, match):
@@ -254,8 +255,9 @@ def test_bad_exit_configs(bad, match):
 
 
 @pytest.mark.parametrize("bad,match", [
-    (dict(layers=[3]), "do not exist"), (dict(layers=[0]), "do not exist"), (dict(threshold=2.0), r"\[0, 1\]"),
-    (dict(skip_rate=-0.5), r"\[0, 1\]"), (dict(target="head"), "attention, block"), (dict(samples=0), "> 0")])
+    (dict(layers=[3]), "do not exist"), (dict(layers=[0]), "integers >= 1"), (dict(threshold=2.0), r"\[0, 1\]"),
+    (dict(skip_rate=-0.5), r"\[0, 1\]"), (dict(target="head"), "attention, block"),
+    (dict(samples=0), "SkipConfig.samples must be an integer >= 1")])
 def test_bad_skip_configs(bad, match):
     arch, model, batch = _tiny(("bert", "bert"))
     with pytest.raises(EdgeError, match=match):

@@ -96,3 +96,13 @@ def test_save_without_anything_adaptive_is_refused(tmp_path):
     model, _ = edge.ARCHS.get("bert").tiny("bert")
     with pytest.raises(edge.EdgeError, match="nothing of edge.s to save"):
         edge.save(model, tmp_path / "x")
+
+
+def test_the_distill_config_acmize_writes_reads_back(tmp_path):
+    """`edge acmize` writes its resolved DistillConfig into edge.json (save's extra); it reads back equal."""
+    from edge.io import read_meta
+
+    _, model, _, _ = tiny_acm_model("bert", "bert")
+    distill = edge.DistillConfig(repr_steps=3, tune_backbone=False).resolved()
+    path = edge.save(model, tmp_path / "acm", extra={"distill": distill.to_dict()})
+    assert edge.DistillConfig.from_dict(read_meta(path)["distill"]) == distill

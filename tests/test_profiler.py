@@ -119,7 +119,7 @@ def test_preset_choose_save_load_apply(artifact, tmp_path):
     quality = {p["level"]: p["quality"] for p in points}
     assert quality["full"] == pytest.approx(1.0, abs=1e-5) and quality["fast"] < 0.999
     assert preset.level == "full" and preset.quality == pytest.approx(1.0, abs=1e-5)  # the most accurate within budget
-    assert preset.knobs["exit_thresholds"] == [1.0] and preset.runtime.startswith(artifact.plan["runtime"])
+    assert preset.knobs["exit_thresholds"] == (1.0,) and preset.runtime.startswith(artifact.plan["runtime"])
     with pytest.raises(EdgeError, match="no budget level meets 1e-06 ms"):
         presets.choose(artifact, "local", 1e-6, batch_inputs, runs=2, progress=False)
     path = presets.save_preset(preset, tmp_path / "p.yaml")
@@ -132,7 +132,7 @@ def test_preset_choose_save_load_apply(artifact, tmp_path):
     with pytest.raises(EdgeError, match="chosen for another artifact"):
         presets.apply_preset(presets.Preset.from_dict(other), artifact)
     for text, needle in [("{not: yaml: at all", "is not valid YAML"), ("- a\n- b\n", "must be a YAML mapping"),
-                         (yaml.safe_dump({**yaml.safe_load(path.read_text()), "colour": "red"}), "unknown ['colour']"),
+                         (yaml.safe_dump({**yaml.safe_load(path.read_text()), "colour": "red"}), "unknown Preset keys ['colour']"),
                          (yaml.safe_dump({**yaml.safe_load(path.read_text()), "budget_ms": -1}), "budget_ms must be a number")]:
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(EdgeError, match=__import__("re").escape(needle)):
