@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import edge  # registers acm, distill, exits, skips, head
+import edge.convert  # noqa: F401  (registers distill)
+import edge.transforms  # noqa: F401  (registers acm, exits, skips, head)
 import profiler.presets  # registers profile, preset
 from edge.config import CONFIGS, Config, config, integer, setting
 from edge.errors import EdgeError
