@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.schema import PLAN_VERSION  # (device/plan.schema.json's version const: the format is defined there)
 from edge.errors import EdgeError
 from edge.io import sha256
 
@@ -18,7 +19,6 @@ PLAN = "plan.json"
 CHECKS = "checks.safetensors"
 TOKENIZER = "tokenizer"  # (a directory, present when the export was given a tokenizer)
 PLAN_FORMAT = "edge-plan"
-PLAN_VERSION = 3  # 2: "methods" (one or more per program) and the routed mode; 3: one learners method per ACM
 DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
 
 
@@ -141,10 +141,13 @@ def check_input(v: np.ndarray, spec: dict) -> None:
 
 
 def write_plan(directory: Path, plan: dict) -> dict:
-    """Write plan.json into `directory` (atomically) with its own digest; returns the plan written."""
+    """Write plan.json into `directory` (atomically) with its own digest; returns the plan written.
+    The plan must match device/plan.schema.json (else EdgeError, nothing written)."""
+    from device.schema import validate
     from edge.io import write_json_atomic
 
     plan = {**{k: v for k, v in plan.items() if k != DIGEST}, DIGEST: plan_digest(plan)}
+    validate(plan)
     write_json_atomic(Path(directory) / PLAN, plan)
     return plan
 
