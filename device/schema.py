@@ -52,5 +52,6 @@ def validate(plan: dict) -> None:
     error = best_match(_validator().iter_errors(plan))
     if error is not None:
         message = " ".join(error.message.split())  # (one line)
+        message = f"key {message}" if "propertyNames" in error.schema_path else message  # (the path is its object's)
         message = message if len(message) <= 200 else message[:197] + "..."
         raise EdgeError(f"the plan does not match device/{SCHEMA_FILE.name} at {error.json_path}: {message}")
