@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,16 @@ def test_the_replay_mode_faults_in_one_line(runner, tmp_path):
     assert done.returncode == 1 and not records[0]["match"]
     assert f"plan version this runner does not read (it reads {PLAN_VERSION})" in records[0]["error"]
     assert subprocess.run([str(runner), "--replay"], capture_output=True, timeout=60).returncode == 64
+
+
+def test_the_device_side_needs_no_jsonschema(artifact):
+    """Loading and checking an artifact (what runs on a board) reads the version from the schema file
+    with the standard library; only validate imports jsonschema, and says so when it is absent."""
+    code = ("import sys; sys.modules['jsonschema'] = None\n"  # (an import of it now fails)
+            "from export.artifact import load_artifact\n"
+            "from device.schema import validate\n"
+            f"a = load_artifact({str(artifact.path)!r})\n"
+            "try:\n    validate(a.plan)\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("EdgeError checking a plan against its schema needs the jsonschema package")
