@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from device.schema import PLAN_VERSION  # (device/plan.schema.json's version const: the format is defined there)
 from edge.errors import EdgeError
 from edge.files import sha256
 
@@ -18,7 +19,6 @@ PLAN = "plan.json"
 CHECKS = "checks.safetensors"
 TOKENIZER = "tokenizer"  # (a directory, present when the export was given a tokenizer)
 PLAN_FORMAT = "edge-plan"
-PLAN_VERSION = 3  # 2: "methods" (one or more per program) and the routed mode; 3: one learners method per ACM
 DTYPES = {"int64": np.int64, "float32": np.float32, "bool": np.bool_}
 
 

@@ -57,3 +57,26 @@ def bert_all_gates(tmp_path_factory, worker_id):
             _SHARED[runtime] = model, batch, export.load_artifact(out)
         return _SHARED[runtime]
     return get
+
+
+@pytest.fixture(scope="session")
+def shared_vectors(tmp_path_factory):
+    """(vectors, directory): export/vectors.py's shared test vectors, written once a session, that every
+    plan driver in another language replays against the Python driver (the Android demo's Java
+    interpreter in test_android_demo, the native runner in test_plan_schema): every architecture with
+    every gate type together, then each gate type alone; every branch, thresholds at equality included."""
+    from export import vectors
+    from tests.test_export import GATES, adaptive
+
+    vs = []
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for case in CASES:
+            model, batch = adaptive(case, exits=True, skips="attention", acm=True)
+            vs += vectors.trace(model, batch, name=case[0])
+        for gate, kinds in GATES.items():
+            model, batch = adaptive(("bert", "bert"), **kinds)
+            vs += vectors.trace(model, batch, name=f"bert {gate}")
+    directory = tmp_path_factory.mktemp("vectors")
+    vectors.write(vs, directory)
+    return vs, directory

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 import export
-from export import vectors
-from tests.conftest import CASES
-from tests.test_export import GATES, adaptive
+from device.schema import PLAN_VERSION
+from tests.test_export import adaptive
 
 DEMO = Path(__file__).parent.parent / "android_demo"
 PLAN_SRC = DEMO / "plan" / "src"
@@ -38,16 +37,9 @@ def java(classes, main, *args, stdin=None):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_java_interpreter_matches_python_on_shared_vectors(classes, tmp_path):
-    vs = []
-    for case in CASES:  # every architecture with every gate type together, then each gate type alone
-        model, batch = adaptive(case, exits=True, skips="attention", acm=True)
-        vs += vectors.trace(model, batch, name=case[0])
-    for gate, kinds in GATES.items():
-        model, batch = adaptive(("bert", "bert"), **kinds)
-        vs += vectors.trace(model, batch, name=f"bert {gate}")
-    vectors.write(vs, tmp_path / "v")
-    done = java(classes, "VectorsTest", tmp_path / "v")
+def test_java_interpreter_matches_python_on_shared_vectors(classes, shared_vectors):
+    vs, directory = shared_vectors  # (tests/conftest.py: the native runner replays the same ones)
+    done = java(classes, "VectorsTest", directory)
     assert done.returncode == 0, done.stderr[-2000:]
     got = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", done.stdout)}
     assert got["vectors"] == len(vs) >= 50 and got["exits_taken"] > 0 and got["skipping"] > 0 and got["malformed"] >= 8
@@ -80,7 +72,7 @@ def test_java_reads_what_edge_export_writes(classes, tmp_path):
     assert got == want
     plan = (a.path / "plan.json").read_text()
     for text, needle in [(plan.replace('"runtime": "executorch"', '"runtime": "onnx"'), "the app runs ExecuTorch artifacts"),
-                         ('{"format": "edge-plan", "version": 1}', "this app reads version 3"),
+                         ('{"format": "edge-plan", "version": 1}', f"this app reads version {PLAN_VERSION}"),
                          (plan[:100], "malformed JSON")]:
         (a.path / "plan.json").write_text(text)
         done = java(classes, "Artifact", a.path)

@@ -13,6 +13,19 @@
 //   edge_runner ARTIFACT_DIR [MORE_DIRS...] [--out FILE] [--runs 50] [--warmup 5] [--branch-runs 10] [--threads 1] [--no-ops]
 //
 // Exit status: 0 done, 2 a fault (also written as {"kind": "error", "message": ...}), 64 bad usage.
+//
+// With --replay, no program runs: the shared test vectors that export/vectors.py writes (one JSON file
+// per case: a routed plan, its inputs and knobs, every method call the Python driver made with the
+// arrays it passed and got back, and its outputs) are replayed through this runner's driver, as the
+// Android demo's Java interpreter replays them (android_demo/plan/src/test/.../VectorsTest.java). Each
+// call must be the Python driver's next one, with the same arrays (bit for bit); the recorded outputs
+// are handed back; the final outputs must be Python's. One JSON line per vector ({"kind": "vector",
+// "file", "name", "match", the decisions taken: "exit_layer", "skipped", "ks"[, "error"]}), then
+// {"kind": "replay", "vectors", "matched", "calls", "exits_taken", "skipping", "k_seen"}.
+//
+//   edge_runner --replay VECTORS_DIR
+//
+// Exit status: 0 every vector matched, 1 some did not, 2 a fault, 64 bad usage.
 #include <executorch/devtools/etdump/etdump_flatcc.h>
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor.h>
@@ -25,11 +38,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <numeric>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -59,6 +74,10 @@ using executorch::runtime::EValue;
 struct Fault : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// The plan version this runner reads: device/plan.schema.json's "version" const, where the plan format
+// is defined (tests/test_plan_schema.py checks that the two agree).
+constexpr long kPlanVersion = 3;
 
 // ---- JSON: just what plan.json and a safetensors header need ------------------------------------
 struct Json {
@@ -171,6 +190,15 @@ class Parser {
     return v;
   }
 };
+
+// plan.json's format and version, as every driver checks them before reading the rest
+void check_header(const Json& plan, const std::string& where) {
+  if (!plan.has("format") || plan["format"].kind != Json::String || plan["format"].str != "edge-plan")
+    throw Fault(where + " is not an edge plan; export the model again");
+  if (!plan.has("version") || plan["version"].kind != Json::Number || plan["version"].num != kPlanVersion)
+    throw Fault(where + " has a plan version this runner does not read (it reads " + std::to_string(kPlanVersion) +
+                "); rebuild the runner or export again");
+}
 
 std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -340,7 +368,9 @@ struct Scratch {
 };
 
 // The routed plan, as export/routed.py's drive runs it: returns [output, exit_layer, skipped, (ks)].
-std::vector<Array> drive(Program& program, const Json& section, int layers, const Values& inputs, const Values& knobs,
+// `program`: anything with call(method, views) -> views (a Program, or a Replay of recorded calls).
+template <class Methods>
+std::vector<Array> drive(Methods& program, const Json& section, int layers, const Values& inputs, const Values& knobs,
                          Scratch& scratch) {
   std::map<std::string, View> values;  // (no copies: views of the inputs and of the methods' outputs)
   for (const auto& [name, a] : inputs) values[name] = view(a);
@@ -450,9 +480,7 @@ struct Artifact {
 
   explicit Artifact(const std::string& dir) {
     plan = Parser(read_file(dir + "/plan.json")).parse();
-    if (!plan.has("format") || plan["format"].str != "edge-plan") throw Fault(dir + "/plan.json is not an edge plan; export the model again");
-    if (!plan.has("version") || plan["version"].integer() != 3)
-      throw Fault(dir + "/plan.json has a plan version this runner does not read (it reads 3); rebuild the runner or export again");
+    check_header(plan, dir + "/plan.json");
     if (plan["runtime"].str != "executorch") throw Fault(dir + " is a " + plan["runtime"].str + " artifact; this runner runs ExecuTorch artifacts");
     file = dir + "/" + plan["methods"].fields.begin()->second.str;
     program = std::make_unique<Program>(file);
@@ -587,14 +615,175 @@ double rss_mb() {
 }
 
 int usage() {
-  std::cerr << "usage: edge_runner ARTIFACT_DIR [MORE_DIRS...] [--out FILE] [--runs N] [--warmup N] [--branch-runs N] [--threads N] [--no-ops]\n";
+  std::cerr << "usage: edge_runner ARTIFACT_DIR [MORE_DIRS...] [--out FILE] [--runs N] [--warmup N] [--branch-runs N] [--threads N] [--no-ops]\n"
+               "       edge_runner --replay VECTORS_DIR\n";
   return 64;
+}
+
+// ---- replay: the shared test vectors (export/vectors.py), no program -----------------------------------
+Array tensor_of(const Json& t, const std::string& where) {  // export.vectors.tensor: {dtype, shape, data}
+  static const std::map<std::string, ScalarType> types = {{"float32", ScalarType::Float}, {"int64", ScalarType::Long}, {"bool", ScalarType::Bool}};
+  auto type = types.find(t["dtype"].str);
+  if (type == types.end()) throw Fault(where + ": a tensor of unknown dtype " + t["dtype"].str);
+  std::vector<int32_t> shape;
+  for (const auto& d : t["shape"].items) shape.push_back(static_cast<int32_t>(d.integer()));
+  Array a = filled(type->second, shape, 0);
+  const auto& data = t["data"].items;
+  if (data.size() != a.numel()) throw Fault(where + ": a tensor's data does not fill its shape");
+  for (size_t i = 0; i < data.size(); ++i) {  // (float32 values and token ids are exact in a JSON double)
+    if (a.type == ScalarType::Float) a.as<float>()[i] = static_cast<float>(data[i].num);
+    else if (a.type == ScalarType::Long) a.as<int64_t>()[i] = static_cast<int64_t>(data[i].num);
+    else a.as<bool>()[i] = data[i].b;
+  }
+  return a;
+}
+
+bool same(const View& a, const View& b) {  // dtype, shape and every bit of the data
+  if (a.type != b.type || a.shape != b.shape) return false;
+  size_t n = itemsize(a.type);
+  for (auto d : a.shape) n *= d;
+  return n == 0 || std::memcmp(a.data, b.data, n) == 0;
+}
+
+// The program as the Python driver saw it: each call must be the next recorded one, with the same arrays;
+// it returns the recorded outputs.
+class Replay {
+ public:
+  Replay(const Json& calls, const std::string& name) : name_(name) {
+    for (const auto& c : calls.items) {
+      Call call{c["method"].str, {}, {}};
+      for (const auto& t : c["inputs"].items) call.inputs.push_back(tensor_of(t, name));
+      for (const auto& t : c["outputs"].items) call.outputs.push_back(tensor_of(t, name));
+      calls_.push_back(std::move(call));
+    }
+  }
+
+  std::vector<View> call(const std::string& method, const std::vector<View>& args) {
+    if (next_ == calls_.size()) throw Fault(name_ + ": C++ called " + method + " after the Python driver had stopped");
+    const Call& want = calls_[next_++];
+    if (method != want.method) throw Fault(name_ + ": C++ called " + method + ", Python " + want.method);
+    if (args.size() != want.inputs.size())
+      throw Fault(name_ + ": " + method + " got " + std::to_string(args.size()) + " inputs, Python passed " + std::to_string(want.inputs.size()));
+    for (size_t i = 0; i < args.size(); ++i)
+      if (!same(args[i], view(want.inputs[i]))) throw Fault(name_ + ": input " + std::to_string(i) + " of " + method + " differs from Python's");
+    std::vector<View> out;
+    for (const Array& a : want.outputs) out.push_back(view(a));
+    return out;
+  }
+
+  size_t made() const { return next_; }
+  size_t recorded() const { return calls_.size(); }
+  const std::string& next_method() const { return calls_.at(next_).method; }
+
+ private:
+  struct Call {
+    std::string method;
+    std::vector<Array> inputs, outputs;
+  };
+  std::string name_;
+  std::vector<Call> calls_;
+  size_t next_ = 0;
+};
+
+int replay(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw Fault(dir + " is not a directory of test vectors (export/vectors.py writes them)");
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".json") files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  if (files.empty()) throw Fault("no test vectors (*.json) in " + dir);
+  size_t matched = 0, calls = 0, exits = 0, skipping = 0;
+  std::set<int64_t> k_seen;
+  for (const auto& f : files) {
+    std::string name = f.filename().string(), decisions, error;
+    try {
+      Json v = Parser(read_file(f.string())).parse();
+      name = v["name"].str;
+      const Json& plan = v["plan"];
+      check_header(plan, name + ": its plan");
+      if (plan["mode"].str != "routed") throw Fault(name + ": a vector's plan is in the routed mode");
+      const int layers = static_cast<int>(plan["model"]["layers"].integer());
+      Values inputs, knobs;
+      for (const auto& [n, t] : v["inputs"].fields) inputs[n] = tensor_of(t, name);
+      for (const auto& [n, values] : v["knobs"].fields) {  // (lists of float32 values, as the plan's knobs)
+        Array a = filled(ScalarType::Float, {static_cast<int32_t>(values.items.size())}, 0);
+        for (size_t i = 0; i < values.items.size(); ++i) a.as<float>()[i] = static_cast<float>(values.items[i].num);
+        knobs[n] = std::move(a);
+      }
+      Replay program(v["calls"], name);
+      Scratch scratch;
+      std::vector<Array> out = drive(program, plan["routed"], layers, inputs, knobs, scratch);
+      if (program.made() < program.recorded()) throw Fault(name + ": C++ stopped before the Python driver's call " + program.next_method());
+      calls += program.made();
+      const auto& names = plan["outputs"].items;
+      if (out.size() != names.size()) throw Fault(name + ": the driver returned " + std::to_string(out.size()) + " outputs, the plan lists " + std::to_string(names.size()));
+      std::map<std::string, const Array*> got;
+      for (size_t i = 0; i < names.size(); ++i) got[names[i].str] = &out[i];
+      std::ostringstream d;  // the decisions taken, as the arrays the driver returned
+      const int64_t exit_layer = got.at("exit_layer")->as<int64_t>()[0];
+      d << ", \"exit_layer\": " << exit_layer << ", \"skipped\": [";
+      const Array* sk = got.at("skipped");
+      bool any_skipped = false;
+      for (size_t i = 0; i < sk->numel(); ++i) {
+        d << (i ? ", " : "") << (sk->as<bool>()[i] ? "true" : "false");
+        any_skipped = any_skipped || sk->as<bool>()[i];
+      }
+      d << "], \"ks\": ";
+      if (got.count("ks")) {
+        const Array* ks = got.at("ks");
+        const size_t rows = ks->shape.at(0), cols = ks->shape.at(1);
+        d << "[";
+        for (size_t r = 0; r < rows; ++r) {
+          d << (r ? ", [" : "[");
+          for (size_t c = 0; c < cols; ++c) {
+            const int64_t k = ks->as<int64_t>()[r * cols + c];
+            d << (c ? ", " : "") << k;
+            if (k >= 0) k_seen.insert(k);
+          }
+          d << "]";
+        }
+        d << "]";
+      } else {
+        d << "null";
+      }
+      decisions = d.str();
+      exits += exit_layer < layers;
+      skipping += any_skipped;
+      std::string differ;
+      for (size_t i = 0; i < names.size(); ++i)
+        if (!same(view(out[i]), view(tensor_of(v["expected"][names[i].str], name)))) differ += (differ.empty() ? "" : ", ") + names[i].str;
+      if (!differ.empty()) error = name + ": output " + differ + " differs from Python's";
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    matched += error.empty();
+    std::cout << "{\"kind\": \"vector\", \"file\": " << quote(f.filename().string()) << ", \"name\": " << quote(name)
+              << ", \"match\": " << (error.empty() ? "true" : "false") << decisions
+              << (error.empty() ? "" : ", \"error\": " + quote(error)) << "}\n";
+  }
+  std::cout << "{\"kind\": \"replay\", \"vectors\": " << files.size() << ", \"matched\": " << matched << ", \"calls\": " << calls
+            << ", \"exits_taken\": " << exits << ", \"skipping\": " << skipping << ", \"k_seen\": [";
+  for (auto it = k_seen.begin(); it != k_seen.end(); ++it) std::cout << (it == k_seen.begin() ? "" : ", ") << *it;
+  std::cout << "]}" << std::endl;
+  return matched == files.size() ? 0 : 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
+  if (std::string(argv[1]) == "--replay") {
+    if (argc != 3) return usage();
+    try {
+      return replay(argv[2]);
+    } catch (const std::exception& e) {
+      std::cout << "{\"kind\": \"error\", \"message\": " << quote(e.what()) << "}" << std::endl;
+      std::cerr << "error: " << e.what() << "\n";
+      return 2;
+    }
+  }
   std::vector<std::string> dirs{argv[1]};
   std::string out_path;
   int runs = 50, warmup = 5, branch_runs = 10, threads = 1;

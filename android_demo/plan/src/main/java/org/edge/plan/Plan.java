@@ -7,12 +7,13 @@ import java.util.List;
 import java.util.Map;
 import java.util.Arrays;
 
-/** The plan that `edge export` writes beside the program (plan.json, format "edge-plan", version 3):
+/** The plan that `edge export` writes beside the program (plan.json, format "edge-plan", version VERSION):
  * the inputs, the knobs, the outputs, the budget levels and, in the routed mode, the segments (one
  * program method each) and the decision after each. Parsing checks everything the driver relies on,
  * so that a malformed plan fails here with one line, not in the middle of a run. */
 public final class Plan {
     public static final String FORMAT = "edge-plan";
+    /** device/plan.schema.json's "version" const, where the plan format is defined (tests/test_plan_schema.py checks that they agree). */
     public static final int VERSION = 3;
 
     /** What follows a segment: kind "end", "exit", "skip" or "acm", and where to go next. */
@@ -140,7 +141,7 @@ public final class Plan {
         @SuppressWarnings("unchecked") Map<String, Object> p = (Map<String, Object>) o;
         if (!FORMAT.equals(p.get("format"))) throw bad("it is not an edge plan (format is not \"" + FORMAT + "\")");
         Object v = p.get("version");
-        if (!(v instanceof Double) || ((Double) v).intValue() != VERSION)
+        if (!(v instanceof Double) || (Double) v != VERSION) // (exactly: as Python and the native runner compare it)
             throw new PlanException("plan.json has version " + v + "; this app reads version " + VERSION + ": export the model again with the matching edge, or update the app");
         return new Plan(p);
     }

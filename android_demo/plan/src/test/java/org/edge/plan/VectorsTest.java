@@ -167,7 +167,7 @@ public final class VectorsTest {
         check(anyPlan != null, "no vectors in " + args[0]);
         // malformed plans: one line that says what is wrong
         final Object good = anyPlan;
-        malformed(good, p -> p.put("version", 4.0), "this app reads version 3");
+        malformed(good, p -> p.put("version", Plan.VERSION + 1.0), "this app reads version " + Plan.VERSION);
         malformed(good, p -> p.put("format", "onnx"), "it is not an edge plan");
         malformed(good, p -> at(p, "routed").remove("segments"), "routed has no \"segments\"");
         malformed(good, p -> at((Map<String, Object>) segments(p).get(0), "then").put("kind", "teleport"), "unknown kind \"teleport\"");
