@@ -13,6 +13,7 @@ device side uses) imports neither torch nor transformers.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value  # (once: the next lookup is a plain attribute)
         return value
+    if not name.startswith("_") and importlib.util.find_spec(f"edge.{name}") is not None:
+        return importlib.import_module(f"edge.{name}")  # a submodule (edge.pretrained, ...), on first use
     raise AttributeError(f"module 'edge' has no attribute {name!r}")
 
 
