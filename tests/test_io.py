@@ -106,3 +106,35 @@ def test_the_distill_config_acmize_writes_reads_back(tmp_path):
     distill = edge.DistillConfig(repr_steps=3, tune_backbone=False).resolved()
     path = edge.save(model, tmp_path / "acm", extra={"distill": distill.to_dict()})
     assert edge.DistillConfig.from_dict(read_meta(path)["distill"]) == distill
+
+
+def test_a_model_saved_by_format_1_loads_with_its_parts(tmp_path):
+    """edge.json format 1 kept the parts' weights under edge_exits/edge_routers/edge_head; such a model
+    loads into the parts (edge_parts.*) and computes the same; an unknown format is one line."""
+    from safetensors.torch import load_file, save_file
+
+    from edge.files import sha256
+    from edge.forward import run
+    from edge.parts import parts
+
+    model, batch = edge.ARCHS.get("bert").tiny("bert")
+    m = edge.add_head(model, torch.nn.Linear(32, 3))
+    m = edge.add_exits(m, edge.ExitConfig(after=[1], steps=1, threshold=0.5), [batch], progress=False)
+    m = edge.add_skips(m, edge.SkipConfig(samples=2), [batch], progress=False)
+    path = edge.save(m, tmp_path / "v2")
+    state = load_file(str(path / "model.safetensors"))
+    old = {"edge_parts.exits.": "edge_exits.", "edge_parts.skips.": "edge_routers.", "edge_parts.head.": "edge_head."}
+    v1 = {next((o + k[len(n):] for n, o in old.items() if k.startswith(n)), k): v for k, v in state.items()}
+    assert all(any(k.startswith(o) for k in v1) for o in old.values())
+    save_file(v1, str(path / "model.safetensors"))
+    meta = json.loads((path / "edge.json").read_text())
+    meta.update(format_version=1, weights_sha256=sha256(path / "model.safetensors"))
+    (path / "edge.json").write_text(json.dumps(meta))
+    back = edge.load(path)
+    assert parts(back).names() == ["exits", "head", "skips"] and parts(back).configs == parts(m).configs
+    (a, ta), (b, tb) = run(m, batch), run(back, batch)
+    assert torch.equal(a, b) and torch.equal(ta.exit_layer, tb.exit_layer) and torch.equal(ta.skipped, tb.skipped)
+    meta["format_version"] = 7
+    (path / "edge.json").write_text(json.dumps(meta))
+    with pytest.raises(edge.EdgeError, match="is not an edge-acm file of version 1 or 2"):
+        edge.load(path)
