@@ -19,7 +19,8 @@ import torch
 import edge
 from acm_choices import austen, static_cosines  # (bench/ is the script's directory)
 from edge.acm import ACTIVATIONS
-from edge.convert import calibrate_budget_, prefix_errors
+from edge.budget import calibrate_budget_
+from edge.convert import prefix_errors
 from edge.evaluate import compare
 
 

@@ -27,7 +27,7 @@ import edge
 import export
 from export.graph import GraphModel
 from edge.acm import FORCE
-from export.lower import force_cases
+from export.checks import force_cases
 
 sys.path.insert(0, str(Path(__file__).parent))
 from export_speed import interleaved, without_ffn  # noqa: E402

@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "ACM": "edge.acm", "AcmConfig": "edge.acm", "acm_modules": "edge.acm",
     "ARCHS": "edge.arch", "arch_for": "edge.arch",
-    "DistillConfig": "edge.convert", "acmize": "edge.convert", "calibrate_budget_": "edge.convert",
-    "install_acms": "edge.acm", "measure_budget": "edge.convert", "retarget": "edge.convert",
+    "DistillConfig": "edge.convert", "acmize": "edge.convert", "calibrate_budget_": "edge.budget",
+    "install_acms": "edge.acm", "measure_budget": "edge.budget", "retarget": "edge.convert",
     "ExitConfig": "edge.exits", "SkipConfig": "edge.skips", "add_exits": "edge.depth", "add_skips": "edge.depth",
     "run": "edge.forward", "set_budget_": "edge.budget", "sweep": "edge.budget",
     "austen_passages": "edge.data", "batches": "edge.data", "fetch_austen": "edge.data",

@@ -1,23 +1,84 @@
-"""The one budget knob of an adaptive model: a sweep of its knobs (exit threshold, router threshold,
-ACM budget) on calibration data, and `set_budget_`, which sets the best setting within a FLOP budget."""
+"""The one budget knob of an adaptive model: the ACMs' gate biases calibrated to a FLOP budget
+(`calibrate_budget_`, `measure_budget`), a sweep of every knob (exit threshold, router threshold, ACM
+budget) on calibration data, and `set_budget_`, which sets the best setting within a FLOP budget."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from edge.acm import ACM, acm_modules
 from edge.arch import arch_for
 from edge.console import terminal
-from edge.convert import calibrate_budget_
 from edge.errors import EdgeError
 from edge.exits import exit_heads
+from edge.flops import BudgetMeter, ffn_flops, gate_flops, learner_flops
 from edge.forward import output, quality, run, take_exits
 from edge.parts import parts
 from edge.skips import routers
 
 
+# --- the ACMs' knob: gate biases calibrated to a budget -------------------------------------------
+def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
+    """Run `model` on `batches` (inference form) and return the accumulated gate choices."""
+    arch = arch_for(model)
+    meter = BudgetMeter(acm_modules(model))
+    with torch.no_grad():
+        for b in batches:
+            output(model, b)
+            meter.update(arch.token_mask(b, meter.modules[0].last_k.shape))
+    return meter
+
+
+def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iters: int = 30) -> list[float]:
+    """Set each ACM's gate bias (the budget knob) so that its average compute on the real tokens of
+    `batches` is at most `budget` of its FFN, as close as bisection in `iters` steps gets.
+
+    Every layer gets the same budget and spends it where its gate predicts the most benefit, so an
+    adaptive model is never worse placed than the static one that gives each token the same k.
+    Layers are calibrated in order, each on its inputs under the already calibrated earlier layers,
+    in one layer-by-layer pass over `batches` (every layer runs: exits and routers are not taken),
+    then bisection on the gate scores alone. Returns the biases."""
+    arch = arch_for(model)
+    biases = []
+    with torch.no_grad():
+        states = [(b, *arch.embed(model, b)) for b in batches]  # (batch, hidden states, context)
+        for layer in arch.layers(model):
+            states = [(b, arch.attention(layer, h, ctx), ctx) for b, h, ctx in states]
+            for acm in acm_modules(layer):
+                inputs = []  # the ACM's inputs over real tokens (a pass that stops short of the learners)
+                for b, h, ctx in states:
+                    def record(x, b=b):
+                        inputs.append(x[arch.token_mask(b, x.shape)])
+                        return x
+                    arch.feed_forward(layer, h, ctx, ffn=record)
+                biases.append(_calibrate_gate_(acm, acm.gate_logits(torch.cat(inputs)), budget, iters))
+            states = [(b, arch.feed_forward(layer, h, ctx), ctx) for b, h, ctx in states]
+    return biases
+
+
+def _calibrate_gate_(acm: ACM, scores: torch.Tensor, budget: float, iters: int) -> float:
+    """Bisection of one gate's bias on its scores (M, N+1); sets and returns the bias."""
+    ks = torch.arange(acm.n + 1, dtype=scores.dtype)
+
+    def fraction(bias: float) -> float:
+        k = (scores - bias * ks).argmax(-1).float().mean()
+        return float(gate_flops(acm) + learner_flops(acm) * k) / ffn_flops(acm)
+
+    lo, hi = -4.1, 4.1  # bias = sinh(t): fine steps near 0 (error scores), reach +-30 (logits)
+    if fraction(math.sinh(lo)) <= budget:
+        hi = lo
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fraction(math.sinh(mid)) > budget else (lo, mid)
+    acm.gate_bias.fill_(math.sinh(hi))
+    return math.sinh(hi)
+
+
+# --- every knob ---------------------------------------------------------------------------------
 EXIT_QUANTILES = 19  # exit thresholds per sweep step: quantiles of the calibration confidences
 ACM_GRID = (1.0, 0.75, 0.5)
 

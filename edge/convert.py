@@ -27,12 +27,13 @@ from tqdm.auto import tqdm
 
 from edge.acm import ACM, AcmConfig, acm_modules, install_acms
 from edge.arch import Arch, arch_for
+from edge.budget import calibrate_budget_
 from edge.config import Config, boolean, config, integer, one_of, optional, real, setting
 from edge.console import terminal
 from edge.errors import EdgeError
-from edge.parts import parts
-from edge.flops import BudgetMeter, ffn_flops, gate_flops, learner_flops
+from edge.flops import ffn_flops, gate_flops, learner_flops
 from edge.forward import output
+from edge.parts import parts
 from edge.registry import Registry
 
 
@@ -354,59 +355,3 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
     finally:
         for a in acms:
             a.dense, a.last_gate = False, None
-
-
-def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
-    """Run `model` on `batches` (inference form) and return the accumulated gate choices."""
-    arch = arch_for(model)
-    meter = BudgetMeter(acm_modules(model))
-    with torch.no_grad():
-        for b in batches:
-            output(model, b)
-            meter.update(arch.token_mask(b, meter.modules[0].last_k.shape))
-    return meter
-
-
-def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iters: int = 30) -> list[float]:
-    """Set each ACM's gate bias (the budget knob) so that its average compute on the real tokens of
-    `batches` is at most `budget` of its FFN, as close as bisection in `iters` steps gets.
-
-    Every layer gets the same budget and spends it where its gate predicts the most benefit, so an
-    adaptive model is never worse placed than the static one that gives each token the same k.
-    Layers are calibrated in order, each on its inputs under the already calibrated earlier layers,
-    in one layer-by-layer pass over `batches` (every layer runs: exits and routers are not taken),
-    then bisection on the gate scores alone. Returns the biases."""
-    arch = arch_for(model)
-    biases = []
-    with torch.no_grad():
-        states = [(b, *arch.embed(model, b)) for b in batches]  # (batch, hidden states, context)
-        for layer in arch.layers(model):
-            states = [(b, arch.attention(layer, h, ctx), ctx) for b, h, ctx in states]
-            for acm in acm_modules(layer):
-                inputs = []  # the ACM's inputs over real tokens (a pass that stops short of the learners)
-                for b, h, ctx in states:
-                    def record(x, b=b):
-                        inputs.append(x[arch.token_mask(b, x.shape)])
-                        return x
-                    arch.feed_forward(layer, h, ctx, ffn=record)
-                biases.append(_calibrate_gate_(acm, acm.gate_logits(torch.cat(inputs)), budget, iters))
-            states = [(b, arch.feed_forward(layer, h, ctx), ctx) for b, h, ctx in states]
-    return biases
-
-
-def _calibrate_gate_(acm: ACM, scores: torch.Tensor, budget: float, iters: int) -> float:
-    """Bisection of one gate's bias on its scores (M, N+1); sets and returns the bias."""
-    ks = torch.arange(acm.n + 1, dtype=scores.dtype)
-
-    def fraction(bias: float) -> float:
-        k = (scores - bias * ks).argmax(-1).float().mean()
-        return float(gate_flops(acm) + learner_flops(acm) * k) / ffn_flops(acm)
-
-    lo, hi = -4.1, 4.1  # bias = sinh(t): fine steps near 0 (error scores), reach +-30 (logits)
-    if fraction(math.sinh(lo)) <= budget:
-        hi = lo
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fraction(math.sinh(mid)) > budget else (lo, mid)
-    acm.gate_bias.fill_(math.sinh(hi))
-    return math.sinh(hi)

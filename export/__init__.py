@@ -15,7 +15,8 @@ from device import MODES, RUNTIMES, Artifact, load_artifact  # (the device side'
 from export import executorch as _executorch  # noqa: F401  (registers "executorch"; imports it lazily)
 from export import litert as _litert  # noqa: F401  (registers "litert"; imports LiteRT lazily)
 from export import onnx as _onnx  # noqa: F401  (registers "onnx"; imports ONNX Runtime lazily)
-from export.lower import budget_levels, force_cases, to_runtime, verify
+from export.checks import force_cases, verify
+from export.lower import budget_levels, to_runtime
 
 
 def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True,

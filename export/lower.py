@@ -1,5 +1,6 @@
-"""Lower an adaptive model to a runtime with its control flow in the graph, bundle inputs that force
-every branch, and check the artifact against eager PyTorch on all of them."""
+"""Lower an adaptive model to a runtime: trace it (one graph, or the routed segments), lower it with the
+runtime's registered lowering, write the plan and the bundled branch-forcing checks (export.checks),
+and verify the artifact against eager PyTorch on all of them before it is put in place."""
 from __future__ import annotations
 
 import copy
@@ -12,102 +13,16 @@ import torch.nn as nn
 
 import edge
 from edge.errors import EdgeError
-from edge.acm import FORCE
 from edge.files import atomic_dir, sha256
-from edge.parts import TRANSFORMS, knobs_of, parts
+from edge.parts import TRANSFORMS, parts
 from device.artifact import CHECKS, PLAN_FORMAT, PLAN_VERSION, TOKENIZER, Artifact, load_artifact
 from device.runtime import MODES, RUNTIMES
 from export.artifact import write_plan
+from export.attention import exportable
+from export.checks import NEAR_TIE, TOLERANCE, away_from_ties, force_cases, margins, verify
 from export.graph import GraphModel
 from export.routed import Routed, Segment
 from export.runtime import LOWERINGS
-
-TOLERANCE = 1e-4  # fp32: max abs difference of the output against eager
-# a decision whose score lies within NEAR_TIE of its threshold (an ACM token: of its next-best k) may go
-# either way between two correct fp32 programs: the runtimes' kernels sum in other orders than eager's
-# (their outputs differ from eager's by ~1e-7, their scores alike), so such a branch is reported as a
-# near-tie and its output compared along the branch the artifact took, recomputed in eager
-NEAR_TIE = 1e-4
-def force_cases(graph: GraphModel) -> list[tuple[str, dict[str, torch.Tensor]]]:
-    """Knob settings that, together, take every branch: the model's own setting; the full path; then
-    each installed transform's forcing cases (edge.parts.Knob.cases: each exit taken alone, each skip
-    taken alone and all together, ACM gate biases from "every token runs no learner" to "every token
-    runs all"), the other knobs at the full path."""
-    own, knobs = graph.knobs(), knobs_of(graph.model)
-    full = {k.name: k.full(graph.model) for _, k in knobs}
-    cases = [("own", own), ("full", full)]
-    for _, k in knobs:
-        cases += [(name, {**full, k.name: value}) for name, value in k.cases(graph.model, full[k.name])]
-    return cases
-
-
-def margins(graph: GraphModel, args: list[torch.Tensor], knobs: list[torch.Tensor], follow: dict | None = None):
-    """(outputs, [(decision, margin, followed)]) of eager `graph` on one case: every decision's distance
-    from its threshold (GraphModel._decide, _choose_k); with `follow` ({"exit_layer", "skipped", "ks"}
-    as an artifact returned them) each decision takes that branch, and `followed` says where that
-    went against eager's own choice."""
-    graph.margins, graph.follow = [], follow
-    try:
-        with torch.no_grad():
-            out = [t.detach() for t in graph(*args, *knobs)]
-        return out, graph.margins
-    finally:
-        graph.margins, graph.follow = None, None
-
-
-def away_from_ties(graph: GraphModel, args: list[torch.Tensor], cases: list) -> list:
-    """The cases with each non-forcing gate-bias step moved (by up to +-0.1) where the example input
-    has a token within 10 x NEAR_TIE of another k: the checks should test branches, not rounding.
-    The model's own setting is kept as it is (its near-ties are reported by verify)."""
-    out = []
-    for name, knobs in cases:
-        if name.startswith("gate bias ") and abs(float(name.split()[-1])) < FORCE:
-            step = float(name.split()[-1])
-            for delta in (0.0, 0.01, -0.01, 0.02, -0.02, 0.05, -0.05, 0.1, -0.1):
-                bias = knobs["gate_bias"] + delta
-                got = margins(graph, args, [*{**knobs, "gate_bias": bias}.values()])[1]
-                if min((m for n, m, _ in got if n.startswith("acm")), default=1.0) >= 10 * NEAR_TIE:
-                    name, knobs = f"gate bias {step + delta:+g}", {**knobs, "gate_bias": bias}
-                    break
-        out.append((name, knobs))
-    return out
-
-
-def bmm_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0, **kwargs):
-    """transformers' eager attention (matmul, softmax, matmul) on 3-D batched matmuls, (B, H, T, d) as
-    (B*H, T, d): a 4-D matmul decomposes to expand_copy + bmm, and ExecuTorch runs the expand_copy
-    on the portable kernels between XNNPACK's delegates. The same numbers; measured on MiniLM (128
-    tokens, 1 thread, ExecuTorch): 24 portable kernels fewer, 0.97x the time, lowering in 0.55x."""
-    b, h, t, d = query.shape
-    s = key.shape[2]
-    scale = d ** -0.5 if scaling is None else scaling
-    w = torch.bmm(query.reshape(b * h, t, d), key.reshape(b * h, s, d).transpose(1, 2)) * scale
-    if attention_mask is not None:  # (b, 1 or h, 1 or t, s), added in 3-D: a view (b, h, t, s) has two token
-        m = attention_mask  # sizes, which XNNPACK cannot reshape to, and would cut its delegate in three
-        m = m if m.shape[0] * m.shape[1] == 1 else m.expand(b, h, -1, -1)
-        w = w + m.reshape(-1, m.shape[2], s)
-    w = nn.functional.dropout(w.softmax(-1), p=dropout, training=module.training)
-    out = torch.bmm(w, value.reshape(b * h, s, value.shape[-1]))
-    return out.view(b, h, t, -1).transpose(1, 2).contiguous(), None
-
-
-ATTENTION = "edge_bmm"  # bmm_attention's name in transformers' AttentionInterface
-
-
-def exportable(model: nn.Module) -> nn.Module:
-    """The model with edge's attention (bmm_attention), copied if it used another. Not SDPA: its
-    decomposition keeps a "safe softmax" (where/any over heads x T x T) that XNNPACK does not take,
-    2.5 ms against 1.0 ms per MiniLM layer on ExecuTorch (128 tokens, 1 thread)."""
-    if getattr(getattr(model, "config", None), "_attn_implementation", ATTENTION) in (ATTENTION, None):
-        return model
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION, bmm_attention)  # (here, not at import: export needs no transformers)
-    model = copy.deepcopy(model)
-    model.set_attn_implementation(ATTENTION)
-    return model
-
 
 def _inputs(graph: GraphModel, example: dict) -> list[torch.Tensor]:
     missing = [n for n in graph.input_names if n not in example]
@@ -323,63 +238,3 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
            + "; ".join(f"{t['case']}: {', '.join(t['decisions'])} within {t['margin']:.1e}" for t in ties) if ties else "")
         + ")")
     return load_artifact(out)
-
-
-def _same(got: np.ndarray, expected: torch.Tensor) -> bool:
-    """One branch output (exit_layer, skipped, ks) of the artifact equal to eager's."""
-    return np.array_equal(got.astype(np.int64), expected.numpy().astype(np.int64))
-
-
-def verify(artifact: Artifact | str | Path, model: nn.Module | None = None, eager: GraphModel | None = None) -> dict:
-    """Run the artifact on its bundled branch-forcing inputs and compare the output AND the branch
-    taken (exit layer, skipped layers, learners per token) with eager PyTorch: the bundled expected
-    outputs, or `model` itself when given (recomputed). A case whose branch differs only at decisions
-    that eager makes within the plan's near_tie of their thresholds is a near-tie, not a mismatch:
-    with the eager model at hand (`model`, or `eager`, its GraphModel) its output is recomputed along
-    the branch the artifact took and compared; without it, the bundled margin says whether the case
-    came that close, and its output is not compared. Returns {"cases", "max_abs_diff",
-    "branch_mismatches", "near_threshold": [{"case", "decisions", "margin"}], "k_seen"}; raises
-    EdgeError above the tolerance or on any other branch mismatch."""
-    a = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
-    plan, run = a.plan, a.runner()
-    t = {k: torch.from_numpy(v) for k, v in a.checks().items()}
-    args = [t[f"input.{s['name']}"] for s in plan["inputs"]]
-    graph = eager if eager is not None else (GraphModel(model) if model is not None else None)
-    near = float(plan.get("near_tie", 0.0))
-    worst, mismatches, ties, k_seen = 0.0, [], [], set()
-    for c, check in enumerate(plan["checks"]):
-        knobs = [t[f"case{c}.{s['name']}"] for s in plan["knobs"]]
-        if model is None:
-            expected = [t[f"case{c}.expected.{o}"] for o in plan["outputs"]]
-        else:
-            expected = margins(graph, args, knobs)[0]
-        got = run([x.numpy() for x in (*args, *knobs)])
-        differ = [name for name, g, e in zip(plan["outputs"][1:], got[1:], expected[1:]) if not _same(g, e)]
-        if not differ:
-            worst = max(worst, float(np.abs(got[0] - expected[0].numpy()).max()))
-        elif graph is not None:  # recompute eager along the artifact's branch: a near-tie, or a real mismatch
-            taken = dict(zip(plan["outputs"], got))
-            follow = {"exit_layer": int(taken["exit_layer"][0]), "skipped": [bool(v) for v in taken["skipped"]],
-                      "ks": taken.get("ks")}
-            along, noted = margins(graph, args, knobs, follow)
-            followed = [(n, m) for n, m, f in noted if f]
-            if all(_same(g, e) for g, e in zip(got[1:], along[1:])) and followed and max(m for _, m in followed) <= near:
-                ties.append({"case": check["case"], "decisions": [n for n, _ in followed],
-                             "margin": max(m for _, m in followed)})
-                worst = max(worst, float(np.abs(got[0] - along[0].numpy()).max()))
-            else:
-                mismatches += [f"{check['case']}: {name}" for name in differ]
-        elif check.get("margin") is not None and check["margin"] <= near:
-            ties.append({"case": check["case"], "decisions": differ, "margin": check["margin"],
-                         "output": "not compared (no eager model at hand)"})
-        else:
-            mismatches += [f"{check['case']}: {name}" for name in differ]
-        if "ks" in plan["outputs"]:
-            k_seen |= set(np.unique(got[plan["outputs"].index("ks")]).tolist())
-    report = {"cases": len(plan["checks"]), "max_abs_diff": worst, "branch_mismatches": mismatches,
-              "near_threshold": ties, "k_seen": sorted(k for k in k_seen if k >= 0)}
-    if worst > plan["tolerance"] or mismatches:
-        raise EdgeError(f"{a.path}: the artifact differs from eager PyTorch (max abs diff {worst:.2e}, "
-                        f"tolerance {plan['tolerance']:.0e}; branch mismatches: {mismatches or 'none'}"
-                        + (f"; near-ties within {near:.0e}: {len(ties)}" if ties else "") + ")")
-    return report

@@ -18,7 +18,8 @@ from torch import nn
 
 from edge.files import write_json_atomic
 from export.graph import GraphModel
-from export.lower import _inputs, force_cases, plan_of
+from export.checks import force_cases
+from export.lower import _inputs, plan_of
 from device.driver import drive
 from export.routed import Routed
 

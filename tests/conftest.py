@@ -13,6 +13,31 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2` on 2 cores: one threa
 CASES = [(name, mt) for name, arch in ARCHS.items() for mt in arch.model_types]
 
 
+# `pytest -m "not slow"` is the inner loop (a few minutes on 2 cores); the README's command runs all.
+# Slow: a whole file of subprocess or toolchain cases, a case that exports to ExecuTorch or LiteRT (15-70 s
+# each), or one whose name says it runs the real model, the native runner, a board, a phone or the CLI's
+# end-to-end paths. Everything else (eager models, ONNX, configs, plans, layers) stays in the inner loop.
+SLOW_FILES = {"test_bad_input.py", "test_android_demo.py", "test_convert.py"}
+SLOW_PARAMS = ("executorch", "litert")
+SLOW_NAMES = ("native", "ssh", "adb", "qemu", "aarch64", "real", "minilm", "demo", "whole_path", "cli",
+              "other_mode", "without_torch", "every_exported_plan", "replay", "vit_classifier", "full_setting")
+
+
+def _slow(item) -> bool:
+    if item.path.name in SLOW_FILES:
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if any(w in str(v) for v in params.values() for w in SLOW_PARAMS):
+        return True
+    return any(w in item.name.lower().replace("-", "_") for w in SLOW_NAMES)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _slow(item):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -440,7 +440,7 @@ def test_a_near_tie_is_reported_and_checked_along_the_artifacts_branch(tmp_path)
     """A gate decision within NEAR_TIE of its threshold may go either way between two correct fp32
     programs: verify reports it and compares the output along the branch the artifact took
     (recomputed in eager); the same flip at a decision far from its threshold is a mismatch."""
-    from export.lower import NEAR_TIE, margins
+    from export.checks import NEAR_TIE, margins
 
     _, model, batch, acms = tiny_acm_model("bert", "bert")
     last = acms[0].gate[-1]  # learners 1 and 2 score exactly alike on every token, above the rest:
