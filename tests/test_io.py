@@ -138,3 +138,32 @@ def test_a_model_saved_by_format_1_loads_with_its_parts(tmp_path):
     (path / "edge.json").write_text(json.dumps(meta))
     with pytest.raises(edge.EdgeError, match="is not an edge-acm file of version 1 or 2"):
         edge.load(path)
+
+
+def test_a_new_transform_is_saved_and_loaded_by_registering_alone(tmp_path):
+    """The extension point: a transform defined here (a config, an install that adds a module) is
+    saved and loaded by edge.save/edge.load, whose code names no transform, once it is registered."""
+    from dataclasses import dataclass
+
+    from edge.config import CONFIGS, Config, real, setting
+    from edge.parts import TRANSFORMS, Transform, attach, parts, register
+
+    @dataclass(frozen=True)
+    class ScaleConfig(Config):
+        factor: float = setting(real(0, low_open=True), 2.0)
+
+    def install(model, cfg):
+        attach(model).add("test_scale", cfg, torch.nn.Linear(4, 4))
+
+    register(Transform("test_scale", ScaleConfig, install))
+    try:
+        model, batch = edge.ARCHS.get("bert").tiny("bert")
+        install(model, ScaleConfig(factor=3.0))
+        path = edge.save(model, tmp_path / "m")
+        assert json.loads((path / "edge.json").read_text())["test_scale"] == {"factor": 3.0}
+        back = edge.load(path)
+        assert parts(back).config("test_scale") == ScaleConfig(factor=3.0)
+        assert torch.equal(parts(back).module("test_scale").weight, parts(model).module("test_scale").weight)
+    finally:
+        TRANSFORMS._items.pop("test_scale", None)
+        CONFIGS._items.pop("test_scale", None)
