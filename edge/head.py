@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from edge.arch import arch_for
+from edge.arch import arch_for, task_head
 from edge.depth import _Config, exit_heads
 from edge.errors import EdgeError
 
@@ -88,3 +88,9 @@ def add_head(model: nn.Module, linear: nn.Linear, labels: tuple[str, ...] | list
         out.edge_head.linear.weight.copy_(linear.weight)
         out.edge_head.linear.bias.copy_(linear.bias)
     return out.eval().requires_grad_(False)
+
+
+def head_of(model: nn.Module) -> tuple[nn.Linear, tuple[str, ...]] | None:
+    """`model`'s task head (its linear layer and class names, as add_head takes them), or None."""
+    head = task_head(model)
+    return None if head is None else (head.linear, model.head_config.labels)
