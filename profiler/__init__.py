@@ -15,6 +15,11 @@ import numpy as np
 
 from edge.errors import EdgeError
 from profiler.measure import read_records
+from profiler.native import ARCHES as RUNNER_ARCHES
+from profiler.native import build_runner, host_runner
+from profiler.presets import Preset, choose_preset, list_presets, load_preset
+from profiler.report import table as report_table
+from profiler.report import write as write_report
 from profiler.targets import TARGETS, target_for
 
 
@@ -179,4 +184,7 @@ def profile(artifact: str | Path, target="local", config: ProfileConfig = Profil
     return report
 
 
-__all__ = ["ProfileConfig", "TARGETS", "profile", "stats", "summarize"]
+__all__ = ["ProfileConfig", "RUNNERS", "TARGETS", "profile", "stats", "summarize",
+           # presets, reports and the native runner (profiler.presets, .report, .native) at package level
+           "Preset", "RUNNER_ARCHES", "build_runner", "choose_preset", "host_runner", "list_presets", "load_preset",
+           "report_table", "write_report"]

@@ -201,6 +201,39 @@ def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray
     return preset, points
 
 
+def choose_preset(artifact, target: str, budget_ms: float, passages, texts: int = 64, percentile: float = 90.0,
+                  runs: int = 30, threads: int = 1, name: str | None = None, out: str | Path | None = None,
+                  overwrite: bool = False, progress: bool = True, runner: str = "python") -> tuple[Preset, list[dict], Path]:
+    """`edge preset choose`: `choose` with quality measured on the first `texts` held-out passages
+    of `passages` (edge.data.Passages, read with the artifact's own tokenizer), then the preset
+    written to `out` (default profiles/NAME.yaml, NAME by default model-runtime-target-budget) and
+    a plot of the front beside it (.png). Both outputs are checked before anything is measured.
+    Returns (preset, points, the preset's path)."""
+    from edge.io import check_output
+    from export.artifact import load_artifact
+    from export.inputs import artifact_inputs
+
+    a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
+    name = name or default_name(a.plan, target, budget_ms)
+    path = Path(out) if out else preset_file(name)  # (a plain name: inside profiles/)
+    check_output(path, overwrite, "file")
+    check_output(path.with_suffix(".png"), overwrite, "file")
+    preset, points = choose(a, target, budget_ms, artifact_inputs(a, passages, texts), percentile, runs, threads, name,
+                            progress=progress, runner=runner)
+    save_preset(preset, path)
+    plot_front(points, preset, path.with_suffix(".png"))
+    return preset, points, path
+
+
+def list_presets(directory: str | Path = "profiles") -> list[Preset]:
+    """The presets in `directory` (its *.yaml files), by file name."""
+    root = Path(directory)
+    files = sorted(root.glob("*.yaml")) if root.is_dir() else []
+    if not files:
+        raise EdgeError(f"no presets in {root}; make one with `edge preset choose`")
+    return [load_preset(f) for f in files]
+
+
 def default_name(plan: dict, target: str, budget_ms: float) -> str:
     """model-runtime-target-budget, every part reduced to letters, digits and _ . + - (a file name, never a path)."""
     import re
