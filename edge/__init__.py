@@ -26,6 +26,7 @@ __all__ = ["ACM", "AcmConfig", "ARCHS", "DistillConfig", "EdgeError", "ExitConfi
            "load_pretrained", "measure_budget", "retarget", "save", "text_file_passages",
            # the steps on text and model directories (edge.fit, edge.pretrained, edge.data), and the
            # registries' names, that the `edge` command (edge_cli) calls
-           "INITS", "PRECISIONS", "interrupted", "quiet_console", "terminal", "SKIP_TARGETS", "LoadedModel", "check_output", "evaluate_text", "fetch_fashion_mnist",
-           "fit_acms", "fit_budget_", "fit_exits", "fit_head", "fit_skips", "labelled_passages", "load_model",
-           "load_original", "load_tokenizer", "read_passages", "write_json_atomic"]
+           "INITS", "PRECISIONS", "SKIP_TARGETS", "LoadedModel", "check_output", "evaluate_text",
+           "fetch_fashion_mnist", "fit_acms", "fit_budget_", "fit_exits", "fit_head", "fit_skips", "interrupted",
+           "labelled_passages", "load_model", "load_original", "load_tokenizer", "quiet_console", "read_passages",
+           "terminal", "write_json_atomic"]
