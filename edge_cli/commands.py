@@ -69,9 +69,10 @@ def cmd_data(args) -> None:
 
 def _summary(report: dict) -> str:
     lines = [f"held-out passages      {report['n']}",
-             f"cosine to original     mean {report['cos_mean']:.4f}   p5 {report['cos_p5']:.4f}",
-             f"FFN compute            {report['ffn_fraction']:.3f} of the original FFN FLOPs",
-             f"model compute          {report['model_fraction']:.3f} of the original model FLOPs"]
+             f"cosine to original     mean {report['cos_mean']:.4f}   p5 {report['cos_p5']:.4f}"]
+    if "ffn_fraction" in report:  # (a model with ACMs)
+        lines += [f"FFN compute            {report['ffn_fraction']:.3f} of the original FFN FLOPs",
+                  f"model compute          {report['model_fraction']:.3f} of the original model FLOPs"]
     if "acc" in report:
         lines.append(f"novel accuracy (probe) {report['acc']:.4f}   original {report['acc_teacher']:.4f}")
     return "\n".join(lines)
@@ -377,9 +378,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=c.steps, help=f"training steps of the heads (default {c.steps})")
     p.add_argument("--lr", type=number, default=c.lr, help=f"their learning rate (default {c.lr:g})")
     p.add_argument("--text", help=DATA)
-    p.add_argument("--labels", help=LABELS + "; a classifier's exits learn them (Austen's passages have theirs)")
-    p.add_argument("--distill", action="store_true",
-                   help="a classifier's exits learn its final output instead of the labels")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--labels", help=LABELS + "; a classifier's exits learn them (Austen's passages have theirs)")
+    how.add_argument("--distill", action="store_true",
+                     help="a classifier's exits learn its final output instead of the labels")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     c = edge.SkipConfig
