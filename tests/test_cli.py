@@ -313,3 +313,28 @@ def test_the_adaptive_depth_chain_from_the_shell(tmp_path):
     report = json.loads(r.stdout)
     assert [lv["name"] for lv in report["levels"]] == ["budget 1", "budget 0.5"]
     assert all(lv["stats"]["n"] == 3 for lv in report["levels"])
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    return _tiny_bert_dir(tmp_path_factory.mktemp("tiny") / "hf")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["add-exits", "{hf}", "--after", "3"], "this model has 3 layers"),  # (an exit goes after 1..L-1)
+    (["add-exits", "{hf}", "--steps", "-1"], "ExitConfig.steps must be an integer >= 0"),
+    (["add-exits", "{hf}", "--labels", "{labels}", "--text", "{text}"], "put the task's head on it first"),
+    (["add-skips", "{hf}", "--skip-rate", "2"], "SkipConfig.skip_rate must be in [0, 1]"),
+    (["set-budget", "{hf}", "--budget", "0"], "budget must be in (0, 1]"),
+    (["add-head", "{hf}", "--text", "{text}"], "labelled passages"),
+    (["add-head", "{hf}", "--labels", "{labels}"], "pass the text file (--text) too"),
+    (["add-head", "{hf}", "--text", "{text}", "--labels", "{short}"], "one label per line"),
+])
+def test_model_verbs_bad_input(tmp_path, tiny_hf, argv, needle):
+    """The model verbs' user errors: one line, exit 2, no output; the configs and the library say what is wrong."""
+    text, labels = _labelled_files(tmp_path, per_class=10)
+    (tmp_path / "short.txt").write_text("emma\n" * 5)
+    names = {"hf": tiny_hf, "text": text, "labels": labels, "short": tmp_path / "short.txt"}
+    r = edge_cli(*[a.format(**names) for a in argv], "-o", tmp_path / "out")
+    assert_user_error(r, needle)
+    assert not (tmp_path / "out").exists()
