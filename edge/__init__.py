@@ -31,6 +31,16 @@ _PUBLIC = {
     "HeadConfig": "edge.head", "add_head": "edge.head",
     "load": "edge.io", "save": "edge.io",
     "load_pretrained": "edge.pretrained",
+    # the steps on text and model directories (edge.fit, edge.pretrained, edge.data), the registries' names
+    # and the console helpers that the `edge` command (edge_cli) calls
+    "INITS": "edge.acm", "PRECISIONS": "edge.convert", "SKIP_TARGETS": "edge.skips",
+    "fetch_fashion_mnist": "edge.data", "labelled_passages": "edge.data", "read_passages": "edge.data",
+    "quiet_console": "edge.console", "terminal": "edge.console", "interrupted": "edge.errors",
+    "evaluate_text": "edge.fit", "fit_acms": "edge.fit", "fit_budget_": "edge.fit", "fit_exits": "edge.fit",
+    "fit_head": "edge.fit", "fit_skips": "edge.fit",
+    "check_output": "edge.files", "write_json_atomic": "edge.files",
+    "LoadedModel": "edge.pretrained", "load_model": "edge.pretrained", "load_original": "edge.pretrained",
+    "load_tokenizer": "edge.pretrained",
 }
 __all__ = sorted(_PUBLIC)
 

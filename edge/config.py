@@ -187,7 +187,7 @@ def _plain(v):
 class Config:
     """Base of every config (a frozen dataclass registered with @config): validation, to/from dict.
 
-    >>> from edge.depth import ExitConfig
+    >>> from edge.exits import ExitConfig
     >>> ExitConfig.from_dict({"after": [1, 2], "threshold": 0.5}).to_dict()["after"]
     [1, 2]
     >>> ExitConfig(steps=True)

@@ -190,15 +190,57 @@ def austen_passages(words: int = 40) -> Passages:
 def text_file_passages(path: str | Path) -> Passages:
     """A user's own text: one passage per non-empty line (UTF-8)."""
     path = Path(path)
-    if not path.is_file():
-        raise EdgeError(f"text file {path} not found; pass a UTF-8 file with one passage per line")
-    try:
-        texts = [t.strip() for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
-    except UnicodeDecodeError:
-        raise EdgeError(f"{path} is not UTF-8 text") from None
+    texts = [t for t in _lines(path, "text") if t]
     if len(texts) < 20:
         raise EdgeError(f"{path} has {len(texts)} non-empty lines; at least 20 are needed for the splits")
     return Passages(texts, None, block=1)  # lines of a user's file: split line by line
+
+
+def _lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 file, stripped, without the empty ones at its end."""
+    if not path.is_file():
+        raise EdgeError(f"{what} file {path} not found; pass a UTF-8 file with one {'passage' if what == 'text' else 'label'} "
+                        "per line")
+    try:
+        lines = [t.strip() for t in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError:
+        raise EdgeError(f"{path} is not UTF-8 text") from None
+    except OSError as e:
+        raise EdgeError(f"cannot read {path}: {e.strerror or e}") from None
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def labelled_passages(text: str | Path, labels: str | Path) -> Passages:
+    """A user's own labelled passages: line i of `labels` is the class of line i of `text` (any
+    word or name; the classes are numbered in sorted order). An empty text line is skipped with its
+    label. Split line by line, as text_file_passages."""
+    text, labels = Path(text), Path(labels)
+    texts, names = _lines(text, "text"), _lines(labels, "labels")
+    if len(texts) != len(names):
+        raise EdgeError(f"{labels} has {len(names)} lines but {text} has {len(texts)}; give one label per line of the text")
+    pairs = [(t, n, i) for i, (t, n) in enumerate(zip(texts, names), 1) if t]
+    empty = [i for _, n, i in pairs if not n]
+    if empty:
+        raise EdgeError(f"{labels}: line {empty[0]} is empty, but line {empty[0]} of {text} is a passage; give every "
+                        "passage its label")
+    classes = tuple(sorted({n for _, n, _ in pairs}))
+    if len(classes) < 2:
+        raise EdgeError(f"{labels} names {len(classes)} class; a classifier needs at least 2")
+    if len(pairs) < 20:
+        raise EdgeError(f"{text} has {len(pairs)} non-empty lines; at least 20 are needed for the splits")
+    return Passages([t for t, _, _ in pairs], [classes.index(n) for _, n, _ in pairs], classes, block=1)
+
+
+def read_passages(text: str | Path | None = None, labels: str | Path | None = None) -> Passages:
+    """The passages a step reads: Jane Austen's novels, labelled with their novel (the default), a
+    text file (one passage per line), or a text file and its labels file (labelled_passages)."""
+    if labels is not None and text is None:
+        raise EdgeError("labels go with the passages they label: pass the text file (--text) too")
+    if text is None:
+        return austen_passages()
+    return text_file_passages(text) if labels is None else labelled_passages(text, labels)
 
 
 def batches(tokenizer, texts: list[str], batch_size: int = 32, max_length: int = 128) -> list[dict]:

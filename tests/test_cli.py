@@ -1,20 +1,30 @@
 """The `edge` command end to end, on the real MiniLM and real Austen text, and its user errors."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import edge
 
+REPO = Path(__file__).resolve().parents[1]
 FEW = ["--repr-steps", "2", "--gate-steps", "2", "--e2e-steps", "2", "--train-limit", "64",
        "--eval-limit", "64", "--calib-limit", "128", "--quiet"]
 
 
-def edge_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "edge", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+def _env() -> dict:
+    """This checkout's code first (the command may run in another directory), whatever is installed."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def edge_cli(*args, cwd=None, module="edge_cli"):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=_env(), timeout=600)
 
 
 def assert_user_error(r, *needles):
@@ -126,8 +136,8 @@ def test_ctrl_c_during_an_export_exits_130_and_writes_nothing(tmp_path):
     edge.install_acms(model, edge.AcmConfig(learners=2))
     src = edge.save(model, tmp_path / "acm", tokenizer=tok)
     out = tmp_path / "exports" / "a"
-    proc = subprocess.Popen([sys.executable, "-m", "edge", "export", str(src), "--to", "executorch", "-o", str(out),
-                             "--tokens", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "edge_cli", "export", str(src), "--to", "executorch", "-o", str(out),
+                             "--tokens", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     for line in proc.stdout:  # interrupted while lowering (inside executorch), not before it starts
         if "lowering" in line:
             time.sleep(1.0)
@@ -187,3 +197,144 @@ def test_corrupt_checkpoint(tmp_path):
     assert_user_error(r, "corrupt")
     r = edge_cli("eval", tmp_path / "missing")
     assert_user_error(r, "not a directory")
+
+
+# --- the parser: its choices are the registries' ----------------------------------------------------
+def _verbs(p, path=()):
+    """(verb path, its parser) for every verb and nested verb of the argparse parser `p`."""
+    import argparse
+
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sp in a.choices.items():
+                yield (*path, name), sp
+                yield from _verbs(sp, (*path, name))
+
+
+def test_choices_come_from_the_registries():
+    """Every option with a fixed list of choices takes exactly its registry's names (a runtime, a
+    runner or an architecture registered later is a choice without touching the CLI), and the
+    --target help names every registered target."""
+    import export
+    import profiler
+    from edge_cli.commands import parser
+
+    expected = {
+        ("acmize", "init"): list(edge.INITS),
+        ("acmize", "precision"): ["auto", *edge.PRECISIONS.names()],
+        ("demo", "precision"): ["auto", *edge.PRECISIONS.names()],
+        ("add-skips", "target"): list(edge.SKIP_TARGETS),
+        ("export", "to"): export.RUNTIMES.names(),
+        ("export", "mode"): list(export.MODES),
+        ("profile", "runner"): list(profiler.RUNNERS),
+        ("preset choose", "runner"): list(profiler.RUNNERS),
+        ("runner", "arch"): list(profiler.RUNNER_PLATFORMS),
+    }
+    found, target_helps = {}, []
+    for path, p in _verbs(parser()):
+        for a in p._actions:
+            if a.choices is not None and a.dest not in ("command", "action"):
+                found[(" ".join(path), a.dest)] = list(a.choices)
+            if a.dest == "target" and a.choices is None:
+                target_helps.append(a.help)
+    assert found == expected
+    assert len(target_helps) == 2  # profile, preset choose
+    for h in target_helps:
+        assert all(name in h for name in profiler.TARGETS.names()), h
+
+
+def test_python_m_edge_is_the_same_command():
+    r = edge_cli("--help", module="edge")
+    assert r.returncode == 0 and "add-exits" in r.stdout and "set-budget" in r.stdout, r.stderr
+
+
+# --- the adaptive-depth chain, from the shell ---------------------------------------------------------
+def _tiny_bert_dir(path, layers=3):
+    """A plain Hugging Face model directory: a tiny random BERT with MiniLM's tokenizer."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from edge.pretrained import default_model_dir
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_dir()))
+    cfg = AutoConfig.for_model("bert", vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers,
+                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    AutoModel.from_config(cfg, attn_implementation="eager").eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _labelled_files(tmp_path, per_class=40, novels=(0, 2, 5)):
+    """text.txt and labels.txt: passages of three of Austen's novels, interleaved, labelled with the
+    novel's name (what the novel task's head calls its classes)."""
+    p = edge.austen_passages()
+    rows = [(t, p.label_names[y]) for i in range(per_class) for y in novels
+            for t in [[t for t, lab in zip(p.texts, p.labels) if lab == y][i]]]
+    (tmp_path / "text.txt").write_text("".join(f"{t}\n" for t, _ in rows))
+    (tmp_path / "labels.txt").write_text("".join(f"{n}\n" for _, n in rows))
+    return tmp_path / "text.txt", tmp_path / "labels.txt"
+
+
+def test_the_adaptive_depth_chain_from_the_shell(tmp_path):
+    """What bench/depth.py measures, built from the shell on a tiny BERT: the novel task's head (a
+    probe on the Austen passages, the default), exits that learn the labels of the user's own
+    labelled passages, attention routers, the budget set; then exported to ONNX with two budget
+    levels and profiled."""
+    hf = _tiny_bert_dir(tmp_path / "hf")
+    text, labels = _labelled_files(tmp_path)
+    own = ["--text", text]
+    steps = [("add-head", hf, []),  # (verb, its input, its options); each writes tmp_path/VERB
+             ("add-exits", tmp_path / "add-head", ["--after", "1", "2", *own, "--labels", labels, "--quiet"]),
+             ("add-skips", tmp_path / "add-exits", ["--layers", "2", "3", "--samples", "32", *own, "--quiet"]),
+             ("set-budget", tmp_path / "add-skips", ["--budget", "0.7", *own, "--quiet"])]
+    for verb, src, extra in steps:
+        out = tmp_path / verb
+        r = edge_cli(verb, src, "-o", out, *extra)
+        assert r.returncode == 0, f"{verb}: {r.stderr}"
+        assert f"wrote {out}/" in r.stdout
+    meta = json.loads((tmp_path / "set-budget" / "edge.json").read_text())
+    assert meta["head"]["labels"] == list(edge.austen_passages().label_names)
+    assert meta["exits"]["after"] == [1, 2] and meta["skips"]["layers"] == [2, 3]
+    assert meta["base_model"] == str(hf) and meta["budget"]["flops_frac"] <= 0.7
+    assert meta["exits"]["threshold"] == meta["budget"]["exit_threshold"]  # (the chosen knobs are saved)
+    # an existing output is never replaced without --overwrite
+    assert_user_error(edge_cli("add-skips", tmp_path / "add-exits", "-o", tmp_path / "add-skips"), "already exists")
+
+    art = tmp_path / "onnx"
+    r = edge_cli("export", tmp_path / "set-budget", "--to", "onnx", "--mode", "routed", "-o", art, "--tokens", "16",
+                 "--budgets", "1", "0.5", "--calib", "16", *own, "--quiet")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((art / "plan.json").read_text())
+    assert plan["model"]["output_kind"] == "logits"
+    assert [e["after"] for e in plan["control_flow"]["exits"]] == [1, 2]
+    assert [e["layer"] for e in plan["control_flow"]["routers"]] == [2, 3]
+    r = edge_cli("profile", art, "--runs", "3", "--warmup", "0", "--branch-runs", "1", "--no-ops", "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [lv["name"] for lv in report["levels"]] == ["budget 1", "budget 0.5"]
+    assert all(lv["stats"]["n"] == 3 for lv in report["levels"])
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    return _tiny_bert_dir(tmp_path_factory.mktemp("tiny") / "hf")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["add-exits", "{hf}", "--after", "3"], "this model has 3 layers"),  # (an exit goes after 1..L-1)
+    (["add-exits", "{hf}", "--steps", "-1"], "ExitConfig.steps must be an integer >= 0"),
+    (["add-exits", "{hf}", "--labels", "{labels}", "--text", "{text}"], "put the task's head on it first"),
+    (["add-skips", "{hf}", "--skip-rate", "2"], "SkipConfig.skip_rate must be in [0, 1]"),
+    (["set-budget", "{hf}", "--budget", "0"], "budget must be in (0, 1]"),
+    (["add-head", "{hf}", "--text", "{text}"], "labelled passages"),
+    (["add-head", "{hf}", "--labels", "{labels}"], "pass the text file (--text) too"),
+    (["add-head", "{hf}", "--text", "{text}", "--labels", "{short}"], "one label per line"),
+])
+def test_model_verbs_bad_input(tmp_path, tiny_hf, argv, needle):
+    """The model verbs' user errors: one line, exit 2, no output; the configs and the library say what is wrong."""
+    text, labels = _labelled_files(tmp_path, per_class=10)
+    (tmp_path / "short.txt").write_text("emma\n" * 5)
+    names = {"hf": tiny_hf, "text": text, "labels": labels, "short": tmp_path / "short.txt"}
+    r = edge_cli(*[a.format(**names) for a in argv], "-o", tmp_path / "out")
+    assert_user_error(r, needle)
+    assert not (tmp_path / "out").exists()

@@ -45,6 +45,27 @@ def test_text_file_passages(tmp_path):
         edge.text_file_passages(f)
 
 
+def test_labelled_passages(tmp_path):
+    """Line i of the labels file is the class of line i of the text; classes numbered in sorted order;
+    an empty text line goes with its label."""
+    text, labels = tmp_path / "text.txt", tmp_path / "labels.txt"
+    rows = [(f"passage number {i}", ["spam", "ham"][i % 2]) for i in range(40)]
+    text.write_text("".join(f"{t}\n" for t, _ in rows[:10]) + "\n" + "".join(f"{t}\n" for t, _ in rows[10:]) + "\n")
+    labels.write_text("".join(f"{n}\n" for _, n in rows[:10]) + "ham\n" + "".join(f"{n}\n" for _, n in rows[10:]))
+    p = edge.labelled_passages(text, labels)
+    assert p.label_names == ("ham", "spam") and len(p.texts) == 40
+    assert [p.label_names[y] for y in p.labels] == [n for _, n in rows] and p.texts == [t for t, _ in rows]
+    assert edge.read_passages(text, labels).labels == p.labels and edge.read_passages(text).labels is None
+    labels.write_text("ham\n" * 12)
+    with pytest.raises(edge.EdgeError, match="one label per line"):
+        edge.labelled_passages(text, labels)
+    labels.write_text("ham\n" * 41)
+    with pytest.raises(edge.EdgeError, match="at least 2"):
+        edge.labelled_passages(text, labels)
+    with pytest.raises(edge.EdgeError, match="text file"):
+        edge.read_passages(None, labels)
+
+
 def test_corrupt_cache_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_DATA", str(tmp_path))
     with pytest.raises(edge.EdgeError, match="edge data"):
