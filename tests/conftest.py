@@ -17,10 +17,13 @@ CASES = [(name, mt) for name, arch in ARCHS.items() for mt in arch.model_types]
 # Slow: a whole file of subprocess or toolchain cases, a case that exports to ExecuTorch or LiteRT (15-70 s
 # each), or one whose name says it runs the real model, the native runner, a board, a phone or the CLI's
 # end-to-end paths. Everything else (eager models, ONNX, configs, plans, layers) stays in the inner loop.
-SLOW_FILES = {"test_bad_input.py", "test_android_demo.py", "test_convert.py"}
-SLOW_PARAMS = ("executorch", "litert")
-SLOW_NAMES = ("native", "ssh", "adb", "qemu", "aarch64", "real", "minilm", "demo", "whole_path", "cli",
-              "other_mode", "without_torch", "every_exported_plan", "replay", "vit_classifier", "full_setting")
+SLOW_FILES = {"test_bad_input.py", "test_android_demo.py", "test_convert.py", "test_plan_schema.py"}
+# the inner loop exports the BERT family's graph mode to ONNX only; the other runtimes, modes and families in full
+SLOW_PARAMS = ("executorch", "litert", "routed", "roberta", "electra", "whisper", "vit")
+SLOW_NAMES = ("executorch", "native", "ssh", "adb", "qemu", "aarch64", "real", "minilm", "demo", "whole_path",
+              "other_mode", "without_torch", "replay", "full_setting", "chain", "probe_is_kept", "wrong_program",
+              "bad_artifacts", "model_verbs", "bad_input", "corrupt_checkpoint", "ctrl_c", "unsupported_architecture",
+              "cut_short", "only_they_read", "budget_levels_go_into", "to_runtime", "profiling.profile")
 
 
 def _slow(item) -> bool:

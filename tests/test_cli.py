@@ -324,7 +324,7 @@ def tiny_hf(tmp_path_factory):
     (["add-exits", "{hf}", "--after", "3"], "this model has 3 layers"),  # (an exit goes after 1..L-1)
     (["add-exits", "{hf}", "--steps", "-1"], "ExitConfig.steps must be an integer >= 0"),
     (["add-exits", "{hf}", "--labels", "{labels}", "--text", "{text}"], "put the task's head on it first"),
-    (["add-skips", "{hf}", "--skip-rate", "2"], "SkipConfig.skip_rate must be in [0, 1]"),
+    (["add-skips", "{hf}", "--skip-rate", "2"], "SkipConfig.skip_rate must be a number in [0, 1]"),
     (["set-budget", "{hf}", "--budget", "0"], "budget must be in (0, 1]"),
     (["add-head", "{hf}", "--text", "{text}"], "labelled passages"),
     (["add-head", "{hf}", "--labels", "{labels}"], "pass the text file (--text) too"),

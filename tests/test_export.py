@@ -329,7 +329,9 @@ def test_executorch_takes_the_attention_head_splits_into_xnnpack(tmp_path, monke
     with_pass = export.to_executorch(model, tmp_path / "a", batch, progress=False)
     monkeypatch.setattr(et, "one_inferred_size", lambda gm: None)  # (a pass returning None changes nothing)
     without = export.to_executorch(model, tmp_path / "b", batch, progress=False)
-    kernels = [et.stats(a.path, a.plan["methods"])["kernels"] for a in (with_pass, without)]
+    from device.executorch import stats
+
+    kernels = [stats(a.path, a.plan["methods"])["kernels"] for a in (with_pass, without)]
     assert kernels[1] - kernels[0] >= 4 * len(edge.arch_for(model).layers(model)), kernels
 
 
@@ -391,7 +393,7 @@ def test_onnx_branches_hold_the_weights_only_they_read(tmp_path, monkeypatch):
 def test_onnx_sessions_leave_out_the_slow_fusions(tmp_path, monkeypatch):
     """ONNX Runtime's SkipLayerNormalization and BiasGelu ran slower than what they fuse
     (bench/ort_fusions.py): edge's sessions run LayerNorm and Gelu instead; ORT's default would not."""
-    import export.onnx as ox
+    import device.onnx as device_onnx
 
     def ran(art) -> set[str]:
         run, ops = art.profiled_runner(threads=1)
@@ -402,20 +404,20 @@ def test_onnx_sessions_leave_out_the_slow_fusions(tmp_path, monkeypatch):
     a = export.to_onnx(model, tmp_path / "a", batch, progress=False)
     ops = ran(a)
     assert {"LayerNormalization", "Gelu"} <= ops and not ops & {"SkipLayerNormalization", "BiasGelu"}
-    monkeypatch.setattr(ox, "SLOW_FUSIONS", ())
+    monkeypatch.setattr(device_onnx, "SLOW_FUSIONS", ())
     assert {"SkipLayerNormalization", "BiasGelu"} <= ran(a)
 
 
 def test_onnx_sessions_run_without_the_memory_pattern(tmp_path, monkeypatch):
     """ORT's memory pattern made gated graphs slower (bench/ort_fusions.py): edge's CPU sessions turn it off."""
-    import export.onnx as ox
+    import device.onnx as device_onnx
 
     model, batch = adaptive(("bert", "bert"), exits=True)
     a = export.to_onnx(model, tmp_path / "a", batch, progress=False)
     pattern = lambda: [s.get_session_options().enable_mem_pattern  # noqa: E731
-                       for s in ox._sessions(a.path, a.plan["methods"], 1).values()]
+                       for s in device_onnx._sessions(a.path, a.plan["methods"], 1).values()]
     assert pattern() == [False]
-    monkeypatch.setattr(ox, "MEMORY_PATTERN", True)
+    monkeypatch.setattr(device_onnx, "MEMORY_PATTERN", True)
     assert pattern() == [True]
 
 
