@@ -122,6 +122,8 @@ class Parts(nn.Module):
 
     def set_config(self, name: str, config) -> None:
         TRANSFORMS.get(name)  # (an unknown name raises and lists the known ones)
+        if self is _EMPTY:  # (what parts() returns for a model without parts: never written to)
+            raise ValueError("a model's parts are made by edge.parts.attach (an install), not through parts()")
         self.configs[name] = config
 
     def add(self, name: str, config, module: nn.Module | None = None) -> None:
