@@ -95,7 +95,7 @@ def test_profile_cli(artifact, tmp_path):
         return  # (the user errors below do not depend on the runtime: checked once)
     for args, needle in [([tmp_path / "nothing"], "not an edge artifact"),
                          ([artifact.path, "--runs", "0"], "runs must be an integer >= 1"),
-                         ([artifact.path, "--budget-ms", "-3"], "budget_ms must be a positive"),
+                         ([artifact.path, "--budget-ms", "-3"], "ProfileConfig.budget_ms must be None or a number in (0, 1e+06), got -3.0"),
                          ([artifact.path, "--target", "tpu"], "unknown profiling target 'tpu'; known: adb, cuda, local, ssh"),
                          ([artifact.path, "--runner", "rust"], "runner must be one of python, native, app, got 'rust'"),
                          ([artifact.path, "-o", tmp_path / "p"], "already exists")]:
