@@ -97,7 +97,7 @@ def test_profile_cli(artifact, tmp_path):
                          ([artifact.path, "--runs", "0"], "runs must be an integer >= 1"),
                          ([artifact.path, "--budget-ms", "-3"], "ProfileConfig.budget_ms must be None or a number in (0, 1e+06), got -3.0"),
                          ([artifact.path, "--target", "tpu"], "unknown profiling target 'tpu'; known: adb, cuda, local, ssh"),
-                         ([artifact.path, "--runner", "rust"], "runner must be one of python, native, app, got 'rust'"),
+                         ([artifact.path, "--runner", "rust"], "argument --runner: invalid choice: 'rust' (choose from 'python', 'native', 'app')"),
                          ([artifact.path, "-o", tmp_path / "p"], "already exists")]:
         r = edge_cli("profile", *args, "--quiet")
         lines = [line for line in r.stderr.splitlines() if line.strip()]
