@@ -29,7 +29,7 @@ DEVICE_TORCH = {"device.executorch"}
 def layer(module: str) -> str:
     if module in BASE:
         return "base"
-    if module == "edge.__main__" or module.startswith("edge_cli") or module == "edge.cli":
+    if module == "edge.__main__" or module.startswith("edge_cli"):
         return "cli"  # (python -m edge: the launcher, which nothing imports)
     top = module.split(".")[0]
     return {"edge": "model", "device": "device", "export": "export", "profiler": "profiler"}[top]
