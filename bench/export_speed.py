@@ -86,8 +86,9 @@ def lowered(module: nn.Module, rt: str, directory: Path, inputs: list[torch.Tens
     with torch.no_grad():
         ep = torch.export.export(module, tuple(inputs), dynamic_shapes=({1: tokens}, {1: tokens}))
     directory.mkdir()
-    runtime = export.RUNTIMES.get(rt)
-    return runtime.load(directory, runtime.lower({"forward": ep}, directory, False), 1)["forward"]
+    from export.runtime import LOWERINGS
+
+    return export.RUNTIMES.get(rt).load(directory, LOWERINGS.get(rt)({"forward": ep}, directory, False), 1)["forward"]
 
 
 class Zero(nn.Module):
