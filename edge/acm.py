@@ -229,10 +229,8 @@ def _gate_bias(model: nn.Module) -> torch.Tensor:
 
 
 def _acm_plan(model: nn.Module) -> list[dict]:
-    arch = arch_for(model)
-    layers = [i for i, layer in enumerate(arch.layers(model), 1) if acm_of(layer) is not None]
-    return [{"layer": i, "learners": acm_of(arch.layers(model)[i - 1]).n, "knob": "gate_bias", "index": j}
-            for j, i in enumerate(layers)]
+    found = [(i, acm) for i, layer in enumerate(arch_for(model).layers(model), 1) if (acm := acm_of(layer)) is not None]
+    return [{"layer": i, "learners": acm.n, "knob": "gate_bias", "index": j} for j, (i, acm) in enumerate(found)]
 
 
 GATE_KNOB = Knob(

@@ -26,7 +26,6 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from edge.errors import EdgeError
 from edge.registry import Registry
 
 ATTRIBUTE = "edge_parts"  # the model's submodule holding its parts
@@ -148,11 +147,3 @@ def attach(model: nn.Module) -> Parts:
         got = Parts()
         model.add_module(ATTRIBUTE, got)
     return got
-
-
-def require(model: nn.Module, name: str):
-    """The config of transform `name` on `model`, or one clear error."""
-    config = parts(model).config(name)
-    if config is None:
-        raise EdgeError(f"this model has no {name}; installed: {', '.join(parts(model).names()) or 'none'}")
-    return config
