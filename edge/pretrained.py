@@ -53,11 +53,16 @@ def load_pretrained(path: str | Path | None = None) -> tuple[nn.Module, object]:
     except Exception as e:  # (torch's weights_only refusal of a pickle, a truncated file, a shape mismatch)
         import pickle
 
+        first = (str(e).strip().splitlines() or [""])[0][:200]
         if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
             raise EdgeError(f"the weights in {d} are a pickle that edge does not load (torch.load weights_only "
                             "refused it); convert them to model.safetensors") from None
-        raise EdgeError(f"cannot load the model weights in {d} ({type(e).__name__}: "
-                        f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+        if not (d / "model.safetensors").is_file() and (d / "pytorch_model.bin").is_file():
+            # (random bytes fail inside the unpickler with whatever it tripped on: name the file, not the exception)
+            raise EdgeError(f"{d / 'pytorch_model.bin'} is corrupt or not a torch weights file ({first}); "
+                            "convert the weights to model.safetensors") from None
+        raise EdgeError(f"cannot load the model weights in {d}: the weights files are corrupt or do not match "
+                        f"the model's config ({first})") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as e:
