@@ -41,6 +41,13 @@ same), so the gates' k spreads over the tokens as random gates spread it; with -
 a converted model's (edge demo writes one to out/minilm-acm), whose trained gates choose k as a user's
 model does (still set to a mean k of N/2 on the timed input); the exits and routers stay untrained.
 
+With --quantize SCHEME (edge.quant: 8da8w, 8da4w) every model above is quantized before its export
+(dense, noffn, gated and acm are then the int8 ones; the ratios are against the int8 dense model) and
+the fp32 dense export is timed beside them as "fp32dense"; the figures get the prefix int8_, and
+int8_dense_vs_fp32_dense, int8_acm50_vs_fp32_dense, size_ratio (program bytes, int8 dense / fp32 dense),
+branch_mismatches and near_threshold (verify's, against the same quantization in eager) join them.
+Runtimes whose lowering takes no quantized model are left out, and said so.
+
     taskset -c 0 .venv/bin/python bench/export_speed.py      # 1 core; ORT and XNNPACK on 1 thread
                                                              # (about 15 minutes; --no-native: without the C++ runner)
 Last line: one JSON object.
@@ -63,6 +70,8 @@ import edge
 import export
 from export.graph import GraphModel
 from device.runtime import RUNTIMES
+from edge.quant import SCHEMES, QuantConfig
+from export.runtime import precisions
 
 EXIT_AFTER = 2
 
@@ -191,8 +200,15 @@ def acm_figures(ms: dict, acm50: str, k0: str) -> dict:
             "acm50_model_ratio": ms[acm50] / ms["dense"]}
 
 
+def program_bytes(artifact) -> int:
+    return sum((artifact.path / f).stat().st_size for f in set(artifact.plan["methods"].values()))
+
+
 def figures(name: str, ms: dict, report: dict, acm_report: dict, gated_s: float, dense_s: float) -> dict:
     return {"runtime": name, "ms": {k: round(v, 3) for k, v in ms.items()},
+            **({"int8_dense_vs_fp32_dense": ms["dense"] / ms["fp32dense"],
+                "int8_acm50_vs_fp32_dense": ms["acm50"] / ms["fp32dense"]} if "fp32dense" in ms else {}),
+            "branch_mismatches": len(report["branch_mismatches"]), "near_threshold": len(report["near_threshold"]),
             **acm_figures(ms, "acm50", "k0"),
             "overhead_ratio": ms["open"] / ms["dense"],
             "exit_ratio": ms["exit"] / ms["open"],
@@ -215,6 +231,8 @@ def main() -> None:
                          "gates) instead of MiniLM with untrained ACMs; --learners and --gate-hidden are then the model's")
     ap.add_argument("--runtimes", nargs="+", default=export.RUNTIMES.names())
     ap.add_argument("--modes", nargs="+", default=list(export.MODES), choices=export.MODES)
+    ap.add_argument("--quantize", choices=sorted(SCHEMES), help="quantize every model (edge.quant) and time the "
+                    "fp32 dense export beside them")
     ap.add_argument("--no-native", action="store_true",
                     help="skip the ExecuTorch routed timings through the native (C++) runner")
     args = ap.parse_args()
@@ -239,6 +257,14 @@ def main() -> None:
     acm_only = copy.deepcopy(gated)
     gated = edge.add_exits(gated, edge.ExitConfig(after=[2, 3, 4, 5], steps=0), train, progress=False)
     gated = edge.add_skips(gated, edge.SkipConfig(samples=32), train, progress=False)
+    fp32_model = model
+    quant = (lambda m: edge.quantize(m, QuantConfig(args.quantize))) if args.quantize else (lambda m: m)
+    model, gated, acm_only = quant(model), quant(gated), quant(acm_only)
+    if args.quantize:
+        left = [rt for rt in args.runtimes if args.quantize not in precisions(rt)]
+        args.runtimes = [rt for rt in args.runtimes if rt not in left]
+        if left:
+            print(f"left out: {', '.join(left)} (their lowering takes no {args.quantize} model yet)")
     graph = GraphModel(gated)
     inputs = [example["input_ids"], example["attention_mask"]]
     own = graph.knobs()
@@ -263,10 +289,18 @@ def main() -> None:
             t0 = time.time()
             dense_a = export.to_runtime(model, rt, Path(tmp) / f"dense-{rt}", example, progress=False)
             dense_s = time.time() - t0
-            noffn_a = export.to_runtime(without_ffn(model), rt, Path(tmp) / f"noffn-{rt}", example, progress=False)
+            noffn_a = export.to_runtime(quant(without_ffn(fp32_model)), rt, Path(tmp) / f"noffn-{rt}", example,
+                                        progress=False)
             x = [t.numpy() for t in inputs]
             dense_run, noffn_run = dense_a.runner(threads=1), noffn_a.runner(threads=1)
-            user_run = user_dense(model, rt, Path(tmp) / f"user-{rt}", inputs)
+            user_run = user_dense(fp32_model, rt, Path(tmp) / f"user-{rt}", inputs)
+            plain = {"dense": dense_a.path, "noffn": noffn_a.path}
+            fp32_cases, size_ratio = {}, None
+            if args.quantize:
+                fp32_a = export.to_runtime(fp32_model, rt, Path(tmp) / f"fp32dense-{rt}", example, progress=False)
+                fp32_cases = {"fp32dense": (lambda r=fp32_a.runner(threads=1): r(x))}
+                plain["fp32dense"] = fp32_a.path
+                size_ratio = program_bytes(dense_a) / program_bytes(fp32_a)
             for mode in [m for m in args.modes if m in RUNTIMES.get(rt).modes]:
                 t0 = time.time()
                 gated_a = export.to_runtime(gated, rt, Path(tmp) / f"gated-{rt}-{mode}", example, progress=False,
@@ -279,10 +313,12 @@ def main() -> None:
                 knob_values = {name: [v.numpy().astype(np.float32) for v in k.values()]
                                for name, k in {**settings, **acm_settings}.items()}
                 cases = {"dense": lambda: dense_run(x), "noffn": lambda: noffn_run(x), "user": lambda: user_run(x),
+                         **fp32_cases,
                          **{name: (lambda r=acm_run if name in acm_settings else run, v=v: r(x + v))
                             for name, v in knob_values.items()}}
                 ms = interleaved(cases, args.runs)
                 row = figures(f"{rt}:{mode}", ms, report, acm_report, gated_s, dense_s)
+                row["size_ratio"] = size_ratio
                 if mode == "routed":
                     split = routed_split(gated_a, x + knob_values["open"], args.runs)
                     print(f"{rt}:routed, every gate open, ms per run: "
@@ -290,16 +326,24 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 if rt == "executorch" and not args.no_native:
-                    ms = native_medians({"dense": dense_a.path, "noffn": noffn_a.path}, [gated_a.path, acm_a.path], args.runs)
-                    rows.append(figures(f"{rt}:{mode}:native", ms, report, acm_report, gated_s, dense_s))
+                    ms = native_medians(plain, [gated_a.path, acm_a.path], args.runs)
+                    rows.append({**figures(f"{rt}:{mode}:native", ms, report, acm_report, gated_s, dense_s),
+                                 "size_ratio": size_ratio})
                     print(json.dumps(rows[-1]), flush=True)
     print(f"acm50 ran {half:.3f} of the learners on real tokens; exit after layer {EXIT_AFTER} of 6 "
           f"(target exit_ratio <= {EXIT_AFTER / 6 + 0.1:.3f})")
     keys = ["acm50_ffn_ratio", "acm50_model_ratio", "overhead_ratio", "exit_ratio", "max_abs_diff", "acm50_vs_user",
             "acm50_ffn_vs_dense_ffn", "fixed_ratio", "acm_only_acm50_ffn_ratio", "acm_only_acm50_model_ratio",
             "acm_only_acm50_ffn_vs_dense_ffn", "acm_only_fixed_ratio", "acm_only_max_abs_diff"]
-    print(json.dumps({"runtime": [r["runtime"] for r in rows], **{k: [r[k] if k.endswith("max_abs_diff") or r[k] is None
-                      else round(r[k], 4) for r in rows] for k in keys}, "learner_fraction_at_acm50": round(half, 3),
+    if args.quantize:
+        keys += ["int8_dense_vs_fp32_dense", "int8_acm50_vs_fp32_dense", "size_ratio", "branch_mismatches", "near_threshold"]
+    named = {"max_abs_diff": "max_abs_diff_vs_quantized_eager", "size_ratio": "size_ratio",
+             "branch_mismatches": "branch_mismatches", "near_threshold": "near_threshold"}
+    prefix = lambda k: k if not args.quantize or k.startswith("int8_") else named.get(k, f"int8_{k}")  # noqa: E731
+    print(json.dumps({"runtime": [r["runtime"] for r in rows], **({"scheme": args.quantize} if args.quantize else {}),
+                      **{prefix(k): [r[k] if k.endswith("max_abs_diff") or r[k] is None or isinstance(r[k], int)
+                                     else round(r[k], 4) for r in rows] for k in keys},
+                      "learner_fraction_at_acm50": round(half, 3),
                       "export_seconds": [r["export_seconds_gated"] for r in rows]}))
 
 

@@ -82,6 +82,9 @@ class ACM(nn.Module):
         self.forced_k: int | None = None  # run every token with exactly k learners (static baseline)
         self.last_k: torch.Tensor | None = None  # (...,) choices of the last forward, for accounting
         self.last_gate: torch.Tensor | None = None  # (..., N+1) soft/ST one-hot of the last dense forward
+        # the learners as modules, once a transform replaced the stacked weights (edge.quant: each learner's
+        # two Linears quantized); None: learner j is w1[j], b1[j], w2[j], b2[j]
+        self.learners: nn.ModuleList | None = None
         nn.init.normal_(self.w1, std=1 / math.sqrt(d))
         nn.init.normal_(self.w2, std=1 / math.sqrt(ffn_hidden))
 
@@ -102,12 +105,39 @@ class ACM(nn.Module):
     # --- learners -------------------------------------------------------------------------------
     def learner_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every learner on every token: (..., d) -> (..., N, d)."""
+        if self.learners is not None:
+            return torch.stack([self.run_learner(x, j) for j in range(self.n)], -2)
         a = self.act(torch.einsum("...d,nhd->...nh", x, self.w1) + self.b1)  # (..., N, h)
         return torch.einsum("...nh,nhd->...nd", a, self.w2) + self.b2
 
     def run_learner(self, x: torch.Tensor, j: int) -> torch.Tensor:
         """Learner j alone: (M, d) -> (M, d)."""
+        if self.learners is not None:
+            return self.learners[j](x)
         return self.act(F.linear(x, self.w1[j], self.b1[j])) @ self.w2[j] + self.b2[j]
+
+    def learner(self, j: int) -> nn.Module:
+        """Learner j as a module of its own, (M, d) -> (M, d): the module a transform installed, or two
+        Linears with copies of its weights (what the routed export runs: weights sliced out of the stacked
+        tensors at run time would keep them from the backend's GEMMs)."""
+        if self.learners is not None:
+            return self.learners[j]
+        up, down = nn.Linear(self.d, self.h), nn.Linear(self.h, self.d)
+        with torch.no_grad():
+            up.weight.copy_(self.w1[j])
+            up.bias.copy_(self.b1[j])
+            down.weight.copy_(self.w2[j].t())
+            down.bias.copy_(self.b2[j])
+        return Learner(up, down, self.act)
+
+    def set_learners(self, learners: list[nn.Module]) -> None:
+        """Replace the stacked learner weights by one module per learner (each (M, d) -> (M, d)); the
+        stacked ones are dropped (a quantized model carries no fp32 copy of them)."""
+        if len(learners) != self.n:
+            raise ValueError(f"an ACM of {self.n} learners takes {self.n} learner modules, got {len(learners)}")
+        self.learners = nn.ModuleList(learners)
+        for name in ("w1", "b1", "w2", "b2"):
+            self.register_parameter(name, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forced_k is not None and not self.dense:  # static: the gate is not needed
@@ -191,6 +221,17 @@ class ACM(nn.Module):
             self.w2.copy_(w2.t()[order].view(self.n, self.h, self.d))
             self.b2.zero_()
             self.b2[0].copy_(b2)
+
+
+class Learner(nn.Module):
+    """One learner as a module: x -> down(act(up(x)))."""
+
+    def __init__(self, up: nn.Module, down: nn.Module, act: nn.Module):
+        super().__init__()
+        self.up, self.down, self.act = up, down, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.act(self.up(x)))
 
 
 def masked_sum(outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -120,6 +120,7 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
     >>> len(edge.acm_modules(acm))
     2
     """
+    parts(model).refuse_final("acmize")
     arch = arch_for(model)
     if not data:
         raise EdgeError("acmize needs at least one batch of calibration/training data")
@@ -154,6 +155,7 @@ def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[d
     0.6
     """
     AcmConfig(budget=budget)  # validates the budget
+    parts(acm_model).refuse_final("retarget")
     if not data:
         raise EdgeError("retarget needs at least one batch of training data")
     student = copy.deepcopy(acm_model)

@@ -17,6 +17,7 @@ from edge.errors import EdgeError
 from edge.evaluate import LinearProbe
 from edge.exits import ExitConfig, ExitHead, exit_heads, install_exits
 from edge.forward import distil_loss, output, run
+from edge.parts import parts
 from edge.skips import SkipConfig, install_skips, routers
 
 
@@ -50,6 +51,7 @@ def add_exits(model: nn.Module, config: ExitConfig, data: list[dict], progress: 
     >>> trace.exit_layer.tolist()   # threshold 1: nobody leaves early
     [2, 2]
     """
+    parts(model).refuse_final("add_exits")
     if not data:
         raise EdgeError("add_exits needs at least one batch of training data")
     kind = arch_for(model).output_kind(model)
@@ -132,6 +134,7 @@ def add_skips(model: nn.Module, config: SkipConfig, data: list[dict], progress: 
     >>> edge.run(m, batch)[1].skipped.all().item()   # threshold 1: every attention skipped
     True
     """
+    parts(model).refuse_final("add_skips")
     if not data:
         raise EdgeError("add_skips needs at least one batch of training data")
     teacher = model.eval()

@@ -69,7 +69,7 @@ class ExitHead(nn.Module):
     def flops(self) -> int:
         f = 2 * self.proj.in_features * self.proj.out_features
         if self.kind == "embedding":
-            f += sum(2 * m.in_features * m.out_features for m in self.confidence if isinstance(m, nn.Linear))
+            f += sum(2 * m.in_features * m.out_features for m in self.confidence if hasattr(m, "in_features"))
         return f
 
 

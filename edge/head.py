@@ -73,6 +73,7 @@ def add_head(model: nn.Module, linear: nn.Linear, labels: tuple[str, ...] | list
     >>> edge.arch_for(m).output(m, batch).shape
     torch.Size([2, 3])
     """
+    parts(model).refuse_final("add_head")
     if not isinstance(linear, nn.Linear):
         raise EdgeError(f"add_head takes a torch.nn.Linear (e.g. LinearProbe.as_linear()), got {type(linear).__name__}")
     if exit_heads(model):

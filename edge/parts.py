@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from edge.errors import EdgeError
 from edge.registry import Registry
 
 ATTRIBUTE = "edge_parts"  # the model's submodule holding its parts
@@ -56,7 +57,10 @@ class Transform:
     install(model, config): attach the transform's untrained modules in place (its weights are then
     loaded or trained); after: transforms that must be installed first (a classifier's exits need its
     head's number of classes); knob: its run-time knob, if its gates take decisions; export_order:
-    where its knob comes among the program's knob inputs (and its forcing cases among the checks)."""
+    where its knob comes among the program's knob inputs (and its forcing cases among the checks);
+    final: the model is not trained or changed by another transform after it (quantization);
+    plan: the plan's entries it adds (e.g. the precision), a function of the model; tolerance:
+    (output tolerance, near-tie epsilon) of the checks against eager when it is installed."""
 
     name: str
     config: type
@@ -64,6 +68,9 @@ class Transform:
     after: tuple[str, ...] = ()
     knob: Knob | None = None
     export_order: int = 0
+    final: bool = False
+    plan: Callable[[nn.Module], dict] | None = None
+    tolerance: Callable[[nn.Module], tuple[float, float]] | None = None
 
 
 TRANSFORMS: Registry[Transform] = Registry("transform")
@@ -115,6 +122,14 @@ class Parts(nn.Module):
         """The config the transform `name` was installed with (or last set to), or None."""
         return self.configs.get(name)
 
+    def refuse_final(self, what: str) -> None:
+        """One clear line when `what` (a step that trains or changes the model) meets a model that has a
+        final transform installed (a quantized one)."""
+        for name in self.names():
+            if TRANSFORMS.get(name).final:
+                raise EdgeError(f"this model has {name} installed, which comes last; {what} takes the model "
+                                f"before it: apply {name} after every other step")
+
     def module(self, name: str) -> nn.Module | None:
         """The module the transform `name` added beside the backbone, or None."""
         return self._modules.get(name)
@@ -126,6 +141,7 @@ class Parts(nn.Module):
         self.configs[name] = config
 
     def add(self, name: str, config, module: nn.Module | None = None) -> None:
+        self.refuse_final(f"adding {name}")
         self.set_config(name, config)
         if module is not None:
             self.add_module(name, module)

@@ -50,9 +50,9 @@ def margins(graph: GraphModel, args: list[torch.Tensor], knobs: list[torch.Tenso
         graph.margins, graph.follow = None, None
 
 
-def away_from_ties(graph: GraphModel, args: list[torch.Tensor], cases: list) -> list:
+def away_from_ties(graph: GraphModel, args: list[torch.Tensor], cases: list, near: float = NEAR_TIE) -> list:
     """The cases with each non-forcing gate-bias step moved (by up to +-0.1) where the example input
-    has a token within 10 x NEAR_TIE of another k: the checks should test branches, not rounding.
+    has a token within 10 x `near` (the plan's near-tie epsilon) of another k: the checks should test branches, not rounding.
     The model's own setting is kept as it is (its near-ties are reported by verify)."""
     out = []
     for name, knobs in cases:
@@ -61,7 +61,7 @@ def away_from_ties(graph: GraphModel, args: list[torch.Tensor], cases: list) -> 
             for delta in (0.0, 0.01, -0.01, 0.02, -0.02, 0.05, -0.05, 0.1, -0.1):
                 bias = knobs["gate_bias"] + delta
                 got = margins(graph, args, [*{**knobs, "gate_bias": bias}.values()])[1]
-                if min((m for n, m, _ in got if n.startswith("acm")), default=1.0) >= 10 * NEAR_TIE:
+                if min((m for n, m, _ in got if n.startswith("acm")), default=1.0) >= 10 * near:
                     name, knobs = f"gate bias {step + delta:+g}", {**knobs, "gate_bias": bias}
                     break
         out.append((name, knobs))

@@ -13,9 +13,12 @@ from types import SimpleNamespace
 
 import torch
 
-from export.runtime import LOWERINGS
+from export.runtime import LOWERINGS, PRECISIONS
 
 FILE = "model.pte"
+# a quantized model's QLinears (edge.quant: quantized_decomposed per-token activations, per-channel or
+# per-group weights) are XNNPACK's dynamically quantized GEMMs, in both modes
+PRECISIONS["executorch"] = ("fp32", "8da8w", "8da4w")
 
 
 def graphs(gm: torch.fx.GraphModule) -> list[torch.fx.GraphModule]:
@@ -150,7 +153,8 @@ def weights_into_branches(ep: torch.export.ExportedProgram) -> torch.export.Expo
 
     top = ep.graph_module
     sink(top, {n: value[n.name] for n in top.graph.nodes if n.op == "placeholder" and n.name in value
-               and value[n.name].is_floating_point()})  # (the graph's own integer tables stay operands)
+               and (value[n.name].is_floating_point() or value[n.name].dtype == torch.int8)})
+    # (a quantized Linear's int8 weights go with the fp32 ones; the graph's own integer tables stay operands)
     return without_unused_weights(ep)
 
 

@@ -22,7 +22,7 @@ from export.attention import exportable
 from export.checks import NEAR_TIE, TOLERANCE, away_from_ties, force_cases, margins, verify
 from export.graph import GraphModel
 from export.routed import Routed, Segment
-from export.runtime import LOWERINGS
+from export.runtime import LOWERINGS, precisions
 
 def _inputs(graph: GraphModel, example: dict) -> list[torch.Tensor]:
     missing = [n for n in graph.input_names if n not in example]
@@ -94,6 +94,19 @@ def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, ma
     return eps, {"routed": routed.section()}
 
 
+def plan_entries(model: nn.Module) -> dict:
+    """The plan's entries the model's installed transforms add (edge.parts.Transform.plan)."""
+    return {k: v for name in parts(model).names() if (t := TRANSFORMS.get(name)).plan is not None
+            for k, v in t.plan(model).items()}
+
+
+def tolerances(model: nn.Module) -> tuple[float, float]:
+    """(output tolerance, near-tie epsilon) of the checks against eager: fp32's, or the loosest an
+    installed transform states for itself (a quantized model's kernels round differently from eager)."""
+    stated = [TRANSFORMS.get(n).tolerance(model) for n in parts(model).names() if TRANSFORMS.get(n).tolerance is not None]
+    return max([TOLERANCE, *(t for t, _ in stated)]), max([NEAR_TIE, *(e for _, e in stated)])
+
+
 def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
                   budgets: tuple[float, ...] = (1.0, 0.75, 0.5)) -> list[dict]:
     """The plan's budget levels: for each FLOP budget (a fraction of the original model's FLOPs), the
@@ -149,6 +162,7 @@ def plan_of(graph: GraphModel, model: nn.Module, runtime: str, mode: str, method
         # every knob transform's section (empty where the model does not have it), from its registration
         "control_flow": {t.knob.plan_key: t.knob.plan(model) if parts(model).has(t.name) else []
                          for _, t in TRANSFORMS.items() if t.knob is not None},
+        **plan_entries(model),  # what the installed transforms say of themselves (a quantized model: its precision)
         **section,
         "budget_levels": levels,
     }
@@ -180,6 +194,11 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     if mode not in rt.modes:
         raise EdgeError(f"{runtime} takes the {' and '.join(rt.modes)} mode{'s' * (len(rt.modes) > 1)} only, not {mode}; "
                         f"export with mode {rt.modes[0]!r} (--mode {rt.modes[0]})")
+    precision = plan_entries(model).get("precision", "fp32")
+    if precision not in precisions(runtime):
+        raise EdgeError(f"the {runtime} lowering takes {', '.join(precisions(runtime))} models, not {precision} "
+                        f"ones (yet); export this model to {' or '.join(r for r in RUNTIMES.names() if precision in precisions(r))}, "
+                        "or the fp32 model")
     say = print if progress else (lambda *a, **k: None)
     graph = GraphModel(exportable(model), rt.spare_rows)
     args = _inputs(graph, example)
@@ -199,7 +218,8 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     except Exception as e:  # torch.export's errors are pages long: one line, and the cause for a bug report
         raise EdgeError(f"torch.export could not trace this model ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:300]}); nothing was written") from e
-    cases = away_from_ties(graph, args, force_cases(graph))
+    tolerance, near_tie = tolerances(model)
+    cases = away_from_ties(graph, args, force_cases(graph), near_tie)
     runs = [margins(graph, args, list(k.values())) for _, k in cases]
     expected = [out for out, _ in runs]
     out = Path(out)
@@ -222,7 +242,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
         extra = sorted(str(f.relative_to(tmp)) for f in (tmp / TOKENIZER).rglob("*") if f.is_file()) if tokenizer is not None else []
         plan = {
             **plan_of(graph, model, runtime, mode, methods, args, section, levels),
-            "checks": checks, "tolerance": TOLERANCE, "near_tie": NEAR_TIE,
+            "checks": checks, "tolerance": tolerance, "near_tie": near_tie,
             **({"tokenizer": TOKENIZER} if tokenizer is not None else {}),
             "files": {f: sha256(tmp / f) for f in sorted({*methods.values(), CHECKS, *extra})},
         }

@@ -101,23 +101,6 @@ class Segment(nn.Module):
         return tuple(s[o] for o in self.outputs)
 
 
-class Learner(nn.Module):
-    """Learner j of an ACM on gathered tokens: (m, d) -> (m, d), as two Linears of its own (weights
-    sliced out of the ACM's stacked tensors at run time would keep them from the backend's GEMMs)."""
-
-    def __init__(self, acm, j: int):
-        super().__init__()
-        self.up, self.down, self.act = nn.Linear(acm.d, acm.h), nn.Linear(acm.h, acm.d), acm.act
-        with torch.no_grad():
-            self.up.weight.copy_(acm.w1[j])
-            self.up.bias.copy_(acm.b1[j])
-            self.down.weight.copy_(acm.w2[j].t())
-            self.down.bias.copy_(acm.b2[j])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.act(self.up(x)))
-
-
 class Learners(nn.Module):
     """Every learner of an ACM as one method: forward(x_0, .., x_{N-1}) -> (learner j on x_j for each j),
     each x_j (m_j, d) with a size of its own."""
@@ -168,7 +151,7 @@ class Routed:
             self.modules[name] = seg
             self.segments.append({"method": name, "inputs": seg.inputs, "outputs": seg.outputs, "then": d})
         for i in sorted(g.acm_index):
-            self.modules[f"learners{i}"] = Learners([Learner(g.acms[i - 1], j) for j in range(g.acms[i - 1].n)])
+            self.modules[f"learners{i}"] = Learners([g.acms[i - 1].learner(j) for j in range(g.acms[i - 1].n)])
 
     def section(self) -> dict:
         return {"segments": self.segments, "acms": len(self.graph.acm_index)}

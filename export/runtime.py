@@ -12,3 +12,10 @@ from edge.registry import Registry
 # directory (control_flow: the in-graph mode's program: torch.cond, data-dependent gathers)
 Lower = Callable[[dict, Path, bool], dict[str, str]]
 LOWERINGS: Registry[Lower] = Registry("lowering")
+
+# runtime -> the precisions its lowering takes (a plan's "precision": "fp32", or a scheme of edge.quant)
+PRECISIONS: dict[str, tuple[str, ...]] = {}
+
+
+def precisions(runtime: str) -> tuple[str, ...]:
+    return PRECISIONS.get(runtime, ("fp32",))

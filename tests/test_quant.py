@@ -1,0 +1,194 @@
+"""int8 quantization (edge.quant): QLinear against the arithmetic it stands for, the transform on every
+registered architecture with every other transform, save/load, the refusals, and the exports of a
+quantized model: parity with the same quantization in eager on every branch, XNNPACK's quantized
+GEMMs (a smaller program, no matrix product left to the portable kernels), the native runner."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import edge
+import export
+from edge.errors import EdgeError
+from edge.head import install_head
+from edge.parts import parts
+from edge.quant import QLinear, QuantConfig
+from tests.conftest import CASES
+from tests.test_export import GATES, adaptive, native_records
+
+SCHEMES = ("8da8w", "8da4w")
+
+
+def _reference(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """What a dynamically quantized GEMM computes, written out from its definition (no quantized op):
+    x per row: scale (max(x, 0) - min(x, 0)) / 255, zero point round(-128 - min / scale); w symmetric per
+    output channel (or group): scale max|w| / ((qmax - qmin) / 2)."""
+    lo, hi = x.amin(-1, keepdim=True).clamp(max=0), x.amax(-1, keepdim=True).clamp(min=0)
+    s = ((hi - lo) / 255).clamp(min=torch.finfo(torch.float32).eps)
+    z = torch.clamp(torch.round(-128 - lo / s), -128, 127)
+    xd = (torch.clamp(torch.round(x / s) + z, -128, 127) - z) * s
+    qmax, qmin = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+    blocks = w.reshape(w.shape[0], -1, group or w.shape[1])
+    ws = blocks.abs().amax(-1, keepdim=True) / ((qmax - qmin) / 2)
+    wd = (torch.clamp(torch.round(blocks / ws), qmin, qmax) * ws).reshape(w.shape)
+    return xd @ wd.t() + b
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_qlinear_computes_the_quantized_gemm(seed):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    group = rng.choice([0, 8, 16, 32])
+    d_in = (group or 8) * rng.randint(1, 6)
+    d_out, rows = rng.randint(1, 70), rng.randint(1, 40)
+    lin = torch.nn.Linear(d_in, d_out)
+    x = torch.randn(rows, d_in) * rng.choice([0.01, 1.0, 30.0])
+    for bits in (8, 4):
+        q = QLinear.of(lin, bits, group)
+        assert q.qweight.dtype == torch.int8 and int(q.qweight.min()) >= q.qmin and int(q.qweight.max()) <= q.qmax
+        with torch.no_grad():
+            got, want, fp32 = q(x), _reference(x, lin.weight, lin.bias, bits, group), lin(x)
+        scale = float(fp32.abs().max())
+        assert float((got - want).abs().max()) <= 1e-5 * max(scale, 1.0), (bits, group)
+        error = float((got - fp32).abs().max()) / scale  # quantization error: there, and bounded
+        assert 0 < error < (0.05 if bits == 8 else 0.5), (bits, group, error)
+        x3 = x[None].expand(2, -1, -1)  # (batch, tokens, d): per token over any leading dims
+        assert torch.allclose(q(x3)[1], got, atol=1e-6)
+
+
+def _with_everything(case):
+    """A tiny model of `case` with ACMs, exits and attention skips (and a head on an embedding model)."""
+    model, batch = adaptive(case, acm=True, exits=True, skips="attention", head=edge.arch_for(adaptive(case)[0])
+                            .output_kind(adaptive(case)[0]) == "embedding")
+    return model, batch
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("case", CASES, ids=[c[1] for c in CASES])
+def test_quantize_every_architecture_with_every_transform(case, scheme, tmp_path):
+    model, batch = _with_everything(case)
+    q = edge.quantize(model, QuantConfig(scheme, group_size=16))
+    linears = [m for m in q.modules() if isinstance(m, torch.nn.Linear)]
+    qlinears = [m for m in q.modules() if isinstance(m, QLinear)]
+    acms = edge.acm_modules(q)
+    # the decisions stay fp32: every Linear left is in an ACM gate, an exit head or a router
+    decisions = {id(m) for a in acms for m in a.gate.modules()} | {
+        id(m) for name in ("exits", "skips") for m in parts(q).module(name).modules()}
+    assert linears and all(id(m) in decisions for m in linears)
+    assert all(a.learners is not None and a.w1 is None for a in acms)  # the learners quantized, no fp32 copy kept
+    if scheme == "8da4w":
+        assert {m.bits for m in qlinears} == {4} or all(m.in_features % 16 for m in qlinears if m.bits == 8)
+    assert not any(isinstance(m, QLinear) for m in model.modules())  # the original untouched
+    arch = edge.arch_for(q)
+    with torch.no_grad():
+        a, b = arch.output(model, batch), arch.output(q, batch)
+    assert a.shape == b.shape and 0 < float((a - b).abs().max()) < 0.5 * float(a.abs().max()) + 1e-3
+    out, trace = edge.run(q, batch)  # the adaptive forward and its FLOPs: int8 MACs count as fp32's
+    assert torch.isfinite(out).all() and float(trace.flops.min()) > 0
+    d = edge.save(q, tmp_path / "q")
+    r = edge.load(d)
+    assert parts(r).config("quant") == parts(q).config("quant")
+    with torch.no_grad():
+        assert torch.equal(arch.output(r, batch), b)  # the integers and scales come back bit for bit
+    assert {k: v.dtype for k, v in r.state_dict().items() if k.endswith("qweight")} and \
+        all(v.dtype == torch.int8 for k, v in r.state_dict().items() if k.endswith("qweight"))
+
+
+def test_cover_quantizes_the_decisions_when_asked():
+    model, batch = _with_everything(("bert", "bert"))
+    q = edge.quantize(model, QuantConfig(cover=("backbone", "learners", "head", "gates", "exits", "skips")))
+    assert not [m for m in q.modules() if isinstance(m, torch.nn.Linear)]
+    only = edge.quantize(model, QuantConfig(cover=("head",)))
+    assert isinstance(parts(only).module("head").linear, QLinear)
+    assert sum(isinstance(m, QLinear) for m in only.modules()) == 1
+
+
+def test_group_size_falls_back_to_per_channel_where_it_does_not_divide():
+    model, _ = edge.ARCHS.get("bert").tiny("bert")
+    widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    group = next(g for g in range(2, 200) if any(w % g == 0 for w in widths) and any(w % g for w in widths))
+    q = edge.quantize(model, QuantConfig("8da4w", group_size=group))
+    for m in q.modules():
+        if isinstance(m, QLinear):
+            assert (m.bits, m.group) == ((4, group) if m.in_features % group == 0 else (8, 0))
+
+
+def test_bad_quantization_requests_are_one_line_each():
+    model, batch = _with_everything(("bert", "bert"))
+    widths = {m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    odd = next(g for g in range(3, 999, 2) if all(w % g for w in widths | {32, 64}))
+    bad = [
+        (lambda: QuantConfig("8da3w"), "QuantConfig.scheme"),
+        (lambda: QuantConfig(group_size=1), "QuantConfig.group_size"),
+        (lambda: QuantConfig(group_size=True), "QuantConfig.group_size"),
+        (lambda: QuantConfig(cover=("embeddings",)), "QuantConfig.cover"),
+        (lambda: QuantConfig(cover=()), "names nothing"),
+        (lambda: edge.quantize(model, QuantConfig("8da4w", group_size=odd)), "divides none"),
+        (lambda: edge.quantize(edge.quantize(model), QuantConfig()), "already quantized"),
+        (lambda: edge.quantize(model, "8da8w"), "QuantConfig"),
+    ]
+    q = edge.quantize(model)
+    bad += [
+        (lambda: edge.acmize(q, edge.AcmConfig(learners=2), [batch], progress=False), "acmize"),
+        (lambda: edge.add_exits(q, edge.ExitConfig(after=[1], steps=1), [batch], progress=False), "add_exits"),
+        (lambda: edge.add_skips(q, edge.SkipConfig(samples=2), [batch], progress=False), "add_skips"),
+        (lambda: edge.add_head(edge.quantize(edge.ARCHS.get("bert").tiny("bert")[0]), torch.nn.Linear(32, 2)), "add_head"),
+        (lambda: install_head(edge.quantize(edge.ARCHS.get("bert").tiny("bert")[0]), edge.HeadConfig(3)), "comes last"),
+    ]
+    for make, needle in bad:
+        with pytest.raises(EdgeError) as e:
+            make()
+        assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def _artifact_size(a) -> int:
+    return sum((a.path / f).stat().st_size for f in set(a.plan["methods"].values()))
+
+
+QUANT_EXPORTS = [(g, m, s) for g in ("acm", "exits", "skip-block", "head-exits") for m in export.MODES
+                 for s in SCHEMES if s == "8da8w" or (g == "acm" and m == "graph")]
+
+
+@pytest.mark.parametrize("gate,mode,scheme", QUANT_EXPORTS, ids=[f"executorch-{g}-{m}-{s}" for g, m, s in QUANT_EXPORTS])
+def test_executorch_exports_a_quantized_model_on_every_branch(gate, mode, scheme, tmp_path):
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    model, batch = adaptive(("bert", "bert"), **GATES[gate])
+    q = edge.quantize(model, QuantConfig(scheme, group_size=16))
+    a = export.to_runtime(q, "executorch", tmp_path / "q", batch, progress=False, mode=mode)
+    assert a.plan["precision"] == scheme and a.plan["quantization"]["cover"] == list(QuantConfig().cover)
+    report = export.verify(a, q)  # against the live quantized model, every branch
+    assert report["max_abs_diff"] <= a.plan["tolerance"] and not report["branch_mismatches"]
+    fp32 = export.to_runtime(model, "executorch", tmp_path / "f", batch, progress=False, mode=mode)
+    assert _artifact_size(a) < _artifact_size(fp32)
+    # every GEMM is XNNPACK's quantized one: no matrix product and no (de)quantize op in the portable kernels
+    program = deserialize_pte_binary((a.path / "model.pte").read_bytes()).program
+    names = {p.operators[i.instr_args.op_index].name for p in program.execution_plan for c in p.chains
+             for i in c.instructions if type(i.instr_args).__name__ == "KernelCall"}
+    assert not {n for n in names if any(w in n for w in ("linear", "mm", "quantize", "choose_qparams"))}, names
+    checks = {c["case"] for c in a.plan["checks"]}
+    records = native_records(a.path)  # the C++ runner runs it unchanged, on every branch
+    branches = [r for r in records if r["kind"] == "branch"]
+    assert {b["case"] for b in branches} == checks and all(b["outputs_match"] for b in branches), branches
+
+
+@pytest.mark.parametrize("runtime", [r for r in export.RUNTIMES.names() if "8da8w" not in export.runtime.precisions(r)])
+def test_a_runtime_without_int8_lowering_refuses_a_quantized_model(runtime, tmp_path):
+    model, batch = adaptive(("bert", "bert"), acm=True)
+    with pytest.raises(EdgeError, match="not 8da8w"):
+        export.to_runtime(edge.quantize(model), runtime, tmp_path / "q", batch, progress=False)
+    assert not (tmp_path / "q").exists()
+
+
+def test_quantized_eager_tracks_fp32_on_the_tiny_models():
+    """Not a quality figure (bench/int8.py has MiniLM's): the quantized output stays near fp32's."""
+    for case in CASES:
+        model, batch = edge.ARCHS.get(case[0]).tiny(case[1])
+        q = edge.quantize(model)
+        arch = edge.arch_for(model)
+        with torch.no_grad():
+            a, b = arch.output(model, batch).flatten(1), arch.output(q, batch).flatten(1)
+        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+        assert float(cos.min()) > 0.98, (case, cos.tolist())
+        assert np.isfinite(b.numpy()).all()
