@@ -137,7 +137,10 @@ def test_ctrl_c_during_an_export_exits_130_and_writes_nothing(tmp_path):
     src = edge.save(model, tmp_path / "acm", tokenizer=tok)
     out = tmp_path / "exports" / "a"
     proc = subprocess.Popen([sys.executable, "-m", "edge_cli", "export", str(src), "--to", "executorch", "-o", str(out),
-                             "--tokens", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                             "--tokens", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            # (Ctrl-C's default action: a test run started in the background inherits SIGINT ignored,
+                            # which the command then rightly keeps ignoring)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # interrupted while lowering (inside executorch), not before it starts
         if "lowering" in line:
             time.sleep(1.0)
