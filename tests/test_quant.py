@@ -142,35 +142,79 @@ def test_bad_quantization_requests_are_one_line_each():
         assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
-def _artifact_size(a) -> int:
-    return sum((a.path / f).stat().st_size for f in set(a.plan["methods"].values()))
+def _weight_bytes(a) -> int:
+    """The bytes of the artifact's program files, or of the tensors in them for ONNX (a tiny model's ONNX
+    file is mostly its nodes, and a quantized Linear is ~35 small nodes; MiniLM's size_ratio:
+    bench/export_speed.py --quantize)."""
+    if a.plan["runtime"] != "onnx":
+        return sum((a.path / f).stat().st_size for f in set(a.plan["methods"].values()))
+    import onnx
+
+    total = 0
+    for f in set(a.plan["methods"].values()):
+        for g in _graphs(onnx.load(str(a.path / f)).graph):
+            total += sum(len(i.raw_data) or i.ByteSize() for i in g.initializer)
+            total += sum(len(t.t.raw_data) for n in g.node if n.op_type == "Constant" for t in n.attribute if t.t.dims)
+    return total
 
 
-QUANT_EXPORTS = [(g, m, s) for g in ("acm", "exits", "skip-block", "head-exits") for m in export.MODES
-                 for s in SCHEMES if s == "8da8w" or (g == "acm" and m == "graph")]
+QUANT_EXPORTS = [(r, g, m, s) for r in export.RUNTIMES.names() for g in ("acm", "exits", "skip-block", "head-exits")
+                 for m in export.MODES for s in SCHEMES if s in export.runtime.precisions(r) and m in export.RUNTIMES.get(r).modes
+                 and (s == "8da8w" or (g == "acm" and m == "graph"))]
 
 
-@pytest.mark.parametrize("gate,mode,scheme", QUANT_EXPORTS, ids=[f"executorch-{g}-{m}-{s}" for g, m, s in QUANT_EXPORTS])
-def test_executorch_exports_a_quantized_model_on_every_branch(gate, mode, scheme, tmp_path):
-    from executorch.exir._serialize._program import deserialize_pte_binary
+DECISION_WEIGHTS = ("gate", "exits", "skips")  # in the names of the weights of an ACM gate, an exit head, a router
 
+
+def _gemms_left_in_float(a) -> set[str]:
+    """The matrix products of the artifact that are not its runtime's quantized GEMM."""
+    if a.plan["runtime"] == "executorch":  # no matrix product and no (de)quantize op in the portable kernels
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        program = deserialize_pte_binary((a.path / "model.pte").read_bytes()).program
+        names = {p.operators[i.instr_args.op_index].name for p in program.execution_plan for c in p.chains
+                 for i in c.instructions if type(i.instr_args).__name__ == "KernelCall"}
+        return {n for n in names if any(w in n for w in ("linear", "mm", "quantize", "choose_qparams"))}
+    import onnx  # ONNX: a MatMul or Gemm left is attention's (scores and values) or a decision's, on no other weight
+
+    found, integer = set(), 0
+    for f in set(a.plan["methods"].values()):
+        model = onnx.load(str(a.path / f))
+        weights = {i.name for i in model.graph.initializer}
+        nodes = [n for g in _graphs(model.graph) for n in g.node]
+        weights |= {i.name for g in _graphs(model.graph) for i in g.initializer}
+        found |= {f"{f}:{w}" for n in nodes if n.op_type in ("MatMul", "Gemm") for w in weights & set(n.input)
+                  if not any(d in w for d in DECISION_WEIGHTS)}  # (the decisions stay fp32)
+        integer += sum(n.op_type == "MatMulInteger" for n in nodes)
+    return found if integer else {"no MatMulInteger at all"}
+
+
+def _graphs(g):
+    yield g
+    for n in g.node:
+        for attr in n.attribute:
+            if attr.g.node:
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+@pytest.mark.parametrize("runtime,gate,mode,scheme", QUANT_EXPORTS, ids=[f"{r}-{g}-{m}-{s}" for r, g, m, s in QUANT_EXPORTS])
+def test_a_quantized_model_exports_on_every_branch(runtime, gate, mode, scheme, tmp_path):
     model, batch = adaptive(("bert", "bert"), **GATES[gate])
     q = edge.quantize(model, QuantConfig(scheme, group_size=16))
-    a = export.to_runtime(q, "executorch", tmp_path / "q", batch, progress=False, mode=mode)
+    a = export.to_runtime(q, runtime, tmp_path / "q", batch, progress=False, mode=mode)
     assert a.plan["precision"] == scheme and a.plan["quantization"]["cover"] == list(QuantConfig().cover)
     report = export.verify(a, q)  # against the live quantized model, every branch
     assert report["max_abs_diff"] <= a.plan["tolerance"] and not report["branch_mismatches"]
-    fp32 = export.to_runtime(model, "executorch", tmp_path / "f", batch, progress=False, mode=mode)
-    assert _artifact_size(a) < _artifact_size(fp32)
-    # every GEMM is XNNPACK's quantized one: no matrix product and no (de)quantize op in the portable kernels
-    program = deserialize_pte_binary((a.path / "model.pte").read_bytes()).program
-    names = {p.operators[i.instr_args.op_index].name for p in program.execution_plan for c in p.chains
-             for i in c.instructions if type(i.instr_args).__name__ == "KernelCall"}
-    assert not {n for n in names if any(w in n for w in ("linear", "mm", "quantize", "choose_qparams"))}, names
-    checks = {c["case"] for c in a.plan["checks"]}
-    records = native_records(a.path)  # the C++ runner runs it unchanged, on every branch
-    branches = [r for r in records if r["kind"] == "branch"]
-    assert {b["case"] for b in branches} == checks and all(b["outputs_match"] for b in branches), branches
+    fp32 = export.to_runtime(model, runtime, tmp_path / "f", batch, progress=False, mode=mode)
+    assert _weight_bytes(a) < _weight_bytes(fp32)
+    assert not _gemms_left_in_float(a)
+    if runtime == "executorch":
+        checks = {c["case"] for c in a.plan["checks"]}
+        records = native_records(a.path)  # the C++ runner runs it unchanged, on every branch
+        branches = [r for r in records if r["kind"] == "branch"]
+        assert {b["case"] for b in branches} == checks and all(b["outputs_match"] for b in branches), branches
 
 
 @pytest.mark.parametrize("runtime", [r for r in export.RUNTIMES.names() if "8da8w" not in export.runtime.precisions(r)])
