@@ -16,6 +16,7 @@ import profiler
 DEFAULT_OUT = "out/minilm-acm"
 CALIB_LIMIT = 512  # calibration passages a budget knob is set on (--calib-limit)
 TOKENS = 128  # the export example input's token count (edge export --tokens)
+INT8 = "8da8w"  # the scheme edge demo measures beside fp32
 DATA = "your own UTF-8 text file, one passage per line (default: Jane Austen's novels)"
 LABELS = "the class of each line of --text, one per line (any word or name)"
 
@@ -168,7 +169,10 @@ def cmd_set_budget(args) -> None:
 # --- the artifact side: export, measure, choose presets -------------------------------------------
 def cmd_export(args) -> None:
     _check_output(args.output, args.overwrite)
+    quant = _quant_config(args)
     src = edge.load_model(args.model_dir)
+    if quant is not None:
+        src.model = edge.quantize(src.model, quant)
     passages = edge.read_passages(args.text)
     example = export.example_input(src.model, src.tokenizer, passages, args.tokens)
     levels = None
@@ -180,6 +184,17 @@ def cmd_export(args) -> None:
         levels = export.levels_from_text(src.model, original.model, src.tokenizer, passages, args.budgets, args.calib)
     export.to_runtime(src.model, args.to, args.output, example, overwrite=args.overwrite, progress=not args.quiet,
                       mode=args.mode, levels=levels, tokenizer=src.tokenizer)
+
+
+def _quant_config(args):
+    """export's --quantize, --group-size and --quantize-cover as a QuantConfig (None: fp32)."""
+    if args.quantize is None:
+        if args.group_size is not None or args.quantize_cover is not None:
+            raise edge.EdgeError("--group-size and --quantize-cover go with --quantize SCHEME")
+        return None
+    default = edge.QuantConfig()
+    return edge.QuantConfig(args.quantize, default.group_size if args.group_size is None else args.group_size,
+                            default.cover if args.quantize_cover is None else tuple(args.quantize_cover))
 
 
 def cmd_profile(args) -> int:
@@ -249,15 +264,23 @@ def cmd_demo(args) -> int:
     rc = _command(["profile", artifact, "--runs", args.runs, "-o", measured, "--overwrite", "--runner", runner, *quiet])
     # the original, exported and measured the same way, for the one figure a user asks for
     _command(["export", "--to", "executorch", "-o", original, "--overwrite", *quiet])  # (no MODEL_DIR: MiniLM)
+    # the int8 comparison a phone user makes: both models quantized (8da8w), exported and measured the same way
+    int8 = {name: model_dir.with_name(f"{name}-int8-executorch") for name in (model_dir.name, "minilm")}
+    _command(["export", model_dir, "--to", "executorch", "-o", int8[model_dir.name], "--quantize", INT8, "--overwrite", *quiet])
+    _command(["export", "--to", "executorch", "-o", int8["minilm"], "--quantize", INT8, "--overwrite", *quiet])
     config = profiler.ProfileConfig(runs=args.runs, ops=False, branch_runs=0, runner=runner)
-    base = profiler.profile(original, "local", config, progress=not args.quiet)["levels"][0]["stats"]["p50"]
+    p50 = lambda path: profiler.profile(path, "local", config, progress=not args.quiet)["levels"][0]["stats"]["p50"]  # noqa: E731
+    base, own_int8, base_int8 = p50(original), p50(int8[model_dir.name]), p50(int8["minilm"])
     own_report = json.loads((measured / "report.json").read_text())
     own = own_report["levels"][0]["stats"]["p50"]
     how = "the native runner" if runner == "native" else "ExecuTorch's Python runtime"
     print(f"\nedge demo: on this CPU ({own_report['device'].get('cpu', '?')}; {how}, 1 thread, p50 of {args.runs} runs, "
           f"{TOKENS} tokens):\n  the ACMized MiniLM at budget {args.budget}: {own:.2f} ms at {report['model_fraction']:.3f} "
           f"of the original's FLOPs\n  the original, exported the same way ({original}): {base:.2f} ms\n"
-          f"  time ratio {own / base:.2f}x")
+          f"  time ratio {own / base:.2f}x\n"
+          f"  both in int8 ({INT8}: edge export --quantize {INT8}): the ACMized MiniLM {own_int8:.2f} ms, the original "
+          f"{base_int8:.2f} ms: time ratio {own_int8 / base_int8:.2f}x\n"
+          f"  the ACMized MiniLM in int8 against the fp32 original: {own_int8 / base:.2f}x")
     return rc
 
 
@@ -438,6 +461,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--original", help="for --budgets: the model quality is measured against (default: the one it was "
                                       "made from)")
     p.add_argument("--calib", type=count(1), default=128, help="calibration passages for --budgets (default 128)")
+    from edge.quant import COVER, SCHEMES, QuantConfig
+
+    p.add_argument("--quantize", choices=list(SCHEMES),
+                   help="quantize the model first (edge.quant): 8da8w int8 weights per channel, 8da4w int4 weights per "
+                        "group; activations int8 per token, chosen at run time; runtimes: " + ", ".join(
+                            f"{n} ({', '.join(x for x in export.precisions(n) if x != 'fp32') or 'none yet'})"
+                            for n in runtimes.names()))
+    p.add_argument("--group-size", type=count(2), default=None,
+                   help=f"8da4w: inputs per weight scale (default {QuantConfig.group_size}); a layer it does not divide "
+                        "gets 8da8w")
+    p.add_argument("--quantize-cover", nargs="+", choices=COVER, default=None,
+                   help=f"what to quantize (default: {' '.join(QuantConfig.cover)}; gates, exits and skips take decisions "
+                        "and stay fp32 unless named)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 

@@ -18,6 +18,7 @@ from export import onnx as _onnx  # noqa: F401  (registers "onnx"; imports ONNX 
 from export.checks import force_cases, verify
 from export.inputs import artifact_inputs, example_input, levels_from_text
 from export.lower import budget_levels, to_runtime
+from export.runtime import precisions
 
 
 def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True,
@@ -44,4 +45,4 @@ def to_litert(model: nn.Module, out: str | Path, example: dict, overwrite: bool 
 
 
 __all__ = ["to_executorch", "to_litert", "Artifact", "MODES", "budget_levels", "RUNTIMES", "force_cases", "load_artifact", "to_onnx", "to_runtime", "verify",
-           "artifact_inputs", "example_input", "levels_from_text"]
+           "artifact_inputs", "example_input", "levels_from_text", "precisions"]

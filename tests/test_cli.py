@@ -101,10 +101,15 @@ def test_demo_runs_the_whole_path(tmp_path):
     assert "exported" in r.stdout and "per branch" in r.stdout
     assert (out / "minilm-executorch" / "model.pte").is_file()
     # it ends with its headline: the converted model's p50 against the original's, on the native runner
-    last = r.stdout.strip().splitlines()[-4:]
+    last = r.stdout.strip().splitlines()[-6:]
     assert "the native runner" in last[0] and "of the original's FLOPs" in last[1], last
     own, base = (float(line.split(": ")[-1].split(" ms")[0]) for line in last[1:3])
     assert last[3] == f"  time ratio {own / base:.2f}x"
+    # and both models in int8 beside them, exported and measured the same way
+    own_int8, base_int8 = (float(part.split(" ms")[0].split()[-1]) for part in last[4].split(", the original "))
+    assert last[4].endswith(f"time ratio {own_int8 / base_int8:.2f}x") and last[5].endswith(f"{own_int8 / base:.2f}x"), last
+    for name in ("minilm-acm-int8-executorch", "minilm-int8-executorch"):
+        assert json.loads((out / name / "plan.json").read_text())["precision"] == "8da8w"
     # other libraries' warnings are not in edge's output (they are in its log)
     assert "Warning" not in r.stdout + r.stderr and "cpuinfo" not in r.stdout + r.stderr
     assert "DEPRECATION" not in r.stdout + r.stderr
