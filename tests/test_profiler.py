@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+import edge
 import export
 import profiler
 from edge.errors import EdgeError
@@ -299,6 +300,24 @@ def test_aarch64_runner_under_qemu_on_the_ssh_board(artifact, board):
     assert "EMULATED" in report.table(r) and "no verdict" in report.table(r)
     with pytest.raises(EdgeError, match="timings are not latencies"):
         presets.choose(artifact, spec, 1e4, [artifact.inputs()], runs=2, progress=False, runner="native")
+
+
+@needs_cross
+def test_aarch64_runner_runs_a_quantized_artifact_under_qemu(board, tmp_path):
+    """int8 (edge.quant, 8da8w): the aarch64 runner runs the quantized program unchanged (XNNPACK's ARM
+    int8 GEMMs), on every branch: the outputs within the plan's tolerance of the same quantization in
+    eager, the branches the host's Python driver takes."""
+    from tests.test_export import ALL_GATES, adaptive
+
+    model, batch = adaptive(("bert", "bert"), **ALL_GATES)
+    a = export.to_executorch(edge.quantize(model), tmp_path / "q", batch, progress=False)
+    assert a.plan["precision"] == "8da8w"
+    server, d = board
+    spec = ssh_spec(server, d) + "&arch=aarch64&emulator=qemu-aarch64-static"
+    r = profiler.profile(a.path, spec, profiler.ProfileConfig(runs=2, branch_runs=1, budget_ms=1e4, runner="native"),
+                         progress=False)
+    assert_same_as_eager(r, a, python_branches(a))
+    assert r["device"]["machine"] == "aarch64" and r["emulated"]
 
 
 # ---- the adb target: the real adb client where no phone is needed, a labelled fake device for the rest --
