@@ -15,10 +15,11 @@ XNNPACK partitioner takes the pattern as one dynamically quantized GEMM (qd8-f32
 same ops run in eager are the reference every exported branch is checked against (export.verify).
 
 What is quantized (`cover`): "backbone" (every Linear of the transformer), "learners" (the ACM
-learners), "head" (the task head); and, only when asked, the modules that take decisions: "gates" (the
+learners), "head" (the task head), "embeddings" (every Embedding table: int8 rows, one scale each; a
+lookup has no activation to quantize, and MiniLM's word table is half its bytes); and, only when asked, the modules that take decisions: "gates" (the
 ACM gate MLPs), "exits" (the exit heads) and "skips" (the skip routers): a decision's score moved by
 quantization moves the branches taken, which the fp32 decision keeps where distillation put it.
-Embeddings, norms and attention's score products stay fp32.
+Norms, attention's score products and ViT's patch convolution stay fp32.
 
 Quantization comes last (a final transform): a quantized model is not trained again (acmize, add_exits,
 add_skips and add_head refuse it) and not quantized twice.
@@ -37,8 +38,8 @@ from edge.errors import EdgeError
 from edge.parts import ATTRIBUTE, Transform, attach, parts, register
 
 SCHEMES = {"8da8w": 8, "8da4w": 4}  # scheme -> weight bits
-COVER = ("backbone", "learners", "head", "gates", "exits", "skips")
-DEFAULT_COVER = ("backbone", "learners", "head")
+COVER = ("backbone", "learners", "head", "embeddings", "gates", "exits", "skips")
+DEFAULT_COVER = ("backbone", "learners", "head", "embeddings")
 DECISIONS = ("gates", "exits", "skips")
 
 
@@ -135,6 +136,39 @@ class QLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, group={self.group}"
 
 
+class QEmbedding(nn.Module):
+    """An Embedding with int8 rows (symmetric, one scale per row): the looked-up rows are dequantized,
+    which is exactly what a runtime's gather of int8 rows and multiply computes. (A lookup has no
+    activation to quantize.) `weight` is the dequantized table, for code that reads it directly."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("qweight", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(num_embeddings, 1))
+
+    @classmethod
+    def of(cls, embedding: nn.Embedding) -> "QEmbedding":
+        q = cls(embedding.num_embeddings, embedding.embedding_dim)
+        w = embedding.weight.detach().float()
+        scale = w.abs().amax(-1, keepdim=True) / 127.5
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        with torch.no_grad():
+            q.qweight.copy_(torch.clamp(torch.round(w / scale), -128, 127).to(torch.int8))
+            q.scales.copy_(scale)
+        return q.to(embedding.weight.device)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.qweight).float() * F.embedding(ids, self.scales)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+
+
 def _group_of(path: str, inside_gate: bool) -> str:
     """The cover group of a Linear at `path` of the model."""
     if path.startswith(ATTRIBUTE + "."):
@@ -172,8 +206,10 @@ def _convert(model: nn.Module, config: QuantConfig, weights: bool) -> None:
     parts(model).refuse_final("quantization")
     found = _linears(model, config.cover)
     acms = acm_modules(model) if "learners" in config.cover else []
-    if not found and not any(a.learners is None for a in acms):
-        raise EdgeError(f"this model has no Linear in {', '.join(config.cover)} to quantize")
+    tables = [(parent, name, child) for _, parent in model.named_modules() for name, child in parent.named_children()
+              if isinstance(child, nn.Embedding)] if "embeddings" in config.cover else []
+    if not found and not tables and not any(a.learners is None for a in acms):
+        raise EdgeError(f"this model has no Linear or Embedding in {', '.join(config.cover)} to quantize")
     if SCHEMES[config.scheme] == 4:
         widths = [lin.in_features for _, _, lin in found] + [w for a in acms for w in (a.d, a.h)]
         if not any(w % config.group_size == 0 for w in widths):
@@ -183,6 +219,8 @@ def _convert(model: nn.Module, config: QuantConfig, weights: bool) -> None:
         (lambda lin: _shell(lin, config))
     for parent, name, lin in found:
         setattr(parent, name, make(lin))
+    for parent, name, table in tables:
+        setattr(parent, name, QEmbedding.of(table) if weights else QEmbedding(table.num_embeddings, table.embedding_dim))
     for acm in acms:
         if acm.learners is not None:
             raise EdgeError("this model's ACM learners were already replaced; quantize the fp32 model")

@@ -13,7 +13,7 @@ import export
 from edge.errors import EdgeError
 from edge.head import install_head
 from edge.parts import parts
-from edge.quant import QLinear, QuantConfig
+from edge.quant import QEmbedding, QLinear, QuantConfig
 from tests.conftest import CASES
 from tests.test_export import GATES, adaptive, native_records
 
@@ -101,7 +101,10 @@ def test_cover_quantizes_the_decisions_when_asked():
     assert not [m for m in q.modules() if isinstance(m, torch.nn.Linear)]
     only = edge.quantize(model, QuantConfig(cover=("head",)))
     assert isinstance(parts(only).module("head").linear, QLinear)
-    assert sum(isinstance(m, QLinear) for m in only.modules()) == 1
+    assert sum(isinstance(m, (QLinear, QEmbedding)) for m in only.modules()) == 1
+    tables = edge.quantize(model, QuantConfig(cover=("embeddings",)))
+    assert not any(isinstance(m, QLinear) for m in tables.modules())
+    assert not any(isinstance(m, torch.nn.Embedding) for m in tables.modules())
 
 
 def test_group_size_falls_back_to_per_channel_where_it_does_not_divide():
@@ -122,7 +125,7 @@ def test_bad_quantization_requests_are_one_line_each():
         (lambda: QuantConfig("8da3w"), "QuantConfig.scheme"),
         (lambda: QuantConfig(group_size=1), "QuantConfig.group_size"),
         (lambda: QuantConfig(group_size=True), "QuantConfig.group_size"),
-        (lambda: QuantConfig(cover=("embeddings",)), "QuantConfig.cover"),
+        (lambda: QuantConfig(cover=("attention",)), "QuantConfig.cover"),
         (lambda: QuantConfig(cover=()), "names nothing"),
         (lambda: edge.quantize(model, QuantConfig("8da4w", group_size=odd)), "divides none"),
         (lambda: edge.quantize(edge.quantize(model), QuantConfig()), "already quantized"),
@@ -258,7 +261,7 @@ def test_export_quantize_from_the_shell(tmp_path):
     for argv, needle in [(["--group-size", "16"], "go with --quantize"),
                          (["--quantize", "8da4w"], "not 8da4w"),  # (ONNX takes 8da8w only)
                          (["--quantize", "8da4w", "--group-size", "7"], "divides none"),
-                         (["--quantize", "8da8w", "--quantize-cover", "head"], "no Linear in head")]:
+                         (["--quantize", "8da8w", "--quantize-cover", "head"], "no Linear or Embedding in head")]:
         r = edge_cli("export", src, "--to", "onnx", "-o", tmp_path / "bad", "--tokens", "16", *argv)
         assert_user_error(r, needle)
         assert not (tmp_path / "bad").exists()
