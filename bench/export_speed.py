@@ -261,7 +261,7 @@ def main() -> None:
     quant = (lambda m: edge.quantize(m, QuantConfig(args.quantize))) if args.quantize else (lambda m: m)
     model, gated, acm_only = quant(model), quant(gated), quant(acm_only)
     if args.quantize:
-        left = [rt for rt in args.runtimes if args.quantize not in precisions(rt)]
+        left = [rt for rt in args.runtimes if not set(args.modes) & {m for m in export.MODES if args.quantize in precisions(rt, m)}]
         args.runtimes = [rt for rt in args.runtimes if rt not in left]
         if left:
             print(f"left out: {', '.join(left)} (their lowering takes no {args.quantize} model yet)")
@@ -301,7 +301,8 @@ def main() -> None:
                 fp32_cases = {"fp32dense": (lambda r=fp32_a.runner(threads=1): r(x))}
                 plain["fp32dense"] = fp32_a.path
                 size_ratio = program_bytes(dense_a) / program_bytes(fp32_a)
-            for mode in [m for m in args.modes if m in RUNTIMES.get(rt).modes]:
+            for mode in [m for m in args.modes if m in RUNTIMES.get(rt).modes
+                         and (not args.quantize or args.quantize in precisions(rt, m))]:
                 t0 = time.time()
                 gated_a = export.to_runtime(gated, rt, Path(tmp) / f"gated-{rt}-{mode}", example, progress=False,
                                             mode=mode, levels=levels)

@@ -186,6 +186,17 @@ def cmd_export(args) -> None:
                       mode=args.mode, levels=levels, tokenizer=src.tokenizer)
 
 
+def _precisions_help(runtimes) -> str:
+    """Which runtime lowers which quantized precision, in which modes (from export.runtime.PRECISIONS)."""
+    def one(name, rt):
+        got = [x + ("" if all(x in export.precisions(name, m) for m in rt.modes) else
+                    " in " + "/".join(m for m in rt.modes if x in export.precisions(name, m)) + " mode")
+               for x in export.precisions(name) if x != "fp32"]
+        return f"{name} ({', '.join(got) or 'none yet'})"
+
+    return ", ".join(one(n, r) for n, r in runtimes.items())
+
+
 def _quant_config(args):
     """export's --quantize, --group-size and --quantize-cover as a QuantConfig (None: fp32)."""
     if args.quantize is None:
@@ -465,9 +476,7 @@ def parser() -> argparse.ArgumentParser:
 
     p.add_argument("--quantize", choices=list(SCHEMES),
                    help="quantize the model first (edge.quant): 8da8w int8 weights per channel, 8da4w int4 weights per "
-                        "group; activations int8 per token, chosen at run time; runtimes: " + ", ".join(
-                            f"{n} ({', '.join(x for x in export.precisions(n) if x != 'fp32') or 'none yet'})"
-                            for n in runtimes.names()))
+                        "group; activations int8 per token, chosen at run time; runtimes: " + _precisions_help(runtimes))
     p.add_argument("--group-size", type=count(2), default=None,
                    help=f"8da4w: inputs per weight scale (default {QuantConfig.group_size}); a layer it does not divide "
                         "gets 8da8w")

@@ -17,8 +17,10 @@ from export.runtime import LOWERINGS, PRECISIONS
 
 FILE = "model.pte"
 # a quantized model's QLinears (edge.quant: quantized_decomposed per-token activations, per-channel or
-# per-group weights) are XNNPACK's dynamically quantized GEMMs, in both modes
-PRECISIONS["executorch"] = ("fp32", "8da8w", "8da4w")
+# per-group weights) are XNNPACK's dynamically quantized GEMMs; int4 weights (8da4w) in the routed mode
+# only: in the graph mode XNNPACK's partitioner leaves the int4 GEMMs inside the cond branches and on
+# the ACMs' gathered tokens to the portable kernels, which have no quantized ops (the lowering fails)
+PRECISIONS["executorch"] = {"fp32": ("graph", "routed"), "8da8w": ("graph", "routed"), "8da4w": ("routed",)}
 
 
 def graphs(gm: torch.fx.GraphModule) -> list[torch.fx.GraphModule]:

@@ -198,9 +198,11 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
         raise EdgeError(f"{runtime} takes the {' and '.join(rt.modes)} mode{'s' * (len(rt.modes) > 1)} only, not {mode}; "
                         f"export with mode {rt.modes[0]!r} (--mode {rt.modes[0]})")
     precision = plan_entries(model).get("precision", "fp32")
-    if precision not in precisions(runtime):
-        raise EdgeError(f"the {runtime} lowering takes {', '.join(precisions(runtime))} models, not {precision} "
-                        f"ones (yet); export this model to {' or '.join(r for r in RUNTIMES.names() if precision in precisions(r))}, "
+    if precision not in precisions(runtime, mode):
+        where = [f"{r} ({'/'.join(m for m in MODES if precision in precisions(r, m))} mode)"
+                 for r in RUNTIMES.names() if precision in precisions(r)]
+        raise EdgeError(f"the {runtime} lowering takes {', '.join(precisions(runtime, mode))} models in the {mode} mode, "
+                        f"not {precision} ones (yet); export this model to {' or '.join(where) or 'no runtime yet'}, "
                         "or the fp32 model")
     say = print if progress else (lambda *a, **k: None)
     graph = GraphModel(exportable(model), rt.spare_rows)

@@ -10,7 +10,7 @@ from export.runtime import LOWERINGS, PRECISIONS
 
 # a quantized model (edge.quant, 8da8w) lowers its QLinears to ONNX Runtime's integer GEMM: the same per-token
 # activation quantization, written out in ONNX, then MatMulInteger (see quantized_linears_as_one_op)
-PRECISIONS["onnx"] = ("fp32", "8da8w")
+PRECISIONS["onnx"] = {"fp32": ("graph", "routed"), "8da8w": ("graph", "routed")}
 
 
 def file_of(method: str) -> str:

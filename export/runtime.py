@@ -13,9 +13,12 @@ from edge.registry import Registry
 Lower = Callable[[dict, Path, bool], dict[str, str]]
 LOWERINGS: Registry[Lower] = Registry("lowering")
 
-# runtime -> the precisions its lowering takes (a plan's "precision": "fp32", or a scheme of edge.quant)
-PRECISIONS: dict[str, tuple[str, ...]] = {}
+# runtime -> {precision: the modes its lowering takes it in} (a plan's "precision": "fp32", or a scheme of
+# edge.quant); a runtime not named takes fp32 only, in every mode it has
+PRECISIONS: dict[str, dict[str, tuple[str, ...]]] = {}
 
 
-def precisions(runtime: str) -> tuple[str, ...]:
-    return PRECISIONS.get(runtime, ("fp32",))
+def precisions(runtime: str, mode: str | None = None) -> tuple[str, ...]:
+    """The precisions `runtime`'s lowering takes (in `mode`, when given)."""
+    got = PRECISIONS.get(runtime, {"fp32": ("graph", "routed")})
+    return tuple(p for p, modes in got.items() if mode is None or mode in modes)

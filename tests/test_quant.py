@@ -162,8 +162,8 @@ def _weight_bytes(a) -> int:
 
 
 QUANT_EXPORTS = [(r, g, m, s) for r in export.RUNTIMES.names() for g in ("acm", "exits", "skip-block", "head-exits")
-                 for m in export.MODES for s in SCHEMES if s in export.runtime.precisions(r) and m in export.RUNTIMES.get(r).modes
-                 and (s == "8da8w" or (g == "acm" and m == "graph"))]
+                 for m in export.MODES for s in SCHEMES if s in export.precisions(r, m) and m in export.RUNTIMES.get(r).modes
+                 and (s == "8da8w" or g == "acm")]
 
 
 DECISION_WEIGHTS = ("gate", "exits", "skips")  # in the names of the weights of an ACM gate, an exit head, a router
@@ -205,7 +205,7 @@ def _graphs(g):
 @pytest.mark.parametrize("runtime,gate,mode,scheme", QUANT_EXPORTS, ids=[f"{r}-{g}-{m}-{s}" for r, g, m, s in QUANT_EXPORTS])
 def test_a_quantized_model_exports_on_every_branch(runtime, gate, mode, scheme, tmp_path):
     model, batch = adaptive(("bert", "bert"), **GATES[gate])
-    q = edge.quantize(model, QuantConfig(scheme, group_size=16))
+    q = edge.quantize(model, QuantConfig(scheme, group_size=32))
     a = export.to_runtime(q, runtime, tmp_path / "q", batch, progress=False, mode=mode)
     assert a.plan["precision"] == scheme and a.plan["quantization"]["cover"] == list(QuantConfig().cover)
     report = export.verify(a, q)  # against the live quantized model, every branch
@@ -220,11 +220,15 @@ def test_a_quantized_model_exports_on_every_branch(runtime, gate, mode, scheme, 
         assert {b["case"] for b in branches} == checks and all(b["outputs_match"] for b in branches), branches
 
 
-@pytest.mark.parametrize("runtime", [r for r in export.RUNTIMES.names() if "8da8w" not in export.runtime.precisions(r)])
-def test_a_runtime_without_int8_lowering_refuses_a_quantized_model(runtime, tmp_path):
+REFUSED = [(r, m, s) for r in export.RUNTIMES.names() for m in export.RUNTIMES.get(r).modes for s in SCHEMES
+           if s not in export.precisions(r, m)]
+
+
+@pytest.mark.parametrize("runtime,mode,scheme", REFUSED, ids=[f"{r}-{m}-{s}" for r, m, s in REFUSED])
+def test_a_lowering_without_the_precision_refuses_the_model_before_any_work(runtime, mode, scheme, tmp_path):
     model, batch = adaptive(("bert", "bert"), acm=True)
-    with pytest.raises(EdgeError, match="not 8da8w"):
-        export.to_runtime(edge.quantize(model), runtime, tmp_path / "q", batch, progress=False)
+    with pytest.raises(EdgeError, match=f"not {scheme} ones"):
+        export.to_runtime(edge.quantize(model, QuantConfig(scheme)), runtime, tmp_path / "q", batch, progress=False, mode=mode)
     assert not (tmp_path / "q").exists()
 
 
