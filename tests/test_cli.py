@@ -126,12 +126,8 @@ def test_demo_runs_the_whole_path(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_ctrl_c_during_an_export_exits_130_and_writes_nothing(tmp_path):
-    """Ctrl-C while the export lowers (inside executorch and torch, which may swallow it): exit 130,
-    one line, and neither the output nor a temporary directory is left."""
-    import signal
-    import time
-
+def tiny_acm_with_tokenizer(path):
+    """A tiny random BERT with ACMs and MiniLM's tokenizer, saved to `path` as `edge export` reads it."""
     from transformers import AutoConfig, AutoModel
 
     _, tok = edge.load_pretrained()
@@ -139,7 +135,16 @@ def test_ctrl_c_during_an_export_exits_130_and_writes_nothing(tmp_path):
                                intermediate_size=64, max_position_embeddings=64)
     model = AutoModel.from_config(cfg, attn_implementation="eager", add_pooling_layer=False).eval()
     edge.install_acms(model, edge.AcmConfig(learners=2))
-    src = edge.save(model, tmp_path / "acm", tokenizer=tok)
+    return edge.save(model, path, tokenizer=tok)
+
+
+def test_ctrl_c_during_an_export_exits_130_and_writes_nothing(tmp_path):
+    """Ctrl-C while the export lowers (inside executorch and torch, which may swallow it): exit 130,
+    one line, and neither the output nor a temporary directory is left."""
+    import signal
+    import time
+
+    src = tiny_acm_with_tokenizer(tmp_path / "acm")
     out = tmp_path / "exports" / "a"
     proc = subprocess.Popen([sys.executable, "-m", "edge_cli", "export", str(src), "--to", "executorch", "-o", str(out),
                              "--tokens", "16"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),

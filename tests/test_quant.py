@@ -248,16 +248,9 @@ def test_quantized_eager_tracks_fp32_on_the_tiny_models():
 def test_export_quantize_from_the_shell(tmp_path):
     """`edge export --quantize`: the artifact says its precision and verifies; the bad requests are one line
     each and write nothing."""
-    from tests.test_cli import assert_user_error, edge_cli
+    from tests.test_cli import assert_user_error, edge_cli, tiny_acm_with_tokenizer
 
-    _, tok = edge.load_pretrained()
-    from transformers import AutoConfig, AutoModel
-
-    cfg = AutoConfig.for_model("bert", vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=64)
-    model = AutoModel.from_config(cfg, attn_implementation="eager", add_pooling_layer=False).eval()
-    edge.install_acms(model, edge.AcmConfig(learners=2))
-    src = edge.save(model, tmp_path / "acm", tokenizer=tok)
+    src = tiny_acm_with_tokenizer(tmp_path / "acm")
     r = edge_cli("export", src, "--to", "onnx", "-o", tmp_path / "q", "--tokens", "16", "--quantize", "8da8w", "--quiet")
     assert r.returncode == 0, r.stderr
     a = export.load_artifact(tmp_path / "q")
