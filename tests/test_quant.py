@@ -262,3 +262,23 @@ def test_export_quantize_from_the_shell(tmp_path):
         r = edge_cli("export", src, "--to", "onnx", "-o", tmp_path / "bad", "--tokens", "16", *argv)
         assert_user_error(r, needle)
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_preset_holds_a_quantized_artifact(tmp_path):
+    """A preset chosen from a quantized artifact's measured levels: it names the int8 artifact (by its
+    plan's hash), saves, loads, and sets the knobs at run time."""
+    from profiler import presets
+    from tests.conftest import levels_for
+    from tests.test_export import ALL_GATES
+
+    model, batch = adaptive(("bert", "bert"), **ALL_GATES, threshold=1.0)
+    q = edge.quantize(model)
+    a = export.to_runtime(q, "onnx", tmp_path / "q", batch, progress=False, levels=levels_for(q))
+    inputs = [[np.random.default_rng(i).integers(3, 100, (1, 10)).astype(np.int64), np.ones((1, 10), np.int64)]
+              for i in range(3)]
+    preset, points = presets.choose(a, "local", 1e4, inputs, runs=2, progress=False)
+    assert preset.level == "full" and {p["level"] for p in points} == {"full", "fast"}
+    again = presets.load_preset(presets.save_preset(preset, tmp_path / "p.yaml"))
+    assert again == preset
+    out = a.runner()(list(a.inputs()) + presets.apply_preset(again, a))
+    assert int(out[1][0]) == 2 and a.plan["precision"] == "8da8w"
