@@ -262,18 +262,18 @@ def plan_entries(model: nn.Module) -> dict:
 
 
 # The checks of a quantized artifact against the same quantization in eager (export.verify):
-# TOLERANCE (absolute) and RELATIVE (times the largest output of eager on the checks), the looser of the two.
+# TOLERANCE (absolute) and RELATIVE (times the largest output of eager on the checks; 0 today), the looser of the two.
 # Where they come from: the runtime's kernels and eager differ in the last bits of fp32 (attention, norms);
 # a value that lands that close to a rounding step of its token's activation scale is rounded to the
 # neighbouring integer by one and not the other: one step of that token's scale (up to ~range/255) times
 # the weights it meets, carried on through the layers. Measured (bench/results/int8.txt): x86 XNNPACK
 # and ONNX Runtime within 1e-7..4e-3 (tiny models, MiniLM); the aarch64 runner (XNNPACK's ARM int8
-# kernels, under qemu) 7e-3 on a tiny dense model and up to 0.13 of the output's scale on the tiny model
-# with every gate (saturated random gates) -- 10-100x x86's, not yet explained (KleidiAI's own
-# per-row quantization, or the emulator). A wrong program (weights, wiring) is off by the output's
-# whole scale; these bounds stay well below it.
+# kernels, under qemu) 7e-3 on a tiny dense model and 0.06-0.14 (0.1-0.25 of the output's scale) on the
+# tiny model with every gate -- 10-100x x86's, not explained yet (XNNPACK's ARM int8 path, KleidiAI's own
+# row quantization, or the emulator): that gap is NOT covered by a looser tolerance (tests/test_profiler.py
+# marks it as a known failure). A wrong program (weights, wiring) is off by the output's whole scale.
 # NEAR_TIE: a decision whose score lies this close to its threshold may go either way for the same reason.
-TOLERANCE, NEAR_TIE, RELATIVE = 5e-2, 1e-2, 0.15
+TOLERANCE, NEAR_TIE, RELATIVE = 5e-2, 1e-2, 0.0  # (no relative part: see the aarch64 gap above)
 
 register(Transform("quant", QuantConfig, install_quant, after=("acm", "exits", "skips", "head"), final=True,
                    plan=plan_entries, tolerance=lambda model: (TOLERANCE, NEAR_TIE, RELATIVE)))

@@ -239,6 +239,8 @@ def test_choices_come_from_the_registries():
         ("add-skips", "target"): list(edge.SKIP_TARGETS),
         ("export", "to"): export.RUNTIMES.names(),
         ("export", "mode"): list(export.MODES),
+        ("export", "quantize"): list(__import__("edge.quant").quant.SCHEMES),
+        ("export", "quantize_cover"): list(__import__("edge.quant").quant.COVER),
         ("profile", "runner"): list(profiler.RUNNERS),
         ("preset choose", "runner"): list(profiler.RUNNERS),
         ("runner", "arch"): list(profiler.RUNNER_PLATFORMS),

