@@ -60,8 +60,7 @@ class Transform:
     where its knob comes among the program's knob inputs (and its forcing cases among the checks);
     final: the model is not trained or changed by another transform after it (quantization);
     plan: the plan's entries it adds (e.g. the precision), a function of the model; tolerance:
-    (absolute output tolerance, near-tie epsilon, output tolerance relative to the largest output) of
-    the checks against eager when it is installed."""
+    (output tolerance, near-tie epsilon) of the checks against eager when it is installed."""
 
     name: str
     config: type
@@ -71,7 +70,7 @@ class Transform:
     export_order: int = 0
     final: bool = False
     plan: Callable[[nn.Module], dict] | None = None
-    tolerance: Callable[[nn.Module], tuple[float, float, float]] | None = None
+    tolerance: Callable[[nn.Module], tuple[float, float]] | None = None
 
 
 TRANSFORMS: Registry[Transform] = Registry("transform")

@@ -100,14 +100,11 @@ def plan_entries(model: nn.Module) -> dict:
             for k, v in t.plan(model).items()}
 
 
-def tolerances(model: nn.Module, expected: list[list[torch.Tensor]]) -> tuple[float, float]:
+def tolerances(model: nn.Module) -> tuple[float, float]:
     """(output tolerance, near-tie epsilon) of the checks against eager: fp32's, or the loosest an
-    installed transform states for itself (edge.parts.Transform.tolerance: absolute, near-tie, and
-    relative to the largest output of eager on the checks: a quantized model's kernels round otherwise)."""
-    scale = max((float(out[0].abs().max()) for out in expected), default=0.0)
+    installed transform states for itself (a quantized model's kernels round otherwise than eager)."""
     stated = [TRANSFORMS.get(n).tolerance(model) for n in parts(model).names() if TRANSFORMS.get(n).tolerance is not None]
-    return (max([TOLERANCE, *(t for t, _, _ in stated), *(r * scale for _, _, r in stated)]),
-            max([NEAR_TIE, *(e for _, e, _ in stated)]))
+    return max([TOLERANCE, *(t for t, _ in stated)]), max([NEAR_TIE, *(e for _, e in stated)])
 
 
 def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
@@ -223,11 +220,10 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     except Exception as e:  # torch.export's errors are pages long: one line, and the cause for a bug report
         raise EdgeError(f"torch.export could not trace this model ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:300]}); nothing was written") from e
-    near_tie = tolerances(model, [])[1]
+    tolerance, near_tie = tolerances(model)
     cases = away_from_ties(graph, args, force_cases(graph), near_tie)
     runs = [margins(graph, args, list(k.values())) for _, k in cases]
     expected = [out for out, _ in runs]
-    tolerance = tolerances(model, expected)[0]
     out = Path(out)
     with atomic_dir(out, overwrite) as tmp:
         say(f"edge export: lowering {len(eps)} method{'s' * (len(eps) > 1)} to {runtime} ...")
