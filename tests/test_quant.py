@@ -178,6 +178,16 @@ def _gemms_left_in_float(a) -> set[str]:
         names = {p.operators[i.instr_args.op_index].name for p in program.execution_plan for c in p.chains
                  for i in c.instructions if type(i.instr_args).__name__ == "KernelCall"}
         return {n for n in names if any(w in n for w in ("linear", "mm", "quantize", "choose_qparams"))}
+    if a.plan["runtime"] == "litert":  # a FULLY_CONNECTED with float weights is a decision's
+        from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+        from export.litert import _gemms
+
+        gemms = [(name, weight.name.decode(), fb.TENSOR_CODE_TO_TYPE[weight.type])
+                 for _, _, name, weight in _gemms(fb.read_model((a.path / "model.tflite").read_bytes()))
+                 if name == "FULLY_CONNECTED" and weight is not None]
+        found = {w for _, w, t in gemms if t != "INT8" and not any(d in w for d in DECISION_WEIGHTS)}
+        return found if any(t == "INT8" for *_, t in gemms) else {"no int8 FULLY_CONNECTED at all"}
     import onnx  # ONNX: a MatMul or Gemm left is attention's (scores and values) or a decision's, on no other weight
 
     found, integer = set(), 0
