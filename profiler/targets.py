@@ -22,6 +22,7 @@ from edge.registry import Registry
 TARGETS: Registry[type] = Registry("profiling target")
 HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:%-]{0,252}")  # a host name, IPv4 or IPv6 address (no leading -)
 USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+CPU = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,=+-]{0,127}")  # a qemu -cpu model and its features (max,sme=off)
 SERIAL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")  # an adb serial (USB serial, or host:port)
 
 
@@ -132,14 +133,18 @@ def target_for(spec):
 
 class Ssh:
     """A Linux board over SSH: ssh://user@host[:port][?key=PATH&python=PYTHON&dir=REMOTE_DIR&known_hosts=PATH
-    &arch=ARCH&emulator=QEMU]. The system's OpenSSH client, key auth only (BatchMode: never a password
+    &arch=ARCH&emulator=QEMU&emulator_cpu=CPU]. The system's OpenSSH client, key auth only (BatchMode: never a password
     prompt), every call with a timeout. Files go over as a tar stream (`tar -x` on the board); the
     measuring side is `PYTHON -m device.measure` (edge installed there) or the native runner, built
     here for the board's architecture (`uname -m`, or arch=) and pushed with its libraries; the
     results come back with `cat`. emulator= runs the runner through that qemu-user binary on the
-    board: outputs are real, timings are not latencies (the report says so and gives no verdict)."""
+    board: outputs are real, timings are not latencies (the report says so and gives no verdict);
+    emulator_cpu= is its -cpu (qemu's default: every feature it emulates; "max,sme=off" leaves out SME,
+    whose emulation in qemu 7.2 gives XNNPACK's int8 GEMMs other results than the same program on NEON:
+    bench/results/int8.txt)."""
 
-    USAGE = ("ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR&known_hosts=PATH&arch=ARCH&emulator=QEMU] "
+    USAGE = ("ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR&known_hosts=PATH&arch=ARCH&emulator=QEMU"
+             "&emulator_cpu=CPU] "
              "(a Linux board)")
 
     def __init__(self, spec: str):
@@ -148,7 +153,7 @@ class Ssh:
         self.spec = spec
         u = urlsplit(spec)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
-        unknown = sorted(set(q) - {"key", "python", "dir", "known_hosts", "arch", "emulator"})
+        unknown = sorted(set(q) - {"key", "python", "dir", "known_hosts", "arch", "emulator", "emulator_cpu"})
         if u.scheme != "ssh" or not u.hostname or unknown:
             raise EdgeError(f"bad ssh target {self.spec!r}: write ssh://user@host[:port][?key=PATH&python=PYTHON&dir=DIR]"
                             + (f" (unknown {', '.join(unknown)})" if unknown else ""))
@@ -168,7 +173,10 @@ class Ssh:
         if not self.dir.startswith("/") or ".." in self.dir.split("/") or self.dir.rstrip("/") == "":
             raise EdgeError(f"bad ssh target {spec[:120]!r}: dir= must be an absolute directory on the board, not / "
                             "and without ..")
-        self.arch, self.emulator = q.get("arch"), q.get("emulator")
+        self.arch, self.emulator, self.cpu = q.get("arch"), q.get("emulator"), q.get("emulator_cpu")
+        if self.cpu is not None and (not self.emulator or not CPU.fullmatch(self.cpu)):
+            raise EdgeError(f"bad ssh target {spec[:120]!r}: emulator_cpu= goes with emulator= and is a qemu CPU "
+                            "model with its features (letters, digits and _ . , = + -), e.g. max,sme=off")
         self.remote_results = ""
 
     def _ssh(self, remote: list[str], timeout: float, stdin=None, what: str = "") -> subprocess.CompletedProcess:
@@ -229,7 +237,8 @@ class Ssh:
 
         arch = native.get_arch(self.arch or self._uname()[0])
         remote = self._put(native.ensure(arch.name).parent, self.dir, f"{arch.name} runner")
-        return [*([self.emulator, "-L", arch.sysroot] if self.emulator else []), f"{remote}/{native.BINARY}"]
+        cpu = ["-cpu", self.cpu] if self.cpu else []
+        return [*([self.emulator, *cpu, "-L", arch.sysroot] if self.emulator else []), f"{remote}/{native.BINARY}"]
 
     def run(self, command: list[str], artifact: Path, results: Path, options: list[str], timeout: float,
             watch=None) -> None:
