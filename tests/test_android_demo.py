@@ -83,6 +83,18 @@ def test_java_reads_what_edge_export_writes(classes, tmp_path):
     assert done.returncode == 1 and "model.pte is missing" in done.stderr
 
 
+def test_java_reads_a_quantized_artifact(classes, tmp_path):
+    """An int8 program is opened as any other (the plan states its precision and tolerance; the program
+    computes the quantization)."""
+    import edge
+
+    model, batch = adaptive(("bert", "bert"), exits=True)
+    a = export.to_runtime(edge.quantize(model), "executorch", tmp_path / "a", batch, progress=False)
+    done = java(classes, "Artifact", a.path)
+    assert done.returncode == 0, done.stderr
+    assert "routed precision=8da8w" in done.stdout and f"methods={len(a.plan['methods'])}" in done.stdout
+
+
 @pytest.mark.skipif(shutil.which("aapt") is None or not FRAMEWORK.is_file(),
                     reason="needs aapt and android-framework-res (setup.sh installs them as root)")
 def test_manifest_and_resources_link_against_the_android_framework(tmp_path):

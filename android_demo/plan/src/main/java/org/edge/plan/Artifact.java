@@ -65,7 +65,7 @@ public final class Artifact {
     public static void main(String[] args) {
         try {
             Artifact a = open(Paths.get(args[0]));
-            System.out.println("OK " + a.plan.modelType + " " + a.plan.mode + " methods=" + a.plan.methods.size() + " segments=" + a.plan.segments.size()
+            System.out.println("OK " + a.plan.modelType + " " + a.plan.mode + " precision=" + a.plan.precision + " methods=" + a.plan.methods.size() + " segments=" + a.plan.segments.size()
                     + " levels=" + a.plan.levels.size() + " checks=" + a.checks.size() + " program=" + a.program().getFileName()
                     + " tokenizer=" + (a.tokenizerJson() != null) + " input_ids=" + java.util.Arrays.toString(a.exampleInputs().values().iterator().next().l));
         } catch (PlanException e) {

@@ -62,6 +62,8 @@ public final class Plan {
     }
 
     public final String runtime, mode, modelType;
+    /** "fp32", or the weights' quantization ("8da8w", "8da4w"): informational, the program computes it. */
+    public final String precision;
     public final int layers, acms, learners;
     public final List<String> inputs, outputs;
     public final Map<String, Integer> knobs; // name -> length
@@ -74,6 +76,7 @@ public final class Plan {
     private Plan(Map<String, Object> p) {
         runtime = str(p, "runtime", "plan");
         mode = str(p, "mode", "plan");
+        precision = p.containsKey("precision") ? str(p, "precision", "plan") : "fp32";
         if (!mode.equals("routed") && !mode.equals("graph")) throw bad("mode is \"" + mode + "\"; this app runs \"routed\" and \"graph\"");
         Map<String, Object> model = obj(p, "model", "plan");
         modelType = str(model, "type", "model");
