@@ -84,6 +84,17 @@ def optimum(cli: Path, args: list[str], out: Path, name: str) -> tuple[Path | No
     return None, (lines or [f"exit {done.returncode}"])[-1][:200], seconds
 
 
+class Logits(nn.Module):
+    """A masked-LM model as module(input_ids, attention_mask) -> logits."""
+
+    def __init__(self, mlm: nn.Module):
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(self, input_ids, attention_mask):
+        return self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
 def timed(cases: dict, x: list[np.ndarray], runs: int) -> dict:
     print("timing " + ", ".join(cases), flush=True)
     return {k: round(v, 3) for k, v in interleaved({n: (lambda f=f: f(x)) for n, f in cases.items()}, runs).items()}
@@ -109,14 +120,6 @@ def executorch_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: list[t
             raise SystemExit(f"peer_optimum.py: optimum's {task} program returned non-finite values")
     if "optimum_mlm" not in cases:
         raise SystemExit(f"peer_optimum.py: optimum-cli could not export the fill-mask model ({failed['fill-mask']})")
-
-    class Logits(nn.Module):
-        def __init__(self, mlm: nn.Module):
-            super().__init__()
-            self.mlm = mlm
-
-        def forward(self, input_ids, attention_mask):
-            return self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
 
     t0 = time.time()
     transformers.logging.set_verbosity_error()  # (its table of the head's newly initialized weights)
@@ -228,14 +231,6 @@ def executorch_int8_peer(cli: Path, model_dir: Path, model: nn.Module, inputs: l
     if pte is None:
         raise SystemExit(f"peer_optimum.py: optimum-cli could not export the quantized fill-mask model ({why})")
     cases["optimum_mlm"] = et.load(pte.parent, {"forward": pte.name}, 1)["forward"]
-
-    class Logits(nn.Module):
-        def __init__(self, mlm: nn.Module):
-            super().__init__()
-            self.mlm = mlm
-
-        def forward(self, input_ids, attention_mask):
-            return self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
 
     transformers.logging.set_verbosity_error()
     t0 = time.time()
