@@ -43,6 +43,19 @@ def clear_static_(model) -> None:
         a.forced_k = None
 
 
+def held_out(model, tok, passages, limit: int | None = None):
+    """(test batches, the original's outputs on them, the probe fitted on the original, the test labels,
+    the FFNs' share of the model FLOPs): what the benches compare a converted model with, on the test
+    split (its first `limit` passages)."""
+    test = passages.split("test")
+    if limit:
+        test = test.head(limit)
+    test_b = edge.batches(tok, test.texts, 64)
+    teacher_out, _ = outputs(model, test_b)
+    return (test_b, teacher_out, teacher_probe(model, tok, passages), torch.tensor(test.labels),
+            ffn_share_of_model(model, test_b[0]))
+
+
 def eager_times(models: dict, batches: list[dict], repeats: int = 3) -> dict:
     """Median seconds per batch for each model, runs interleaved so that noise hits all alike."""
     times = {k: [] for k in models}
@@ -74,15 +87,8 @@ def main():
     passages = edge.austen_passages()
     train = edge.batches(tok, passages.split("train").texts, 32)
     calib = edge.batches(tok, passages.split("calib").texts[:512], 64)
-    test = passages.split("test")
-    if args.test_limit:
-        test = test.head(args.test_limit)
-    test_b = edge.batches(tok, test.texts, 64)
-    teacher_out, _ = outputs(model, test_b)
-    probe = teacher_probe(model, tok, passages)
-    y = torch.tensor(test.labels)
+    test_b, teacher_out, probe, y, share = held_out(model, tok, passages, args.test_limit)
     acc_teacher = probe.accuracy(teacher_out, y)
-    share = ffn_share_of_model(model, test_b[0])
     print(f"original: probe accuracy {acc_teacher:.4f}; FFNs are {share:.3f} of the model FLOPs", flush=True)
 
     distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
@@ -121,7 +127,7 @@ def main():
 
     speedup = None
     if 0.5 in models and 1.0 in models:
-        single = edge.batches(tok, test.texts[:150], 1)
+        single = edge.batches(tok, passages.split("test").texts[:args.test_limit][:150], 1)
         t = eager_times({"1.0": models[1.0], "0.5": models[0.5], "original": model}, single)
         speedup = t["1.0"] / t["0.5"]
         print(f"eager batch-1 medians: original {t['original'] * 1e3:.2f} ms, ACM@1.0 {t['1.0'] * 1e3:.2f} ms, "

@@ -16,14 +16,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 import edge
-from edge.evaluate import compare, ffn_share_of_model, outputs, teacher_probe
+from edge.evaluate import compare
 from edge.parts import parts
+
+sys.path.insert(0, str(Path(__file__).parent))
+from acm_fidelity import held_out  # noqa: E402
 
 BUDGETS = (1.0, 0.75, 0.5, 0.35, 0.25)
 
@@ -43,15 +47,8 @@ def main() -> None:
     train = edge.batches(tok, passages.split("train").texts, 32)
     convert_calib = edge.batches(tok, passages.split("calib").texts[:512], 64)  # (edge acmize's default)
     calib = edge.batches(tok, passages.split("calib").texts[:256], 64)  # (the knob's)
-    test = passages.split("test")
-    if args.test_limit:
-        test = test.head(args.test_limit)
-    test_b = edge.batches(tok, test.texts, 64)
-    teacher_out, _ = outputs(model, test_b)
-    probe = teacher_probe(model, tok, passages)
-    y = torch.tensor(test.labels)
+    test_b, teacher_out, probe, y, share = held_out(model, tok, passages, args.test_limit)
     acc_teacher = probe.accuracy(teacher_out, y)
-    share = ffn_share_of_model(model, test_b[0])
     convert_seconds, shared = None, None
     if args.acm:
         try:
@@ -80,7 +77,7 @@ def main() -> None:
                       "cos_mean": [r["cos_mean"] for r in rows], "cos_p5": [r["cos_p5"] for r in rows],
                       "acc": [r["acc"] for r in rows], "acc_teacher": round(acc_teacher, 4),
                       "cos_mean_per_budget_conversion": [r.get("cos_mean_per_budget_conversion") for r in rows],
-                      "convert_seconds": convert_seconds, "passages": len(test.texts),
+                      "convert_seconds": convert_seconds, "passages": len(y),
                       "trained_budget": parts(acm).config("acm").budget}))
 
 
