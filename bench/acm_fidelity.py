@@ -1,18 +1,21 @@
 """ACM fidelity on all-MiniLM-L6-v2 and real held-out text (Jane Austen), one run, side by side.
 
-For target budgets 1.0, 0.75, 0.5, 0.25 of the FFN FLOPs: the achieved budget, the cosine of the
-sentence embedding to the original model's (mean and 5th percentile), the accuracy of a linear probe
-(which novel a passage comes from) fitted on the ORIGINAL model's embeddings and applied unchanged,
-and the static baseline at equal FLOPs (every token of a layer runs the same number of learners; the
-better of the phase-1-only learners and the fine-tuned ones). Also: conversion wall time at 0.5 and
-the eager speed-up of the 0.5 model over the 1.0 model (batch 1, interleaved runs, ratio of medians).
+MiniLM converted ONCE (at --budget, default 0.5, the default knob), then set to each budget 1.0, 0.75,
+0.5, 0.35, 0.25 of the FFN FLOPs with the knob alone (edge.evaluate.knob_curve): the achieved budget, the
+cosine of the sentence embedding to the original model's (mean and 5th percentile), the accuracy of a
+linear probe (which novel a passage comes from) fitted on the ORIGINAL model's embeddings and applied
+unchanged, and the static baseline at equal FLOPs (every token of a layer runs the same number of
+learners; the better of the phase-1-only learners and the converted ones). Also: the conversion's wall
+time and the eager speed-up of the model at 0.5 over itself at 1.0 (batch 1, interleaved runs, ratio of
+medians). bench/knob.py adds the per-budget conversions beside the curve.
 
-    .venv/bin/python bench/acm_fidelity.py            # about 30 minutes on 2 cores
+    .venv/bin/python bench/acm_fidelity.py            # about 25 minutes on 2 cores
 Last line: one JSON object.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -23,10 +26,11 @@ import torch
 import edge
 from edge.acm import acm_modules
 from edge.arch import arch_for
-from edge.evaluate import compare, ffn_share_of_model, outputs, teacher_probe
+from edge.convert import KNOB
+from edge.evaluate import ffn_share_of_model, knob_curve, outputs, teacher_probe
 from edge.flops import learner_flops, ffn_flops
 
-BUDGETS = (1.0, 0.75, 0.5, 0.25)
+BUDGETS = KNOB
 
 
 def set_static_(model, fraction: float) -> None:
@@ -72,15 +76,16 @@ def eager_times(models: dict, batches: list[dict], repeats: int = 3) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
+    ap.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS), help="the knob positions measured")
+    ap.add_argument("--budget", type=float, default=edge.AcmConfig.budget, help="the conversion's target budget")
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--repr-steps", type=int, default=edge.DistillConfig.repr_steps)
     ap.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps)
     ap.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps)
     ap.add_argument("--learners", type=int, default=edge.AcmConfig.learners, help="learners per ACM")
     ap.add_argument("--precision", default=edge.DistillConfig.precision, help="of the training passes (fp32, bf16)")
-    ap.add_argument("--save", metavar="DIR", help="also save each budget's model to DIR/acm-BUDGET "
-                    "(bench/depth.py --acm DIR/acm-0.5 reuses it)")
+    ap.add_argument("--save", metavar="DIR", help="also save the converted model to DIR (bench/depth.py --acm DIR "
+                    "reuses it)")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = edge.load_pretrained()
@@ -93,40 +98,32 @@ def main():
 
     distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
                                  precision=args.precision)
-    # phases 1 and 2 do not depend on the budget: run them once, then phase 3 + calibration per
-    # budget (edge.retarget). A budget's conversion time is the shared part plus its own part,
-    # which is exactly what `edge acmize --budget B` spends.
+    # phases 1-2, then phase 3 and calibration at the target (edge.retarget): exactly `edge acmize --budget B`,
+    # with the phase-1 learners kept for the static baseline
     t0 = time.time()
-    shared = edge.acmize(model, edge.AcmConfig(budget=1.0, learners=args.learners), train, calib,
-                         replace(distill, e2e_steps=0),
-                         progress=True)
-    shared_seconds = time.time() - t0
-    phase1 = shared  # its learners are the phase-1 learners; the static baseline ignores its gates
-    rows, models, convert_seconds = [], {}, None
-    for budget in args.budgets:
-        t0 = time.time()
-        acm = edge.retarget(shared, model, budget, train, calib, distill, progress=True)
-        seconds = shared_seconds + time.time() - t0
-        if budget == 0.5:
-            convert_seconds = seconds
-        models[budget] = acm
-        if args.save:
-            edge.save(acm, f"{args.save}/acm-{budget}", tokenizer=tok, overwrite=True)
-        rep, out = compare(acm, teacher_out, test_b, share)
+    phase1 = edge.acmize(model, edge.AcmConfig(budget=1.0, learners=args.learners), train, calib,
+                         replace(distill, e2e_steps=0), progress=True)
+    acm = edge.retarget(phase1, model, args.budget, train, calib, distill, progress=True)
+    convert_seconds = time.time() - t0
+    if args.save:
+        edge.save(acm, args.save, tokenizer=tok, overwrite=True)
+    knob_calib = calib[:4]  # (256 passages, as bench/knob.py)
+    rows, models = [], {}
+    for row in knob_curve(acm, teacher_out, test_b, knob_calib, args.budgets, share, lambda o: probe.accuracy(o, y)):
         static_accs = []
         for learners in (phase1, acm):
-            set_static_(learners, rep["ffn_fraction"])
+            set_static_(learners, row["achieved"])
             static_accs.append(probe.accuracy(outputs(learners, test_b)[0], y))
             clear_static_(learners)
-        row = {"budget": budget, "achieved": rep["ffn_fraction"], "model_fraction": rep["model_fraction"],
-               "cos_mean": rep["cos_mean"], "cos_p5": rep["cos_p5"], "acc": probe.accuracy(out, y),
-               "acc_static": max(static_accs), "acc_static_phase1": static_accs[0],
-               "acc_static_finetuned": static_accs[1], "convert_seconds": seconds}
+        row.update(acc_static=max(static_accs), acc_static_phase1=static_accs[0], acc_static_converted=static_accs[1])
         rows.append(row)
         print(json.dumps(row), flush=True)
 
     speedup = None
-    if 0.5 in models and 1.0 in models:
+    if {0.5, 1.0} <= set(args.budgets):
+        for b in (0.5, 1.0):
+            models[b] = copy.deepcopy(acm)
+            edge.calibrate_budget_(models[b], knob_calib, b)
         single = edge.batches(tok, passages.split("test").texts[:args.test_limit][:150], 1)
         t = eager_times({"1.0": models[1.0], "0.5": models[0.5], "original": model}, single)
         speedup = t["1.0"] / t["0.5"]
@@ -140,7 +137,7 @@ def main():
     print(json.dumps({"budgets": [r["budget"] for r in rows], "achieved": [r["achieved"] for r in rows],
                       "cos_mean": [r["cos_mean"] for r in rows], "cos_p5": [r["cos_p5"] for r in rows],
                       "acc": [r["acc"] for r in rows], "acc_static": [r["acc_static"] for r in rows],
-                      "acc_teacher": acc_teacher, "convert_seconds": convert_seconds,
+                      "acc_teacher": acc_teacher, "convert_seconds": convert_seconds, "trained_budget": args.budget,
                       "eager_speedup_at_0.5": speedup}))
 
 

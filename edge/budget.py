@@ -22,6 +22,9 @@ from edge.skips import routers
 
 
 # --- the ACMs' knob: gate biases calibrated to a budget -------------------------------------------
+TOP_BIAS = -2.0 ** 50  # the gate bias at budget 1.0 (~ -1.1e15, exact in fp32): below any gap between two scores
+
+
 def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
     """Run `model` on `batches` (inference form) and return the accumulated gate choices."""
     arch = arch_for(model)
@@ -35,7 +38,10 @@ def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
 
 def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iters: int = 30) -> list[float]:
     """Set each ACM's gate bias (the budget knob) so that its average compute on the real tokens of
-    `batches` is at most `budget` of its FFN, as close as bisection in `iters` steps gets.
+    `batches` is at most `budget` of its FFN, as close as bisection in `iters` steps gets; at budget 1.0,
+    the top of the knob, every token runs every learner, and the gate's ~2% comes on top (the learners
+    start as the original FFN's exact partition; how close a conversion's top stays to the original:
+    bench/results/knob.txt).
 
     Every layer gets the same budget and spends it where its gate predicts the most benefit, so an
     adaptive model is never worse placed than the static one that gives each token the same k.
@@ -63,6 +69,9 @@ def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iter
 def _calibrate_gate_(acm: ACM, scores: torch.Tensor, budget: float, iters: int) -> float:
     """Bisection of one gate's bias on its scores (M, N+1); sets and returns the bias."""
     ks = torch.arange(acm.n + 1, dtype=scores.dtype)
+    if budget >= 1.0:  # the top: every learner, whatever the scores (error scores are >= -e^30)
+        acm.gate_bias.fill_(TOP_BIAS)
+        return TOP_BIAS
 
     def fraction(bias: float) -> float:
         k = (scores - bias * ks).argmax(-1).float().mean()

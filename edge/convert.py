@@ -1,12 +1,15 @@
 """`acmize`: turn a pretrained transformer's FFNs into ACMs by distillation in the paper's 3 phases.
 
-  1. representation distillation: every prefix of learners regresses its frozen FFN's output (MSE);
+  1. representation distillation: every prefix of learners regresses its frozen FFN's output (MSE;
+     the last prefix, all learners: the top of the knob, weighted DistillConfig.top_weight);
      all modules train in parallel from hooks on the original model;
   2. gate pre-training: each gate learns the smallest k whose error is close to the next one's
      (err_k / err_{k+1} < ratio);
   3. end-to-end: hard gates (straight-through) and learners train to reproduce the original model's
-     final output with a budget loss pulling the average compute towards the target (with
-     DistillConfig.tune_backbone, the rest of the model, attention and norms, trains too);
+     final output, each step at a budget drawn from the knob (DistillConfig.knob and the target) with
+     its gate biases, and a budget loss pulling the average compute towards the drawn budget, so that
+     one conversion serves every knob position (with DistillConfig.tune_backbone, the rest of the
+     model, attention and norms, trains too);
 then the budget knob (ACM.gate_bias) is calibrated so the average compute on calibration data meets
 the target.
 """
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import random
 import time
 from contextlib import contextmanager
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 from edge.acm import ACM, AcmConfig, acm_modules, install_acms
 from edge.arch import Arch, arch_for
 from edge.budget import calibrate_budget_
-from edge.config import Config, boolean, config, integer, one_of, optional, real, setting
+from edge.config import Config, boolean, config, integer, one_of, optional, real, sequence_of, setting
 from edge.console import terminal
 from edge.errors import EdgeError
 from edge.flops import ffn_flops, gate_flops, learner_flops
@@ -52,6 +54,11 @@ def bf16_is_fast() -> bool:
         return time.perf_counter() - t
 
     return seconds(a.bfloat16(), w.bfloat16()) < 0.6 * seconds(a, w)
+
+
+KNOB = (1.0, 0.75, 0.5, 0.35, 0.25)  # the budgets one conversion serves (bench/knob.py measures them)
+KNOB_REFRESH = 50  # phase-3 steps between calibrations of the knob's gate-bias table
+KNOB_CALIB_BATCHES = 2  # on the first calibration batches
 
 
 @dataclass(frozen=True)
@@ -95,8 +102,15 @@ class DistillConfig(Config):
     hidden_weight: float = setting(real(0), 0.1)
     calib_iters: int = setting(integer(0), 30)
     seed: int = setting(integer(0), 0)
-    # phase 3 also fine-tunes the rest of the model (attention, norms)
-    tune_backbone: bool = setting(boolean(), True)
+    # phase 3 also fine-tunes the rest of the model (attention, norms): +0.01 at budget 0.25, but then the
+    # top of the knob is not the original model (bench/results/knob.txt)
+    tune_backbone: bool = setting(boolean(), False)
+    # phase 3 trains the whole knob: each step draws one of these budgets (and the target's), with its gate
+    # biases from a table calibrated every KNOB_REFRESH steps; () trains for the target budget alone
+    knob: tuple[float, ...] = setting(sequence_of(real(0, 1, low_open=True)), KNOB)
+    # phase 1: the weight of the last prefix (all learners: the top of the knob) against each other prefix's;
+    # 10 against 1: the top 0.994 against 0.988, 0.75 +0.005, 0.5 -0.002; 100 no better (bench/results/knob.txt)
+    top_weight: float = setting(real(0), 10.0)
     # a PRECISIONS name, or "auto": bf16 where this CPU has it natively (bf16_is_fast)
     precision: str = setting(one_of("auto", *PRECISIONS.names()), "auto")
 
@@ -171,9 +185,8 @@ def _retarget_(student, teacher, budget, data, calib, distill: DistillConfig, pr
         raise EdgeError("this model has no ACMs; run edge.acmize first")
     torch.manual_seed(distill.seed)
     stream = _cycle(data, random.Random(distill.seed))
-    if distill.e2e_steps:  # start the end-to-end phase at the target budget
-        calibrate_budget_(student, calib, budget, distill.calib_iters)
-    _train_end_to_end(student, teacher, arch_for(teacher), acm_modules(student), budget, stream, distill, progress)
+    _train_end_to_end(student, teacher, arch_for(teacher), acm_modules(student), budget, stream, calib, distill,
+                      progress)
     calibrate_budget_(student, calib, budget, distill.calib_iters)
     parts(student).set_config("acm", replace(parts(student).config("acm"), budget=budget))
     return student.eval().requires_grad_(False)
@@ -261,7 +274,8 @@ def _train_representations(teacher, arch, ffns, acms, stream, cfg: DistillConfig
         with _autocast(cfg):
             pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
             # every prefix k = 1..N regresses the original output, normalized by its variance
-            loss = sum(prefix_errors(a, x, y)[:, 1:].mean() / y.var() for a, (x, y) in zip(acms, pairs)) / len(acms)
+            loss = sum(_prefix_loss(prefix_errors(a, x, y), cfg.top_weight) / y.var()
+                       for a, (x, y) in zip(acms, pairs)) / len(acms)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -269,9 +283,16 @@ def _train_representations(teacher, arch, ffns, acms, stream, cfg: DistillConfig
         bar.set_postfix(nmse=f"{loss.item():.4f}")
 
 
+def _prefix_loss(errors: torch.Tensor, top_weight: float) -> torch.Tensor:
+    """Phase 1's loss of one module from its prefix errors (M, N+1): the mean over k = 1..N, the last
+    prefix (every learner: the top of the knob) weighted `top_weight` against each other one."""
+    w = torch.ones(errors.shape[-1] - 1)
+    w[-1] = top_weight
+    return (errors[:, 1:] * w).sum(-1).mean() / w.sum()
+
+
 def gate_labels(errors: torch.Tensor, ratio: float) -> torch.Tensor:
     """Smallest k with err_k / err_{k+1} < ratio (the next learner no longer helps much), else N."""
-    n = errors.shape[-1] - 1
     close = errors[:, :-1] < ratio * errors[:, 1:]  # (M, N): is k good enough?
     close = torch.cat([close, torch.ones_like(close[:, :1])], -1)  # k = N always qualifies
     return close.float().argmax(-1)  # first True
@@ -318,9 +339,14 @@ def expected_fraction(acms: list[ACM], token_mask: torch.Tensor) -> torch.Tensor
     return num / den
 
 
-def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: DistillConfig, progress):
+def _train_end_to_end(student, teacher, arch, acms, budget, stream, calib, cfg: DistillConfig, progress):
+    """Phase 3. Each step draws a budget of the knob (cfg.knob and the target) and sets the gate biases
+    to that budget's (a table calibrated on the first calibration batches every KNOB_REFRESH steps), so
+    that one model serves every knob position; the budget loss pulls towards the drawn budget."""
     if not cfg.e2e_steps:
         return
+    levels = sorted({budget, *cfg.knob}, reverse=True)
+    draw = random.Random(cfg.seed)
     for a in acms:
         a.dense = True
     student.eval()  # no dropout: the student must match the teacher's deterministic outputs
@@ -336,7 +362,12 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.e2e_steps)
     bar = tqdm(range(cfg.e2e_steps), desc="phase 3/3 end-to-end", disable=not progress, file=terminal())
     try:
-        for _ in bar:
+        for step in bar:
+            if step % KNOB_REFRESH == 0:
+                table = {b: calibrate_budget_(student, calib[:KNOB_CALIB_BATCHES], b, cfg.calib_iters) for b in levels}
+            drawn = draw.choice(levels)
+            for a, bias in zip(acms, table[drawn]):
+                a.gate_bias.fill_(bias)
             batch = next(stream)
             with _autocast(cfg), torch.no_grad(), _layer_outputs(arch.layers(teacher)) as t_hidden:
                 target = output(teacher, batch).float()
@@ -348,7 +379,9 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, cfg: Distill
             # every layer's output too: a denser signal than the final output alone
             hidden = sum(((s - t)[mask].pow(2).mean() / t[mask].var()) for s, t in zip(s_hidden, t_hidden))
             frac = expected_fraction(acms, mask)
-            loss = distil + cfg.hidden_weight * hidden / len(acms) + cfg.budget_weight * (frac - budget) ** 2
+            loss = distil + cfg.hidden_weight * hidden / len(acms)
+            if drawn < 1.0:  # (at 1.0 every learner runs whatever the gates say)
+                loss = loss + cfg.budget_weight * (frac - drawn) ** 2
             opt.zero_grad()
             loss.backward()
             opt.step()

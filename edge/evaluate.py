@@ -144,11 +144,37 @@ def compare(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict], 
     return report, out
 
 
+def knob_curve(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict], calib: list[dict],
+               budgets=None, ffn_share: float | None = None, score=None) -> list[dict]:
+    """The whole knob of one ACMized model: a copy set to each budget (default edge.convert.KNOB) with
+    the knob alone (calibrate_budget_ on `calib`), compared on `batches` with the teacher's outputs:
+    [{budget, achieved (of the FFN FLOPs), cos_mean, cos_p5[, model_fraction][, acc: score(outputs)]}]."""
+    import copy
+
+    from edge.budget import calibrate_budget_
+    from edge.convert import KNOB
+
+    rows = []
+    for budget in KNOB if budgets is None else budgets:
+        knobbed = copy.deepcopy(student)
+        calibrate_budget_(knobbed, calib, budget)
+        rep, out = compare(knobbed, teacher_out, batches, ffn_share)
+        row = {"budget": budget, "achieved": rep["ffn_fraction"], "cos_mean": rep["cos_mean"], "cos_p5": rep["cos_p5"]}
+        if "model_fraction" in rep:
+            row["model_fraction"] = rep["model_fraction"]
+        if score is not None:
+            row["acc"] = score(out)
+        rows.append(row)
+    return rows
+
+
 def evaluate(student: nn.Module, teacher: nn.Module, tokenizer, passages, limit: int | None = None,
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64, knob=None, calib_limit: int = 512) -> dict:
     """Held-out report: cosine to the original outputs and achieved compute on the test split, and,
     for labelled passages, the accuracy of a linear probe fitted on the ORIGINAL model's outputs of
-    the probe split, applied unchanged to both models.
+    the probe split, applied unchanged to both models. A model with ACMs also gets "knob", its whole
+    knob curve (knob_curve at the budgets `knob`, default edge.convert.KNOB; () for none), the knob set
+    on the first `calib_limit` calibration passages.
 
     >>> import edge
     >>> model, tok = edge.load_pretrained()
@@ -170,4 +196,9 @@ def evaluate(student: nn.Module, teacher: nn.Module, tokenizer, passages, limit:
         report["acc_teacher"] = probe.accuracy(teacher_out, y)
         report["acc"] = probe.accuracy(student_out, y)
         report["probe"] = probe
+    if acm_modules(student) and knob != ():
+        calib = batches(tokenizer, passages.split("calib").texts[:calib_limit], batch_size)
+        score = (lambda out: probe.accuracy(out, y)) if passages.labels is not None else None
+        report["knob"] = knob_curve(student, teacher_out, test_b, calib, knob, report.get("ffn_share_of_model"),
+                                    score)
     return report

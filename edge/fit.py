@@ -44,9 +44,12 @@ def fit_acms(model: nn.Module, tokenizer, passages: Passages, config, distill=No
 
 
 def evaluate_text(model: nn.Module, original: nn.Module, tokenizer, passages: Passages,
-                  limit: int | None = None) -> dict:
-    """edge.evaluate.evaluate on the test split (its first `limit` passages), as JSON-able numbers."""
-    return {k: v for k, v in evaluate(model, original, tokenizer, passages, limit=limit).items() if k != "probe"}
+                  limit: int | None = None, calib_limit: int | None = 512) -> dict:
+    """edge.evaluate.evaluate on the test split (its first `limit` passages), the knob curve set on the
+    first `calib_limit` calibration passages, as JSON-able numbers."""
+    _check_limit("calib_limit", calib_limit)
+    return {k: v for k, v in evaluate(model, original, tokenizer, passages, limit=limit, calib_limit=calib_limit).items()
+            if k != "probe"}
 
 
 def fit_head(model: nn.Module, tokenizer, passages: Passages, teacher: nn.Module | None = None) -> nn.Module:

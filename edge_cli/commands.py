@@ -76,6 +76,11 @@ def _summary(report: dict) -> str:
                   f"model compute          {report['model_fraction']:.3f} of the original model FLOPs"]
     if "acc" in report:
         lines.append(f"novel accuracy (probe) {report['acc']:.4f}   original {report['acc_teacher']:.4f}")
+    if report.get("knob"):  # the whole knob of this one model
+        lines.append("knob (set with the knob alone):  budget  achieved  cosine mean  p5" +
+                     ("      accuracy" if "acc" in report["knob"][0] else ""))
+        lines += [f"{'':33}{r['budget']:>6.2f}  {r['achieved']:>8.3f}  {r['cos_mean']:>11.4f}  {r['cos_p5']:.4f}" +
+                  (f"  {r['acc']:>8.4f}" if "acc" in r else "") for r in report["knob"]]
     return "\n".join(lines)
 
 
@@ -84,7 +89,7 @@ def cmd_acmize(args) -> dict:
 
     config = edge.AcmConfig(budget=args.budget, learners=args.learners, gate_hidden=args.gate_hidden, init=args.init)
     distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
-                                 tune_backbone=not args.freeze_backbone, precision=args.precision).resolved()
+                                 tune_backbone=args.tune_backbone, knob=args.knob, precision=args.precision).resolved()
     out = _check_output(args.output, args.overwrite)
     passages = edge.read_passages(args.text)
     src = edge.load_model(args.model)
@@ -95,7 +100,7 @@ def cmd_acmize(args) -> dict:
     acm = edge.fit_acms(src.model, src.tokenizer, passages, config, distill, args.train_limit, args.calib_limit,
                         progress=not args.quiet)
     seconds = time.time() - t0
-    report = edge.evaluate_text(acm, src.model, src.tokenizer, passages, args.eval_limit)
+    report = edge.evaluate_text(acm, src.model, src.tokenizer, passages, args.eval_limit, args.calib_limit)
     report.update(convert_seconds=seconds, budget=args.budget)
     edge.save(acm, out, tokenizer=src.tokenizer, overwrite=args.overwrite,
               extra={"base_model": src.base_model, "distill": distill.to_dict()})
@@ -108,7 +113,8 @@ def cmd_acmize(args) -> dict:
 def cmd_eval(args) -> dict:
     acm = edge.load_model(args.acm_dir, tokenizer=False)
     original = edge.load_original(acm.model, args.original or acm.base_model)
-    report = edge.evaluate_text(acm.model, original.model, original.tokenizer, edge.read_passages(args.text), args.limit)
+    report = edge.evaluate_text(acm.model, original.model, original.tokenizer, edge.read_passages(args.text), args.limit,
+                                args.calib_limit)
     print(_summary(report))
     if args.json:
         print(json.dumps(report))
@@ -324,8 +330,16 @@ def _add_acmize_args(p, output_default=None):
                    + ", ".join(f"{c.e2e_steps} at {n}" for n, c in precisions.items()) + ")")
     p.add_argument("--precision", choices=["auto", *precisions.names()], default=edge.DistillConfig.precision,
                    help="of the training passes' matrix products (auto: bf16 where this CPU has it natively)")
-    p.add_argument("--freeze-backbone", action="store_true",
-                   help="phase 3 trains only the ACMs (by default attention and norms are fine-tuned too)")
+    p.add_argument("--knob", type=number, nargs="*", default=list(edge.DistillConfig.knob), metavar="B",
+                   help="the budgets in (0, 1] one conversion serves: phase 3 trains at each of them and --budget "
+                        f"(default {' '.join(map(str, edge.DistillConfig.knob))}; none: --budget alone)")
+    backbone = p.add_mutually_exclusive_group()
+    backbone.add_argument("--tune-backbone", dest="tune_backbone", action="store_true",
+                          default=edge.DistillConfig.tune_backbone,
+                          help="phase 3 also fine-tunes attention and norms (better at the lowest budgets; the "
+                               "top of the knob is then not the original model)")
+    backbone.add_argument("--freeze-backbone", dest="tune_backbone", action="store_false",
+                          help="phase 3 trains only the ACMs (the default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -382,6 +396,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--original", help="original model directory (default: the one it was converted from)")
     p.add_argument("--text", help=DATA)
     p.add_argument("--limit", type=count(1), default=None, help="evaluate on the first N held-out passages")
+    p.add_argument("--calib-limit", type=count(1), default=CALIB_LIMIT,
+                   help=f"set the knob curve's budgets on the first N calibration passages (default {CALIB_LIMIT}, "
+                        "as `edge acmize`)")
     p.add_argument("--json", action="store_true", help="also print the report as one JSON line")
 
     p = verb(sub, "add-head", cmd_add_head, "put a task head on an embedding model: a linear probe fitted on labelled "

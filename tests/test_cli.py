@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import edge
+from edge.convert import KNOB
 
 REPO = Path(__file__).resolve().parents[1]
 FEW = ["--repr-steps", "2", "--gate-steps", "2", "--e2e-steps", "2", "--train-limit", "64",
@@ -50,10 +51,20 @@ def test_acmize_then_eval_on_the_real_model(tmp_path):
     assert 0 < report["model_fraction"] < 1 and 0.5 < report["ffn_share_of_model"] < 0.8
     assert -1 <= report["cos_p5"] <= report["cos_mean"] <= 1
     assert 0 <= report["acc"] <= 1 and 0 <= report["acc_teacher"] <= 1
-    r = edge_cli("eval", out, "--limit", "64", "--json")
+    r = edge_cli("eval", out, "--limit", "64", "--calib-limit", "128", "--json")
     assert r.returncode == 0, r.stderr
     again = json.loads(r.stdout.strip().splitlines()[-1])
     assert again["cos_mean"] == pytest.approx(report["cos_mean"], abs=1e-5)
+    # the whole knob of this one model: every budget set with the knob alone; at its own budget, the
+    # knob gives back the model as converted (the same calibration)
+    assert [k["budget"] for k in again["knob"]] == list(KNOB)
+    assert all(k == pytest.approx(r, abs=1e-5) for k, r in zip(again["knob"], report["knob"]))
+    own = next(k for k in again["knob"] if k["budget"] == 0.75)
+    assert own["cos_mean"] == pytest.approx(again["cos_mean"], abs=1e-5)
+    assert all(k["achieved"] <= k["budget"] + 0.05 for k in again["knob"] if k["budget"] < 1)
+    top = next(k for k in again["knob"] if k["budget"] == 1.0)
+    assert top["achieved"] > 1.0  # every learner on every token, and the gate
+    assert "knob (set with the knob alone)" in r.stdout
     # an existing output is never overwritten by accident
     r = edge_cli("acmize", "-o", out, *FEW)
     assert_user_error(r, "already exists")

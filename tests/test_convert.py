@@ -7,7 +7,10 @@ import torch
 import edge
 from edge.parts import parts
 from edge.acm import GATE_SCORES
-from edge.convert import PRECISIONS, gate_labels, prefix_errors
+from edge.acm import ACM
+from edge.budget import TOP_BIAS
+from edge.convert import PRECISIONS, _prefix_loss, gate_labels, prefix_errors
+from edge.forward import output
 from tests.conftest import CASES
 
 FEW = edge.DistillConfig(repr_steps=3, gate_steps=3, e2e_steps=3, calib_iters=10)
@@ -56,6 +59,49 @@ def test_calibration_moves_the_knob_monotonically(gate):
         fracs.append(edge.measure_budget(model, [batch]).ffn_fraction())
         assert fracs[-1] <= budget
     assert fracs[0] > fracs[1] > fracs[2]
+
+
+@pytest.mark.parametrize("gate", GATE_SCORES)
+@pytest.mark.parametrize("name,mt", CASES)
+def test_the_top_of_the_knob_is_the_original(name, mt, gate):
+    """Budget 1.0 runs every learner on every token, whatever the gate's scores; the learners start as
+    the FFN's exact partition, so there the model is the original (before training moves them:
+    bench/knob.py measures how far a conversion's top stays)."""
+    model, batch = edge.ARCHS.get(name).tiny(mt)
+    acm = edge.acmize(model, edge.AcmConfig(budget=0.5, learners=2, gate_hidden=4, gate=gate), [batch],
+                      distill=edge.DistillConfig(repr_steps=0, gate_steps=2, e2e_steps=0, calib_iters=10),
+                      progress=False)
+    for a in edge.acm_modules(acm):
+        a.gate[-1].weight.data.mul_(50)  # wide score gaps: a fixed low bias would leave tokens below the top
+    edge.calibrate_budget_(acm, [batch], 1.0)
+    with torch.no_grad():
+        got, want = output(acm, batch), output(model, batch)
+    assert all(bool((a.last_k == a.n).all()) for a in edge.acm_modules(acm))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_phase_1_weights_the_top_prefix():
+    errors = torch.rand(7, 5)  # prefixes k = 0..4
+    torch.testing.assert_close(_prefix_loss(errors, 1.0), errors[:, 1:].mean())
+    torch.testing.assert_close(_prefix_loss(errors, 0.0), errors[:, 1:-1].mean())
+    torch.testing.assert_close(_prefix_loss(errors, 5.0), (errors[:, 1:-1].sum(-1) + 5 * errors[:, -1]).mean() / 8)
+
+
+@pytest.mark.parametrize("knob", [(), (1.0, 0.3)])
+def test_phase_3_trains_every_budget_of_the_knob(monkeypatch, knob):
+    """Each phase-3 step runs at a budget drawn from the knob and the target, with that budget's gate
+    biases; knob=() trains at the target alone (the ACM paper's recipe)."""
+    seen = set()  # (module, gate bias) of every phase-3 forward
+    dense = ACM._forward_dense
+    monkeypatch.setattr(ACM, "_forward_dense", lambda self, x, logits: seen.add((id(self), float(self.gate_bias)))
+                        or dense(self, x, logits))
+    model, batch = edge.ARCHS.get("bert").tiny("bert")
+    acm = edge.acmize(model, edge.AcmConfig(budget=0.6, learners=4, gate_hidden=4), [batch], progress=False,
+                      distill=replace(FEW, e2e_steps=12, knob=knob))
+    per_module = [{b for m, b in seen if m == id(a)} for a in edge.acm_modules(acm)]
+    assert [len(b) for b in per_module] == [len(knob) + 1] * len(per_module)  # each level drawn, its own biases
+    assert all((TOP_BIAS in b) == (1.0 in knob) for b in per_module)  # the top: every learner
+    assert edge.measure_budget(acm, [batch]).ffn_fraction() <= 0.6  # and the model is left at its target
 
 
 def test_retarget_moves_the_budget_and_keeps_the_source():
