@@ -26,7 +26,7 @@ import torch
 import edge
 from edge.acm import acm_modules
 from edge.arch import arch_for
-from edge.convert import KNOB
+from edge.budget import KNOB
 from edge.evaluate import ffn_share_of_model, knob_curve, outputs, teacher_probe
 from edge.flops import learner_flops, ffn_flops
 

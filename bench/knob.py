@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import edge
-from edge.convert import KNOB
+from edge.budget import KNOB
 from edge.evaluate import compare, knob_curve
 from edge.parts import parts
 

@@ -22,6 +22,7 @@ from edge.skips import routers
 
 
 # --- the ACMs' knob: gate biases calibrated to a budget -------------------------------------------
+KNOB = (1.0, 0.75, 0.5, 0.35, 0.25)  # the budgets one conversion serves (bench/knob.py measures them)
 TOP_BIAS = -2.0 ** 50  # the gate bias at budget 1.0 (~ -1.1e15, exact in fp32): below any gap between two scores
 
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from edge.acm import ACM, AcmConfig, acm_modules, install_acms
 from edge.arch import Arch, arch_for
-from edge.budget import calibrate_budget_
+from edge.budget import KNOB, calibrate_budget_
 from edge.config import Config, boolean, config, integer, one_of, optional, real, sequence_of, setting
 from edge.console import terminal
 from edge.errors import EdgeError
@@ -56,7 +56,6 @@ def bf16_is_fast() -> bool:
     return seconds(a.bfloat16(), w.bfloat16()) < 0.6 * seconds(a, w)
 
 
-KNOB = (1.0, 0.75, 0.5, 0.35, 0.25)  # the budgets one conversion serves (bench/knob.py measures them)
 KNOB_REFRESH = 50  # phase-3 steps between calibrations of the knob's gate-bias table
 KNOB_CALIB_BATCHES = 2  # on the first calibration batches
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from edge.acm import acm_modules
 from edge.errors import EdgeError
 from edge.arch import arch_for
+from edge.budget import KNOB, calibrate_budget_
 from edge.flops import BudgetMeter, count_flops
 from edge.forward import output
 
@@ -146,25 +147,27 @@ def compare(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict], 
 
 def knob_curve(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict], calib: list[dict],
                budgets=None, ffn_share: float | None = None, score=None) -> list[dict]:
-    """The whole knob of one ACMized model: a copy set to each budget (default edge.convert.KNOB) with
-    the knob alone (calibrate_budget_ on `calib`), compared on `batches` with the teacher's outputs:
+    """The whole knob of one ACMized model: set to each budget (default edge.budget.KNOB) with the knob
+    alone (calibrate_budget_ on `calib`), compared on `batches` with the teacher's outputs; its gate
+    biases are given back afterwards.
     [{budget, achieved (of the FFN FLOPs), cos_mean, cos_p5[, model_fraction][, acc: score(outputs)]}]."""
-    import copy
-
-    from edge.budget import calibrate_budget_
-    from edge.convert import KNOB
-
+    acms = acm_modules(student)
+    saved = [a.gate_bias.clone() for a in acms]
     rows = []
-    for budget in KNOB if budgets is None else budgets:
-        knobbed = copy.deepcopy(student)
-        calibrate_budget_(knobbed, calib, budget)
-        rep, out = compare(knobbed, teacher_out, batches, ffn_share)
-        row = {"budget": budget, "achieved": rep["ffn_fraction"], "cos_mean": rep["cos_mean"], "cos_p5": rep["cos_p5"]}
-        if "model_fraction" in rep:
-            row["model_fraction"] = rep["model_fraction"]
-        if score is not None:
-            row["acc"] = score(out)
-        rows.append(row)
+    try:
+        for budget in KNOB if budgets is None else budgets:
+            calibrate_budget_(student, calib, budget)
+            rep, out = compare(student, teacher_out, batches, ffn_share)
+            row = {"budget": budget, "achieved": rep["ffn_fraction"], "cos_mean": rep["cos_mean"],
+                   "cos_p5": rep["cos_p5"]}
+            if "model_fraction" in rep:
+                row["model_fraction"] = rep["model_fraction"]
+            if score is not None:
+                row["acc"] = score(out)
+            rows.append(row)
+    finally:
+        for a, bias in zip(acms, saved):
+            a.gate_bias.copy_(bias)
     return rows
 
 
@@ -173,7 +176,7 @@ def evaluate(student: nn.Module, teacher: nn.Module, tokenizer, passages, limit:
     """Held-out report: cosine to the original outputs and achieved compute on the test split, and,
     for labelled passages, the accuracy of a linear probe fitted on the ORIGINAL model's outputs of
     the probe split, applied unchanged to both models. A model with ACMs also gets "knob", its whole
-    knob curve (knob_curve at the budgets `knob`, default edge.convert.KNOB; () for none), the knob set
+    knob curve (knob_curve at the budgets `knob`, default edge.budget.KNOB; () for none), the knob set
     on the first `calib_limit` calibration passages.
 
     >>> import edge

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import edge
-from edge.convert import KNOB
+from edge.budget import KNOB
 
 REPO = Path(__file__).resolve().parents[1]
 FEW = ["--repr-steps", "2", "--gate-steps", "2", "--e2e-steps", "2", "--train-limit", "64",
