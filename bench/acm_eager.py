@@ -35,7 +35,9 @@ def prefix_form(acm, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     y = x.new_zeros(x.shape)
     for kk in range(1, acm.n + 1):
         idx = torch.nonzero(k == kk).reshape(-1)
-        if len(idx):
+        if len(idx) and acm.exact_top and kk == acm.n:  # the original FFN
+            y[idx] = acm.top(x[idx])
+        elif len(idx):
             a = acm.act(F.linear(x[idx], acm.w1.view(-1, d)[:kk * h], acm.b1.view(-1)[:kk * h]))
             y[idx] = a @ acm.w2.view(-1, d)[:kk * h] + acm.b2[:kk].sum(0)
     return y.reshape(shape)

@@ -35,6 +35,7 @@ BUDGETS = KNOB
 # the recipe before issue 37 (the per-budget reference): phase 3 at the target alone, the backbone tuned, the
 # last prefix weighted as any other in phase 1
 TODAY = {"knob": (), "top_weight": 1.0, "tune_backbone": True}
+TODAY_ACM = {"exact_top": False}  # k = N ran every learner
 
 
 def main() -> None:
@@ -75,7 +76,8 @@ def main() -> None:
             edge.save(acm, args.save, tokenizer=tok)
     if args.per_budget:  # today's recipe: its own phases 1-2, then phase 3 for each budget alone (edge.retarget)
         reference = replace(distill, **TODAY)
-        shared = edge.acmize(model, edge.AcmConfig(budget=1.0), train, convert_calib, replace(reference, e2e_steps=0))
+        shared = edge.acmize(model, edge.AcmConfig(budget=1.0, **TODAY_ACM), train, convert_calib,
+                             replace(reference, e2e_steps=0))
     rows = knob_curve(acm, teacher_out, test_b, calib, args.budgets, share, lambda out: probe.accuracy(out, y))
     for row in rows:
         if args.per_budget:  # today's recipe converted for this budget alone

@@ -11,20 +11,24 @@ import numpy as np
 OUTPUTS = {"skip": ["score"], "acm": ["x", "k"], "exit": ["exit_output", "conf"], "end": ["output"]}
 
 
-def run_learners(x: np.ndarray, k: np.ndarray, method: str, n: int, call) -> np.ndarray:
-    """An ACM's output on tokens x (T, d) that chose k (T,): learner j runs on the tokens with k > j,
-    its output added. One call of `method` (the ACM's n learners) on the prefixes of the tokens sorted
-    by k; a learner no token needs gets one row to run on (a method's input has at least one), which
-    is dropped; no call at all when no token runs a learner."""
+def run_learners(x: np.ndarray, k: np.ndarray, method: str, n: int, call, top: bool = False) -> np.ndarray:
+    """An ACM's output on tokens x (T, d) that chose k (T,): piece j runs on the tokens with k > j,
+    its output added; with `top` (the ACM's exact top: piece n-1 is the original FFN) a token with
+    k = n runs piece n-1 alone. One call of `method` (the ACM's n pieces) on spans of the tokens sorted
+    by k, most first: piece j's rows are [start_j, counts[j]), start_j = 0, or the top's tokens with
+    `top` and j < n-1 (edge.acm.spans); a piece no token needs gets one row to run on (a method's input
+    has at least one), which is dropped; no call at all when no token runs a piece."""
     counts = [int(np.count_nonzero(k > j)) for j in range(n)]
+    first = counts[-1] if top else 0
+    spans = [(first if j < n - 1 else 0, c) for j, c in enumerate(counts)]
     y = np.zeros_like(x)  # zero for the tokens that run no learner
     if m := counts[0]:
         order = np.argsort(-k, kind="stable")[:m]  # the m tokens that run any, most learners first
         xs = x[order]
-        outs = call(method, [xs[:max(c, 1)] for c in counts])
-        ys = outs[0][:m].copy()
-        for c, out in zip(counts[1:], outs[1:]):
-            ys[:c] += out[:c]
+        outs = call(method, [xs[a:b] if b > a else xs[:1] for a, b in spans])
+        ys = np.zeros_like(xs)
+        for (a, b), out in zip(spans, outs):
+            ys[a:b] += out[:b - a]
         y[order] = ys
     return y
 
@@ -55,7 +59,7 @@ def drive(section: dict, layers: int, call, inputs: dict[str, np.ndarray], knobs
             s = then["keep"] if keep else then["skip"]
         else:  # "acm": learner j runs on the tokens that chose more than j learners, its output added
             x, k = values["x"], values["k"]
-            values["y"] = run_learners(x, k, then["learners"], then["n"], call)[None]
+            values["y"] = run_learners(x, k, then["learners"], then["n"], call, then["top"])[None]
             if ks is None:
                 ks = np.full((section["acms"], len(k)), -1, dtype=np.int64)
             ks[then["acm"]] = k

@@ -2,6 +2,7 @@
 add up, plus a per-token gate that chooses how many of them (k in 0..N) run for each token."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -10,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edge.arch import arch_for
-from edge.config import Config, config, integer, one_of, real, setting
+from edge.config import Config, boolean, config, integer, one_of, real, setting
 from edge.errors import EdgeError
 from edge.parts import Knob, Transform, attach, register
 from edge.registry import Registry
@@ -42,6 +43,12 @@ class AcmConfig(Config):
     init: "slices" (learners start as disjoint, importance-ordered slices of the original FFN, so all
       N together reproduce it exactly) or "random".
     gate: "error" or "ratio", see GATE_SCORES.
+    exact_top: the top of the knob (k = N) runs the original FFN itself, kept frozen, so budget 1.0 is
+      the original model exactly; k < N runs the first k of N - 1 trained learners (the original's
+      least important slice has no learner of its own). The price: the original FFN's weights are kept
+      besides the learners' ((2N - 1) / N of the FFN's parameters, 1.75x for N = 4); the compute at
+      every k is what it was. False: k = N runs all N learners, whose sum drifts from the original as
+      they train (cos 0.994 at 1.0 on MiniLM, bench/results/knob.txt).
     """
 
     budget: float = setting(real(0, 1, low_open=True), 0.5)
@@ -49,6 +56,7 @@ class AcmConfig(Config):
     gate_hidden: int = setting(integer(1), 64)
     init: str = setting(one_of(*INITS), "slices")
     gate: str = setting(one_of(*GATE_SCORES), "error")
+    exact_top: bool = setting(boolean(), True)
 
 
 class ACM(nn.Module):
@@ -57,6 +65,11 @@ class ACM(nn.Module):
     Learner j (0-based) is  x -> w2[j]^T act(w1[j] x + b1[j]) + b2[j]  with hidden width h = F / N.
     The gate maps x to N+1 scores; token choice k = argmax(scores - gate_bias * [0..N]). gate_bias is
     the budget knob: larger values push tokens to fewer learners.
+
+    The N pieces: piece j < N - 1 is learner j, piece N - 1 is learner N - 1, or with exact_top the
+    original FFN (`top`, frozen). Piece j runs on the tokens with k > j, except that with exact_top a
+    token with k = N runs the top piece alone (`ran`). So k < N sums the first k learners, k = N is the
+    last learner's prefix or the original FFN. `m` learners are stacked (N - 1 with exact_top).
 
     Two forward forms that agree: `dense` (training: every learner runs on every token and a mask
     drops the ones not chosen; gradients flow to the gate through a straight-through estimator) and
@@ -69,12 +82,22 @@ class ACM(nn.Module):
         if ffn_hidden % n:
             raise EdgeError(f"FFN hidden size {ffn_hidden} is not divisible by learners={n}; pick a divisor")
         self.d, self.n, self.h, self.act_name = d, n, ffn_hidden // n, act
+        self.exact_top = config.exact_top
+        self.m = n - 1 if self.exact_top else n  # the stacked learners
         self.act = ACTIVATIONS.get(act)()
-        h = self.h
-        self.w1 = nn.Parameter(torch.empty(n, h, d))  # up-projection of each learner
-        self.b1 = nn.Parameter(torch.zeros(n, h))
-        self.w2 = nn.Parameter(torch.empty(n, h, d))  # down-projection, stored (in, out) per learner
-        self.b2 = nn.Parameter(torch.zeros(n, d))
+        h, m = self.h, self.m
+        self.w1 = nn.Parameter(torch.empty(m, h, d))  # up-projection of each learner
+        self.b1 = nn.Parameter(torch.zeros(m, h))
+        self.w2 = nn.Parameter(torch.empty(m, h, d))  # down-projection, stored (in, out) per learner
+        self.b2 = nn.Parameter(torch.zeros(m, d))
+        # the original FFN, the top of the knob (exact_top; zeros until load_ffn_, which install_acms calls);
+        # frozen: it is the original model at budget 1.0
+        self.top = None
+        if self.exact_top:
+            up, down = (nn.utils.skip_init(nn.Linear, i, o) for i, o in ((d, ffn_hidden), (ffn_hidden, d)))
+            self.top = Learner(up, down, self.act).requires_grad_(False)
+            for p in self.top.parameters():
+                p.data.zero_()
         self.gate = nn.Sequential(nn.Linear(d, config.gate_hidden), nn.GELU(), nn.Linear(config.gate_hidden, n + 1))
         self.gate_kind = config.gate
         self.register_buffer("gate_bias", torch.zeros(()))
@@ -104,24 +127,43 @@ class ACM(nn.Module):
 
     # --- learners -------------------------------------------------------------------------------
     def learner_outputs(self, x: torch.Tensor) -> torch.Tensor:
-        """Every learner on every token: (..., d) -> (..., N, d)."""
+        """Every stacked learner on every token: (..., d) -> (..., m, d)."""
+        if not self.m:
+            return x.new_zeros(*x.shape[:-1], 0, self.d)
         if self.learners is not None:
-            return torch.stack([self.run_learner(x, j) for j in range(self.n)], -2)
-        a = self.act(torch.einsum("...d,nhd->...nh", x, self.w1) + self.b1)  # (..., N, h)
+            return torch.stack([self.run_learner(x, j) for j in range(self.m)], -2)
+        a = self.act(torch.einsum("...d,nhd->...nh", x, self.w1) + self.b1)  # (..., m, h)
         return torch.einsum("...nh,nhd->...nd", a, self.w2) + self.b2
 
+    def prefix_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The output at k = 1..N on every token: (..., d) -> (..., N, d) (k = 0 is zero)."""
+        prefix = self.learner_outputs(x).cumsum(-2)
+        if self.exact_top:
+            prefix = torch.cat([prefix, self.run_learner(x, self.m).unsqueeze(-2)], -2)
+        return prefix
+
+    def ran(self, k: torch.Tensor, j: int) -> torch.Tensor:
+        """Whether piece j runs on the tokens that chose k (any shape, bool)."""
+        if self.exact_top and j < self.n - 1:
+            return (k > j) & (k < self.n)
+        return k > j
+
     def run_learner(self, x: torch.Tensor, j: int) -> torch.Tensor:
-        """Learner j alone: (M, d) -> (M, d)."""
+        """Piece j alone: (M, d) -> (M, d)."""
         if self.learners is not None:
             return self.learners[j](x)
+        if j == self.m:  # exact_top's last piece
+            return self.top(x)
         return self.act(F.linear(x, self.w1[j], self.b1[j])) @ self.w2[j] + self.b2[j]
 
     def learner(self, j: int) -> nn.Module:
-        """Learner j as a module of its own, (M, d) -> (M, d): the module a transform installed, or two
+        """Piece j as a module of its own, (M, d) -> (M, d): the module a transform installed, or two
         Linears with copies of its weights (what the routed export runs: weights sliced out of the stacked
         tensors at run time would keep them from the backend's GEMMs)."""
         if self.learners is not None:
             return self.learners[j]
+        if j == self.m:
+            return copy.deepcopy(self.top)
         up, down = nn.Linear(self.d, self.h), nn.Linear(self.h, self.d)
         with torch.no_grad():
             up.weight.copy_(self.w1[j])
@@ -131,13 +173,14 @@ class ACM(nn.Module):
         return Learner(up, down, self.act)
 
     def set_learners(self, learners: list[nn.Module]) -> None:
-        """Replace the stacked learner weights by one module per learner (each (M, d) -> (M, d)); the
-        stacked ones are dropped (a quantized model carries no fp32 copy of them)."""
+        """Replace the stacked learner weights (and the top) by one module per piece (each (M, d) -> (M, d));
+        the stacked ones are dropped (a quantized model carries no fp32 copy of them)."""
         if len(learners) != self.n:
             raise ValueError(f"an ACM of {self.n} learners takes {self.n} learner modules, got {len(learners)}")
         self.learners = nn.ModuleList(learners)
         for name in ("w1", "b1", "w2", "b2"):
             self.register_parameter(name, None)
+        self.top = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forced_k is not None and not self.dense:  # static: the gate is not needed
@@ -155,16 +198,15 @@ class ACM(nn.Module):
         soft = self.biased(logits).softmax(-1)
         g = hard + soft - soft.detach()  # straight-through: forward is hard, gradient is soft's
         self.last_gate, self.last_k = g, hard.argmax(-1)
-        # m_j = P(k > j) = sum_{k=j+1..N} g_k   (..., N)
-        m = g[..., 1:].flip(-1).cumsum(-1).flip(-1)
-        return masked_sum(self.learner_outputs(x), m)
+        return (self.prefix_outputs(x) * g[..., 1:].unsqueeze(-1)).sum(-2)  # sum_k g_k * output at k
 
     def _forward_skipping(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """Learner j runs on the tokens with k > j only. The tokens are sorted by k (most first) once,
         so learner j's tokens are the first m_j rows, and each learner's weights are read once. (The
         other form, one FFN of width k*h per group of equal k, reads 2.5x the FFN's weights for N = 4
         and ran the converted MiniLM at 0.5 in 1.26x the original's time, batch 1, against 1.07x:
-        bench/acm_eager.py.) The same loop as the routed export's driver (device.driver.run_learners)."""
+        bench/acm_eager.py.) The same loop as the routed export's driver (device.driver.run_learners):
+        piece j's tokens are rows spans(counts)[j] of the sorted ones."""
         shape = x.shape
         x, k = x.reshape(-1, self.d), k.reshape(-1)  # (M, d), (M,)
         y = x.new_zeros(x.shape)  # zero for the tokens that run no learner
@@ -172,10 +214,10 @@ class ACM(nn.Module):
         if m := counts[0]:
             rows = torch.argsort(k, descending=True, stable=True)[:m]
             xs = x[rows]  # (m, d), most learners first
-            ys = self.run_learner(xs, 0)
-            for j in range(1, self.n):
-                if c := counts[j]:
-                    ys[:c] += self.run_learner(xs[:c], j)
+            ys = torch.zeros_like(xs)
+            for j, (start, stop) in enumerate(spans(counts, self.exact_top)):
+                if stop > start:
+                    ys[start:stop] += self.run_learner(xs[start:stop], j)
             y[rows] = ys
         return y.reshape(shape)
 
@@ -200,7 +242,7 @@ class ACM(nn.Module):
         if spare:
             x = torch.cat([torch.zeros_like(x[:1]), x])  # (1 + M, d): row 0 the spare, token i in row i + 1
         for j in range(self.n):
-            ran = k > j  # (M,)
+            ran = self.ran(k, j)  # (M,)
             idx = torch.nonzero(ran).reshape(-1)  # (m_j,)  reshape, not squeeze: ExecuTorch dim order
             if spare:
                 out = self.run_learner(x.index_select(0, torch.cat([torch.zeros_like(k[:1]), idx + 1])), j)  # (1 + m_j, d)
@@ -211,16 +253,25 @@ class ACM(nn.Module):
         return y.reshape(shape), k
 
     def load_ffn_(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                  importance: torch.Tensor | None = None) -> None:
+                  importance: torch.Tensor | None = None, slices: bool = True) -> None:
         """Initialize the learners as disjoint slices of an FFN (w1: (F, d), w2: (d, F)), most
-        important hidden units first, so that all N learners together reproduce it exactly."""
+        important hidden units first, so that all N learners together reproduce it exactly (with
+        exact_top: the top is the FFN, and the learners are its first N - 1 slices). slices=False: the
+        top only (the learners keep their own initialization)."""
         order = torch.argsort(importance, descending=True) if importance is not None else torch.arange(w1.shape[0])
+        m, h, d = self.m, self.h, self.d
         with torch.no_grad():
-            self.w1.copy_(w1[order].view(self.n, self.h, self.d))
-            self.b1.copy_(b1[order].view(self.n, self.h))
-            self.w2.copy_(w2.t()[order].view(self.n, self.h, self.d))
-            self.b2.zero_()
-            self.b2[0].copy_(b2)
+            if slices:
+                self.w1.copy_(w1[order].view(self.n, h, d)[:m])
+                self.b1.copy_(b1[order].view(self.n, h)[:m])
+                self.w2.copy_(w2.t()[order].view(self.n, h, d)[:m])
+                self.b2.zero_()
+                if m:
+                    self.b2[0].copy_(b2)
+            if self.top is not None:
+                for lin, w, b in ((self.top.up, w1, b1), (self.top.down, w2, b2)):
+                    lin.weight.copy_(w)
+                    lin.bias.copy_(b)
 
 
 class Learner(nn.Module):
@@ -234,9 +285,13 @@ class Learner(nn.Module):
         return self.down(self.act(self.up(x)))
 
 
-def masked_sum(outputs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(..., N, d) learner outputs, (..., N) mask -> (..., d)."""
-    return (outputs * mask.unsqueeze(-1)).sum(-2)
+def spans(counts: list[int], exact_top: bool) -> list[tuple[int, int]]:
+    """Each piece's rows [start, stop) among the tokens sorted by k (most first), from counts[j] = the
+    tokens with k > j: piece j takes the first counts[j]; with exact_top the tokens with k = N (the
+    first counts[-1]) run the top piece alone, so learner j < N - 1 starts after them. (device.driver
+    has its copy: the device side imports no torch.)"""
+    top = counts[-1] if exact_top else 0
+    return [(top if j < len(counts) - 1 else 0, c) for j, c in enumerate(counts)]
 
 
 def acm_of(layer: nn.Module) -> ACM | None:
@@ -249,12 +304,14 @@ def acm_modules(model: nn.Module) -> list[ACM]:
 
 
 def install_acms(model: nn.Module, config: AcmConfig) -> list[ACM]:
-    """Replace every FFN of `model` (in place) by an ACM of the same width; weights uninitialized."""
+    """Replace every FFN of `model` (in place) by an ACM of the same width: its learners uninitialized,
+    its top of the knob (exact_top) the FFN it replaces."""
     arch = arch_for(model)
     acms = []
     for layer in arch.layers(model):
         ffn = arch.ffn(layer, model.config)
         acm = ACM(ffn.fc1.in_features, ffn.fc1.out_features, config, ffn.act)
+        acm.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, slices=False)
         arch.install(layer, acm)
         acms.append(acm)
     attach(model).add("acm", config)

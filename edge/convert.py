@@ -1,7 +1,8 @@
 """`acmize`: turn a pretrained transformer's FFNs into ACMs by distillation in the paper's 3 phases.
 
   1. representation distillation: every prefix of learners regresses its frozen FFN's output (MSE;
-     the last prefix, all learners: the top of the knob, weighted DistillConfig.top_weight);
+     without AcmConfig.exact_top the last prefix, all learners, is the top of the knob, weighted
+     DistillConfig.top_weight; with it the top is the original FFN and is not trained);
      all modules train in parallel from hooks on the original model;
   2. gate pre-training: each gate learns the smallest k whose error is close to the next one's
      (err_k / err_{k+1} < ratio);
@@ -107,7 +108,8 @@ class DistillConfig(Config):
     # phase 3 trains the whole knob: each step draws one of these budgets (and the target's), with its gate
     # biases from a table calibrated every KNOB_REFRESH steps; () trains for the target budget alone
     knob: tuple[float, ...] = setting(sequence_of(real(0, 1, low_open=True)), KNOB)
-    # phase 1: the weight of the last prefix (all learners: the top of the knob) against each other prefix's;
+    # phase 1 without AcmConfig.exact_top: the weight of the last prefix (all learners: the top of the knob)
+    # against each other prefix's;
     # 10 against 1: the top 0.994 against 0.988, 0.75 +0.005, 0.5 -0.002; 100 no better (bench/results/knob.txt)
     top_weight: float = setting(real(0), 10.0)
     # a PRECISIONS name, or "auto": bf16 where this CPU has it natively (bf16_is_fast)
@@ -144,10 +146,10 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
     ffns = [arch.ffn(layer, teacher.config) for layer in arch.layers(teacher)]
     student = copy.deepcopy(teacher)
     acms = install_acms(student, config)
-    if config.init == "slices":
-        importance = _hidden_importance(teacher, arch, ffns, data[: max(1, min(4, len(data)))])
-        for acm, ffn, imp in zip(acms, ffns, importance):
-            acm.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, imp)
+    slices = config.init == "slices"
+    importance = _hidden_importance(teacher, arch, ffns, data[: max(1, min(4, len(data)))]) if slices else [None] * len(acms)
+    for acm, ffn, imp in zip(acms, ffns, importance):  # the slices, and the top of the knob (exact_top)
+        acm.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, imp, slices=slices)
     stream = _cycle(data, rng)
     _train_representations(teacher, arch, ffns, acms, stream, distill, progress)
     _train_gates(teacher, arch, ffns, acms, stream, distill, progress)
@@ -257,13 +259,13 @@ def _cycle(data, rng):
 
 def prefix_errors(acm: ACM, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """(M, N+1) squared error of each prefix k = 0..N of learners against the FFN output y."""
-    prefix = acm.learner_outputs(x).float().cumsum(-2)  # (M, N, d), fp32 under autocast too
+    prefix = acm.prefix_outputs(x).float()  # (M, N, d), fp32 under autocast too
     err = (prefix - y.unsqueeze(-2)).pow(2).mean(-1)  # (M, N)
     return torch.cat([y.pow(2).mean(-1, keepdim=True), err], -1)
 
 
 def _train_representations(teacher, arch, ffns, acms, stream, cfg: DistillConfig, progress):
-    if not cfg.repr_steps:
+    if not cfg.repr_steps or not any(a.m for a in acms):
         return
     params = [p for a in acms for p in (a.w1, a.b1, a.w2, a.b2)]
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -272,9 +274,10 @@ def _train_representations(teacher, arch, ffns, acms, stream, cfg: DistillConfig
     for _ in bar:
         with _autocast(cfg):
             pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
-            # every prefix k = 1..N regresses the original output, normalized by its variance
-            loss = sum(_prefix_loss(prefix_errors(a, x, y), cfg.top_weight) / y.var()
-                       for a, (x, y) in zip(acms, pairs)) / len(acms)
+            # every prefix k = 1..N regresses the original output, normalized by its variance (exact_top:
+            # k = N is the original FFN, nothing to train)
+            loss = sum(_prefix_loss(prefix_errors(a, x, y), 0.0 if a.exact_top else cfg.top_weight) / y.var()
+                       for a, (x, y) in zip(acms, pairs) if a.m) / len(acms)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -345,13 +348,16 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, calib, cfg: 
     if not cfg.e2e_steps:
         return
     levels = sorted({budget, *cfg.knob}, reverse=True)
+    if all(a.exact_top for a in acms) and not cfg.tune_backbone:  # at 1.0 every token runs the original FFN:
+        levels = [b for b in levels if b < 1.0] or levels       # nothing trains there
     draw = random.Random(cfg.seed)
     for a in acms:
         a.dense = True
     student.eval()  # no dropout: the student must match the teacher's deterministic outputs
     learners = [p for a in acms for p in (a.w1, a.b1, a.w2, a.b2)]
     gates = [p for a in acms for p in a.gate.parameters()]
-    own = {id(p) for p in learners + gates}
+    top = [p for a in acms if a.top is not None for p in a.top.parameters()]  # the original FFN stays so
+    own = {id(p) for p in learners + gates + top}
     backbone = [p for p in student.parameters() if id(p) not in own] if cfg.tune_backbone else []
     student.requires_grad_(False)
     for p in learners + gates + backbone:

@@ -14,8 +14,10 @@ from edge.parts import TRANSFORMS, install_order, parts
 import edge.transforms  # noqa: F401  (fills TRANSFORMS: every transform registers itself there)
 
 FORMAT = "edge-acm"
-FORMAT_VERSION = 2  # 2: the parts' weights under edge_parts.NAME (1: edge_exits, edge_routers, edge_head)
-READABLE_VERSIONS = (1, 2)
+# 2: the parts' weights under edge_parts.NAME (1: edge_exits, edge_routers, edge_head); 3: an ACM config has
+# exact_top (before 3 there was none: k = N ran every learner)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 V1_PREFIXES = {"edge_exits.": "edge_parts.exits.", "edge_routers.": "edge_parts.skips.", "edge_head.": "edge_parts.head."}
 WEIGHTS = "model.safetensors"
 OPTIONAL_MODULES = ("pooler",)  # submodules a model may be saved without (a BERT or ViT made without its pooler)
@@ -74,7 +76,8 @@ def read_meta(path: str | Path) -> dict:
     except OSError as e:
         raise EdgeError(f"cannot read {path / META}: {e.strerror or e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") not in READABLE_VERSIONS:
-        raise EdgeError(f"{path / META} is not an {FORMAT} file of version {' or '.join(map(str, READABLE_VERSIONS))}")
+        versions = ", ".join(map(str, READABLE_VERSIONS[:-1])) + f" or {READABLE_VERSIONS[-1]}"
+        raise EdgeError(f"{path / META} is not an {FORMAT} file of version {versions}")
     return meta
 
 
@@ -113,6 +116,8 @@ def load(path: str | Path) -> nn.Module:
                 raise EdgeError(f"{path / META}: absent_modules may name only {', '.join(OPTIONAL_MODULES)}, "
                                 f"not {name[:40]!r}")
             setattr(model, name, None)
+    if meta["format_version"] < 3 and isinstance(meta.get("acm"), dict):
+        meta["acm"] = {"exact_top": False, **meta["acm"]}  # (what an ACM was before the option)
     for name in install_order([n for n in TRANSFORMS.names() if n in meta]):  # (e.g. a head before its exits)
         t = TRANSFORMS.get(name)
         if not isinstance(meta[name], dict):

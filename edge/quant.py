@@ -182,9 +182,12 @@ def _covered(model: nn.Module, cover: tuple[str, ...]) -> tuple[list, list]:
     from edge.acm import ACM
 
     gates = {id(m) for a in model.modules() if isinstance(a, ACM) for m in a.gate.modules()}
+    tops = {id(m) for a in model.modules() if isinstance(a, ACM) and a.top is not None for m in a.top.modules()}
     linears, tables = [], []
     for path, parent in model.named_modules():
         for name, child in parent.named_children():
+            if id(child) in tops:  # an ACM's top of the knob is one of its learners
+                continue
             if isinstance(child, nn.Linear) and _group_of(f"{path}.{name}" if path else name, id(child) in gates) in cover:
                 linears.append((parent, name, child))
             elif isinstance(child, nn.Embedding) and "embeddings" in cover:
@@ -210,7 +213,7 @@ def _convert(model: nn.Module, config: QuantConfig, weights: bool) -> None:
     if not found and not tables and not any(a.learners is None for a in acms):
         raise EdgeError(f"this model has no Linear or Embedding in {', '.join(config.cover)} to quantize")
     if SCHEMES[config.scheme] == 4:
-        widths = [lin.in_features for _, _, lin in found] + [w for a in acms for w in (a.d, a.h)]
+        widths = [lin.in_features for _, _, lin in found] + [w for a in acms for w in (a.d, a.h) + ((a.n * a.h,) if a.exact_top else ())]
         if not any(w % config.group_size == 0 for w in widths):
             raise EdgeError(f"group size {config.group_size} divides none of the input widths "
                             f"({', '.join(map(str, sorted(set(widths))))}); pick a divisor of one of them")

@@ -87,7 +87,8 @@ def _summary(report: dict) -> str:
 def cmd_acmize(args) -> dict:
     import time
 
-    config = edge.AcmConfig(budget=args.budget, learners=args.learners, gate_hidden=args.gate_hidden, init=args.init)
+    config = edge.AcmConfig(budget=args.budget, learners=args.learners, gate_hidden=args.gate_hidden, init=args.init,
+                            exact_top=args.exact_top)
     distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
                                  tune_backbone=args.tune_backbone, knob=args.knob, precision=args.precision).resolved()
     out = _check_output(args.output, args.overwrite)
@@ -333,6 +334,10 @@ def _add_acmize_args(p, output_default=None):
     p.add_argument("--knob", type=number, nargs="*", default=list(edge.DistillConfig.knob), metavar="B",
                    help="the budgets in (0, 1] one conversion serves: phase 3 trains at each of them and --budget "
                         f"(default {' '.join(map(str, edge.DistillConfig.knob))}; none: --budget alone)")
+    p.add_argument("--exact-top", action=argparse.BooleanOptionalAction, default=edge.AcmConfig.exact_top,
+                   help="budget 1.0 runs each original FFN itself, so the top of the knob is the original model "
+                        "(default; the FFN's weights are kept besides the learners': 1.75x the FFN parameters at 4 "
+                        "learners); --no-exact-top: it runs every learner, whose sum training moves")
     backbone = p.add_mutually_exclusive_group()
     backbone.add_argument("--tune-backbone", dest="tune_backbone", action="store_true",
                           default=edge.DistillConfig.tune_backbone,

@@ -3,7 +3,8 @@
 The network is a line of pieces: embed, then per layer [router] attention (ffn | gate finish) [exit],
 then head. Four pieces end in a decision the driver takes:
   router  "skip": score >= skip_thresholds[r] runs the attention (or the block), else jumps past it;
-  gate    "acm":  k per token; learner j runs on the tokens with k > j (gathered by the driver);
+  gate    "acm":  k per token; learner j runs on the tokens with k > j (gathered by the driver; with "top",
+                  the ACM's exact top, a token with k = N runs the last piece, the original FFN, alone);
   exit    "exit": confidence >= exit_thresholds[e] returns the exit's output, else goes on;
   head    "end":  the output.
 A segment is every piece from a place the driver can jump to up to the next decision: one method of
@@ -135,7 +136,8 @@ class Routed:
                 d.update(router=g.router_index[p.layer], keep=q + 1,
                          skip=q + 2 if g.target == "attention" else after_ffn)
             elif p.kind == "gate":
-                d.update(acm=g.acm_index[p.layer], next=q + 1, learners=f"learners{p.layer}", n=g.acms[p.layer - 1].n)
+                acm = g.acms[p.layer - 1]
+                d.update(acm=g.acm_index[p.layer], next=q + 1, learners=f"learners{p.layer}", n=acm.n, top=acm.exact_top)
             elif p.kind == "exit":
                 d.update(exit=g.exit_index[p.layer], next=q + 1)
             decisions[n] = d

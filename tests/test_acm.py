@@ -1,4 +1,6 @@
 """ACM modules on tiny random models of every registered architecture."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -32,30 +34,43 @@ def test_shapes_and_every_k(name, mt):
     assert seen == [0, 1, 2], f"gate choices {seen} do not cover k = 0..N"
 
 
+@pytest.mark.parametrize("exact_top", [True, False])
 @pytest.mark.parametrize("name,mt", CASES)
-def test_skipping_equals_dense_masked(name, mt):
-    arch, model, batch, acms = tiny_acm_model(name, mt)
-    with torch.no_grad():
-        skipping = arch.output(model, batch)
-        k_skip = [a.last_k.clone() for a in acms]
+def test_skipping_equals_dense_masked(name, mt, exact_top):
+    arch, model, batch, acms = tiny_acm_model(name, mt, replace(SMALL, learners=4, exact_top=exact_top))
+    seen = set()
+    for bias in (-1e4, -0.5, 0.0, 0.5, 1e4):  # every token at the top, the gate's own choices, none
         for a in acms:
-            a.dense = True
-        dense = arch.output(model, batch)
-    assert all(torch.equal(a.last_k, k) for a, k in zip(acms, k_skip))
-    torch.testing.assert_close(skipping, dense, atol=1e-5, rtol=1e-5)
+            a.gate_bias.fill_(bias)
+            a.dense = False
+        with torch.no_grad():
+            skipping = arch.output(model, batch)
+            k_skip = [a.last_k.clone() for a in acms]
+            for a in acms:
+                a.dense = True
+            dense = arch.output(model, batch)
+        assert all(torch.equal(a.last_k, k) for a, k in zip(acms, k_skip))
+        torch.testing.assert_close(skipping, dense, atol=1e-5, rtol=1e-5)
+        seen |= set(torch.cat([k.flatten() for k in k_skip]).tolist())
+    assert {0, 4} <= seen and len(seen & {1, 2, 3}) >= 2, f"gate choices {seen}"
 
 
+@pytest.mark.parametrize("exact_top", [True, False])
 @pytest.mark.parametrize("name,mt", CASES)
-def test_gradients_reach_learners_and_gates(name, mt):
-    arch, model, batch, acms = tiny_acm_model(name, mt, spread=False)
+def test_gradients_reach_learners_and_gates(name, mt, exact_top):
+    config = AcmConfig(budget=0.5, learners=4, gate_hidden=8, exact_top=exact_top)
+    arch, model, batch, acms = tiny_acm_model(name, mt, config, spread=False)
     for a in acms:
         a.dense = True
-        a.gate_bias.fill_(-3.0)  # most tokens take every learner; the soft gate is not saturated
-    out = arch.output(model, batch)
-    (out * torch.randn_like(out)).sum().backward()  # not a norm: BERT outputs are unit vectors
+    for forced in (None, *range(config.learners + 1)):  # the gate's own choices, then every k on every token
+        for a in acms:
+            a.forced_k = forced  # (the dense form still runs the gate: its soft choice carries the gradient)
+        out = arch.output(model, batch)
+        (out * torch.randn_like(out)).sum().backward()  # not a norm: BERT outputs are unit vectors
     for a in acms:
         for p in (a.w1, a.w2, a.b1, a.b2, *a.gate.parameters()):
             assert p.grad is not None and p.grad.abs().sum() > 0
+        assert a.top is None or all(p.grad is None for p in a.top.parameters())  # the original FFN stays so
 
 
 def test_slices_reproduce_the_ffn_exactly():

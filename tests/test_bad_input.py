@@ -788,8 +788,8 @@ CASES = [
     P(Case(lambda s: ["export", s.model(), "--to", "onnx"], ("-o", "--output")), id="argparse-export-without-output"),
     P(Case(lambda s: ["profile", s.art(), "--budget-ms", "fast"], ("--budget-ms",)), id="argparse-budget-ms-not-float"),
     P(Case(_eval(prepare=lambda s, m: (m / "edge.json").write_text(json.dumps(
-        {**json.loads((m / "edge.json").read_text()), "format_version": 3}))), ("edge.json",)),
-      id="eval-edge-json-format-version-3"),
+        {**json.loads((m / "edge.json").read_text()), "format_version": 4}))), ("edge.json",)),
+      id="eval-edge-json-format-version-4"),
 ]
 
 

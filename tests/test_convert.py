@@ -61,16 +61,22 @@ def test_calibration_moves_the_knob_monotonically(gate):
     assert fracs[0] > fracs[1] > fracs[2]
 
 
+@pytest.mark.parametrize("exact_top", [True, False])
 @pytest.mark.parametrize("gate", GATE_SCORES)
 @pytest.mark.parametrize("name,mt", CASES)
-def test_the_top_of_the_knob_is_the_original(name, mt, gate):
-    """Budget 1.0 runs every learner on every token, whatever the gate's scores; the learners start as
-    the FFN's exact partition, so there the model is the original (before training moves them:
-    bench/knob.py measures how far a conversion's top stays)."""
+def test_the_top_of_the_knob_is_the_original(name, mt, gate, exact_top):
+    """Budget 1.0 takes k = N on every token, whatever the gate's scores. With exact_top that runs the
+    original FFN, so the converted model (every phase trained) is the original there; without, every
+    learner runs, and they start as the FFN's exact partition, so before training moves them the model
+    is the original too (bench/knob.py measures how far a conversion's top then stays)."""
     model, batch = edge.ARCHS.get(name).tiny(mt)
-    acm = edge.acmize(model, edge.AcmConfig(budget=0.5, learners=2, gate_hidden=4, gate=gate), [batch],
-                      distill=edge.DistillConfig(repr_steps=0, gate_steps=2, e2e_steps=0, calib_iters=10),
-                      progress=False)
+    steps = dict(repr_steps=3, gate_steps=2, e2e_steps=3) if exact_top else dict(repr_steps=0, gate_steps=2, e2e_steps=0)
+    acm = edge.acmize(model, edge.AcmConfig(budget=0.5, learners=2, gate_hidden=4, gate=gate, exact_top=exact_top),
+                      [batch], distill=edge.DistillConfig(**steps, calib_iters=10), progress=False)
+    if exact_top:
+        untrained = edge.acmize(model, edge.AcmConfig(budget=0.5, learners=2, gate_hidden=4, gate=gate), [batch],
+                                distill=edge.DistillConfig(repr_steps=0, gate_steps=0, e2e_steps=0), progress=False)
+        assert not any(torch.equal(a.w1, u.w1) for a, u in zip(edge.acm_modules(acm), edge.acm_modules(untrained)))
     for a in edge.acm_modules(acm):
         a.gate[-1].weight.data.mul_(50)  # wide score gaps: a fixed low bias would leave tokens below the top
     edge.calibrate_budget_(acm, [batch], 1.0)
@@ -87,20 +93,24 @@ def test_phase_1_weights_the_top_prefix():
     torch.testing.assert_close(_prefix_loss(errors, 5.0), (errors[:, 1:-1].sum(-1) + 5 * errors[:, -1]).mean() / 8)
 
 
+@pytest.mark.parametrize("exact_top", [True, False])
 @pytest.mark.parametrize("knob", [(), (1.0, 0.3)])
-def test_phase_3_trains_every_budget_of_the_knob(monkeypatch, knob):
+def test_phase_3_trains_every_budget_of_the_knob(monkeypatch, knob, exact_top):
     """Each phase-3 step runs at a budget drawn from the knob and the target, with that budget's gate
-    biases; knob=() trains at the target alone (the ACM paper's recipe)."""
+    biases; knob=() trains at the target alone (the ACM paper's recipe). With exact_top, 1.0 is not
+    drawn: there every token runs the frozen original FFN, nothing to train."""
     seen = set()  # (module, gate bias) of every phase-3 forward
     dense = ACM._forward_dense
     monkeypatch.setattr(ACM, "_forward_dense", lambda self, x, logits: seen.add((id(self), float(self.gate_bias)))
                         or dense(self, x, logits))
     model, batch = edge.ARCHS.get("bert").tiny("bert")
-    acm = edge.acmize(model, edge.AcmConfig(budget=0.6, learners=4, gate_hidden=4), [batch], progress=False,
-                      distill=replace(FEW, e2e_steps=12, knob=knob))
+    acm = edge.acmize(model, edge.AcmConfig(budget=0.6, learners=4, gate_hidden=4, exact_top=exact_top), [batch],
+                      progress=False, distill=replace(FEW, e2e_steps=12, knob=knob))
     per_module = [{b for m, b in seen if m == id(a)} for a in edge.acm_modules(acm)]
-    assert [len(b) for b in per_module] == [len(knob) + 1] * len(per_module)  # each level drawn, its own biases
-    assert all((TOP_BIAS in b) == (1.0 in knob) for b in per_module)  # the top: every learner
+    top = 1.0 in knob and not exact_top
+    levels = len({0.6, *knob}) - (1.0 in knob and exact_top)
+    assert [len(b) for b in per_module] == [levels] * len(per_module)  # each level drawn, its own biases
+    assert all((TOP_BIAS in b) == top for b in per_module)  # the top: every learner
     assert edge.measure_budget(acm, [batch]).ffn_fraction() <= 0.6  # and the model is left at its target
 
 

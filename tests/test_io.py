@@ -1,5 +1,6 @@
 """Save/load round trips and what happens to bad files."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 import edge
 from edge.files import atomic_dir
 from tests.conftest import CASES
-from tests.test_acm import tiny_acm_model
+from tests.test_acm import SMALL, tiny_acm_model
 
 
 @pytest.mark.parametrize("name,mt", CASES)
@@ -136,8 +137,22 @@ def test_a_model_saved_by_format_1_loads_with_its_parts(tmp_path):
     assert torch.equal(a, b) and torch.equal(ta.exit_layer, tb.exit_layer) and torch.equal(ta.skipped, tb.skipped)
     meta["format_version"] = 7
     (path / "edge.json").write_text(json.dumps(meta))
-    with pytest.raises(edge.EdgeError, match="is not an edge-acm file of version 1 or 2"):
+    with pytest.raises(edge.EdgeError, match="is not an edge-acm file of version 1, 2 or 3"):
         edge.load(path)
+
+
+def test_an_acm_saved_by_format_2_loads_without_its_exact_top(tmp_path):
+    """Format 2 had no exact_top: its ACMs ran every learner at k = N, as exact_top=False does."""
+    arch, model, batch, _ = tiny_acm_model("bert", "bert", replace(SMALL, exact_top=False))
+    path = edge.save(model, tmp_path / "v2")
+    meta = json.loads((path / "edge.json").read_text())
+    assert meta["format_version"] == 3 and meta["acm"]["exact_top"] is False
+    del meta["acm"]["exact_top"]
+    meta["format_version"] = 2
+    (path / "edge.json").write_text(json.dumps(meta))
+    back = edge.load(path)
+    assert not any(a.exact_top for a in edge.acm_modules(back))
+    assert torch.equal(arch.output(model, batch), arch.output(back, batch))
 
 
 def test_a_new_transform_is_saved_and_loaded_by_registering_alone(tmp_path):

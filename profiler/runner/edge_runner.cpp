@@ -77,7 +77,7 @@ struct Fault : std::runtime_error {
 
 // The plan version this runner reads: device/plan.schema.json's "version" const, where the plan format
 // is defined (tests/test_plan_schema.py checks that the two agree).
-constexpr long kPlanVersion = 3;
+constexpr long kPlanVersion = 4;
 
 // ---- JSON: just what plan.json and a safetensors header need ------------------------------------
 struct Json {
@@ -413,7 +413,7 @@ std::vector<Array> drive(Methods& program, const Json& section, int layers, cons
       bool keep = get(values, "score").as<float>()[0] >= get(knobs, "skip_thresholds").as<float>()[then["router"].integer()];
       skipped.as<bool>()[then["layer"].integer() - 1] = !keep;
       s = (keep ? then["keep"] : then["skip"]).integer();
-    } else if (kind == "acm") {  // learner j runs on the tokens that chose more than j learners
+    } else if (kind == "acm") {  // piece j runs on the tokens that chose more than j learners (top: k = n runs the last alone)
       const View& x = get(values, "x");  // (T, H)
       const View& k = get(values, "k");  // (T,)
       const int T = x.shape[0], H = x.shape[1];
@@ -424,7 +424,11 @@ std::vector<Array> drive(Methods& program, const Json& section, int layers, cons
       const long a = then["acm"].integer();
       Array& y = scratch.ys[a];
       if (y.shape != std::vector<int32_t>{1, T, H}) y = filled(ScalarType::Float, {1, T, H}, 0);
-      std::vector<int> order(T);  // tokens by k, most first: learner j takes a prefix
+      const int n = static_cast<int>(counts.size());
+      if (!then.has("top") || then["top"].kind != Json::Bool) throw Fault("plan.json's acm decision has no \"top\"; export the model again");
+      const bool top = then["top"].b;  // the last piece is the original FFN: the first counts[n-1] tokens run it alone
+      const int first = top && n ? counts[n - 1] : 0;  // where pieces j < n-1 start among the sorted tokens
+      std::vector<int> order(T);  // tokens by k, most first: piece j takes rows [start_j, counts[j])
       std::iota(order.begin(), order.end(), 0);
       std::stable_sort(order.begin(), order.end(), [&](int p, int q) { return kk[p] > kk[q]; });
       const int m = counts.empty() ? 0 : counts[0];  // the tokens that run any learner: one call for all of them
@@ -433,22 +437,30 @@ std::vector<Array> drive(Methods& program, const Json& section, int layers, cons
         scratch.xs.resize(static_cast<size_t>(m) * H);
         float* xs = scratch.xs.data();
         for (int r = 0; r < m; ++r) std::memcpy(xs + r * H, x.as<float>() + order[r] * H, H * 4);
-        std::vector<View> prefixes;  // (a learner no token needs gets 1 row, dropped)
-        for (int c : counts) prefixes.push_back({xs, {std::max(c, 1), H}, ScalarType::Float});
+        std::vector<View> prefixes;  // (a piece no token needs gets 1 row, dropped)
+        for (int j = 0; j < n; ++j) {
+          const int start = j < n - 1 ? first : 0, rows = counts[j] - start;
+          prefixes.push_back({xs + (rows > 0 ? static_cast<size_t>(start) * H : 0), {std::max(rows, 1), H}, ScalarType::Float});
+        }
         const std::string& method = then["learners"].str;
         for (const View& v : program.call(method, prefixes)) got.push_back(v.as<float>());
         if (got.size() != counts.size()) throw Fault("method " + method + " returned a different number of outputs than the ACM has learners");
       }
-      for (int r = 0; r < T; ++r) {  // token order[r]'s row of y: the sum of its k learners' rows r (0 if k = 0)
+      for (int r = 0; r < T; ++r) {  // token order[r]'s row of y: the sum of its k pieces' rows (0 if k = 0)
         float* row = y.as<float>() + static_cast<size_t>(order[r]) * H;
         const int64_t k_r = kk[order[r]];
         if (k_r <= 0) {
           std::memset(row, 0, H * 4);
           continue;
         }
-        std::memcpy(row, got[0] + static_cast<size_t>(r) * H, H * 4);
+        if (top && k_r >= n) {  // the top alone
+          std::memcpy(row, got[n - 1] + static_cast<size_t>(r) * H, H * 4);
+          continue;
+        }
+        const size_t at = static_cast<size_t>(r - first) * H;  // its row in pieces 0..k_r-1 (rows from `first`)
+        std::memcpy(row, got[0] + at, H * 4);
         for (int64_t j = 1; j < k_r; ++j) {
-          const float* g = got[j] + static_cast<size_t>(r) * H;
+          const float* g = got[j] + at;
           for (int i = 0; i < H; ++i) row[i] += g[i];
         }
       }

@@ -107,25 +107,33 @@ public final class Driver {
                 boolean keep = get(values, "score").f[0] >= knobs.get("skip_thresholds")[then.router];
                 skipped[then.layer - 1] = !keep;
                 s = keep ? then.keep : then.skip;
-            } else { // "acm": learner j runs on the tokens that chose more than j learners
+            } else { // "acm": piece j runs on the tokens that chose more than j learners (top: k = n runs the last alone)
                 Tensor x = get(values, "x"), k = get(values, "k"); // (T, H), (T,)
                 int t = (int) x.shape[0], h = (int) x.shape[1];
                 Integer[] order = new Integer[t];
                 for (int i = 0; i < t; i++) order[i] = i;
                 final long[] kk = k.l;
                 Arrays.sort(order, (a, b) -> Long.compare(kk[b], kk[a])); // most learners first; stable
-                int[] counts = new int[then.n]; // tokens per learner: a prefix of the sorted tokens
+                int[] counts = new int[then.n]; // tokens per piece: a span of the sorted tokens
                 for (int j = 0; j < then.n; j++) for (long v : kk) if (v > j) counts[j]++;
+                // piece j takes rows [start_j, counts[j]); with the exact top the first counts[n-1] tokens run the last piece alone
+                int first = then.top ? counts[then.n - 1] : 0;
                 float[] xs = new float[t * h], ys = new float[t * h];
-                if (counts[0] > 0) { // one call for all learners; one no token needs gets 1 row, dropped
+                if (counts[0] > 0) { // one call for all pieces; one no token needs gets 1 row, dropped
                     for (int r = 0; r < t; r++) System.arraycopy(x.f, order[r] * h, xs, r * h, h);
                     Tensor[] prefixes = new Tensor[then.n];
-                    for (int j = 0; j < then.n; j++) prefixes[j] = Tensor.of(Arrays.copyOf(xs, Math.max(counts[j], 1) * h), Math.max(counts[j], 1), h);
+                    int[] start = new int[then.n];
+                    for (int j = 0; j < then.n; j++) {
+                        start[j] = j < then.n - 1 ? first : 0;
+                        int rows = counts[j] - start[j], from = rows > 0 ? start[j] : 0;
+                        prefixes[j] = Tensor.of(Arrays.copyOfRange(xs, from * h, (from + Math.max(rows, 1)) * h), Math.max(rows, 1), h);
+                    }
                     Tensor[] got = call(methods, then.learners, prefixes, then.n);
                     for (int j = 0; j < then.n; j++) {
                         float[] g = got[j].f;
-                        if (g == null || g.length != Math.max(counts[j], 1) * h) throw new PlanException("learners " + then.learners + " returned the wrong shape");
-                        for (int i = 0; i < counts[j] * h; i++) ys[i] += g[i];
+                        int rows = counts[j] - start[j];
+                        if (g == null || g.length != Math.max(rows, 1) * h) throw new PlanException("learners " + then.learners + " returned the wrong shape");
+                        for (int i = 0; i < Math.max(rows, 0) * h; i++) ys[start[j] * h + i] += g[i];
                     }
                 }
                 float[] y = new float[t * h];

@@ -14,15 +14,16 @@ import java.util.Arrays;
 public final class Plan {
     public static final String FORMAT = "edge-plan";
     /** device/plan.schema.json's "version" const, where the plan format is defined (tests/test_plan_schema.py checks that they agree). */
-    public static final int VERSION = 3;
+    public static final int VERSION = 4;
 
     /** What follows a segment: kind "end", "exit", "skip" or "acm", and where to go next. */
     public static final class Then {
         public final String kind;
         public final int layer, next, keep, skip, exit, router, acm, n;
         public final String learners; // "acm": the method of the ACM's n learners (null otherwise)
+        public final boolean top; // "acm": the last piece is the original FFN, run alone by the tokens with k = n
 
-        Then(String kind, int layer, int next, int keep, int skip, int exit, int router, int acm, String learners, int n) {
+        Then(String kind, int layer, int next, int keep, int skip, int exit, int router, int acm, String learners, int n, boolean top) {
             this.kind = kind;
             this.layer = layer;
             this.next = next;
@@ -33,6 +34,7 @@ public final class Plan {
             this.acm = acm;
             this.learners = learners;
             this.n = n;
+            this.top = top;
         }
     }
 
@@ -163,16 +165,16 @@ public final class Plan {
         switch (kind) {
             case "end":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, null, 0));
+                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, null, 0, false));
             case "exit":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, null, 0));
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, null, 0, false));
             case "skip":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, null, 0));
+                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, null, 0, false));
             case "acm":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, count(t, "acm", where, 0), str(t, "learners", where), count(t, "n", where, 1)));
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, count(t, "acm", where, 0), str(t, "learners", where), count(t, "n", where, 1), bool(t, "top", where)));
             default:
                 throw bad(where + " ends in a decision of unknown kind \"" + kind + "\" (end, exit, skip, acm); the app is older than the plan");
         }
@@ -229,6 +231,12 @@ public final class Plan {
     private static double num(Object o, String where) {
         if (!(o instanceof Double)) throw bad(where + " must be a number");
         return (Double) o;
+    }
+
+    private static boolean bool(Map<String, Object> m, String key, String where) {
+        Object o = need(m, key, where);
+        if (!(o instanceof Boolean)) throw bad(where + "." + key + " must be true or false");
+        return (Boolean) o;
     }
 
     private static int count(Map<String, Object> m, String key, String where, int min) {
