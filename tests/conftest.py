@@ -94,7 +94,7 @@ def shared_vectors(tmp_path_factory):
     interpreter in test_android_demo, the native runner in test_plan_schema): every architecture with
     every gate type together, then each gate type alone; every branch, thresholds at equality included."""
     from export import vectors
-    from tests.test_export import GATES, adaptive
+    from tests.test_export import GATES, SUMMED_TOP, adaptive
 
     vs = []
     with torch.random.fork_rng():
@@ -102,7 +102,7 @@ def shared_vectors(tmp_path_factory):
         for case in CASES:
             model, batch = adaptive(case, exits=True, skips="attention", acm=True)
             vs += vectors.trace(model, batch, name=case[0])
-        for gate, kinds in GATES.items():
+        for gate, kinds in {**GATES, "acm without the exact top": dict(acm=SUMMED_TOP)}.items():
             model, batch = adaptive(("bert", "bert"), **kinds)
             vs += vectors.trace(model, batch, name=f"bert {gate}")
     directory = tmp_path_factory.mktemp("vectors")

@@ -3,6 +3,7 @@ mode: the real exporter, the real runtime, parity with eager on inputs that forc
 import copy
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from export.lower import _inputs, _trace
 from device.driver import drive
 from export.routed import Routed
 from tests.conftest import CASES
-from tests.test_acm import tiny_acm_model
+from tests.test_acm import SMALL, tiny_acm_model
 
 RUNTIMES = export.RUNTIMES.names()
 MODES = export.MODES
@@ -41,8 +42,8 @@ ALL_GATES = dict(exits=True, skips="attention", acm=True)  # the model of test_e
 
 def adaptive(case, exits=False, skips=None, acm=False, head=False, threshold=0.5):
     name, mt = case
-    if acm:
-        arch, model, batch, _ = tiny_acm_model(name, mt)
+    if acm:  # True, or an AcmConfig
+        arch, model, batch, _ = tiny_acm_model(name, mt, *([acm] if isinstance(acm, edge.AcmConfig) else []))
     else:
         arch = edge.ARCHS.get(name)
         model, batch = arch.tiny(mt)
@@ -182,6 +183,19 @@ def native_records(path) -> list[dict]:
 GATE_MODES = [(g, m) for g in GATES for m in MODES
               if m != "graph" or any(ALL_GATES.get(k) != v for k, v in GATES[g].items())]
 GATE_EXPORTS = [(r, g, m) for r in RUNTIMES for g, m in GATE_MODES if takes(r, m)]
+
+
+SUMMED_TOP = replace(SMALL, learners=4, exact_top=False)  # k = N runs every learner (before AcmConfig.exact_top)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_acms_without_the_exact_top_export(mode, tmp_path):
+    """The other form of k = N (every learner, their sum), on every branch; the exact top is every other test's."""
+    model, batch = adaptive(("bert", "bert"), acm=SUMMED_TOP)
+    a = export.to_runtime(model, "onnx", tmp_path / "a", batch, progress=False, mode=mode)
+    assert export.verify(a)["max_abs_diff"] <= 1e-4
+    if mode == "routed":
+        assert all(s["then"]["top"] is False for s in a.plan["routed"]["segments"] if s["then"]["kind"] == "acm")
 
 
 @pytest.mark.parametrize("runtime,gate,mode", GATE_EXPORTS, ids=[f"{r}-{g}-{m}" for r, g, m in GATE_EXPORTS])
