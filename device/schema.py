@@ -8,7 +8,7 @@ Reading the version needs only the standard library; `validate` needs the jsonsc
 
     >>> from device.schema import PLAN_VERSION, validate
     >>> PLAN_VERSION
-    3
+    4
     >>> validate({"format": "edge-plan", "version": PLAN_VERSION})
     Traceback (most recent call last):
     edge.errors.EdgeError: the plan does not match device/plan.schema.json at $: 'edge_version' is a required property

@@ -43,7 +43,7 @@ def test_java_interpreter_matches_python_on_shared_vectors(classes, shared_vecto
     assert done.returncode == 0, done.stderr[-2000:]
     got = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", done.stdout)}
     assert got["vectors"] == len(vs) >= 50 and got["exits_taken"] > 0 and got["skipping"] > 0 and got["malformed"] >= 8
-    assert "k_seen=[0, 1, 2]" in done.stdout  # every k of the 2-learner ACMs
+    assert "k_seen=[0, 1, 2, 3, 4]" in done.stdout  # every k of the 2-learner ACMs and of the 4-learner ones
     assert {v["case"] for v in vs} >= {"full", "skip all", "exit after 1", "gate bias -10000", "gate bias +10000"}
     assert any(c["method"].startswith("learner") for v in vs for c in v["calls"])
     assert any("threshold at its score" in v["case"] for v in vs)
