@@ -31,6 +31,7 @@ _PUBLIC = {
     "HeadConfig": "edge.head", "add_head": "edge.head",
     "load": "edge.io", "save": "edge.io",
     "load_pretrained": "edge.pretrained",
+    "PruneConfig": "edge.pruning", "prune": "edge.pruning",
     "QLinear": "edge.quant", "QuantConfig": "edge.quant", "quantize": "edge.quant",
     # the steps on text and model directories (edge.fit, edge.pretrained, edge.data), the registries' names
     # and the console helpers that the `edge` command (edge_cli) calls

@@ -30,6 +30,36 @@ class Ffn:
     fc2: nn.Linear
 
 
+@dataclass(frozen=True)
+class Heads:
+    """A layer's multi-head attention projections: q, k, v map d -> H * head_dim, o maps back."""
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    head_dim: int
+
+    @property
+    def count(self) -> int:
+        return self.q.out_features // self.head_dim
+
+
+class NoHeads(nn.Module):
+    """The attention of a layer whose every head was pruned: what is left is the output projection's
+    bias (and, where the family's attention module ends in the residual's norm, that norm), so the
+    layer keeps its residual path. Called as the module it replaces; returns (output, None)."""
+
+    def __init__(self, bias: torch.Tensor | None, d: int, norm: nn.Module | None = None):
+        super().__init__()
+        self.bias = nn.Parameter(bias.detach().clone() if bias is not None else torch.zeros(d), requires_grad=False)
+        self.norm = norm
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        if self.norm is not None:
+            return self.norm(hidden_states + self.bias), None
+        return torch.zeros_like(hidden_states) + self.bias, None
+
+
 class Arch:
     """Base adapter. Subclasses say where the layers are and how their FFN is wired."""
 
@@ -47,6 +77,18 @@ class Arch:
 
     def install(self, layer: nn.Module, acm: nn.Module) -> None:
         """Replace the layer's FFN (both linears and the activation) by `acm`."""
+        raise NotImplementedError
+
+    def heads(self, layer: nn.Module) -> Heads | None:
+        """The layer's attention projections, or None where every head was pruned (NoHeads)."""
+        raise NotImplementedError
+
+    def set_heads(self, layer: nn.Module, count: int) -> None:
+        """Tell the layer's attention module it now has `count` heads (its projections were sliced)."""
+        raise NotImplementedError
+
+    def drop_attention(self, layer: nn.Module) -> None:
+        """Replace the layer's attention by NoHeads (every head pruned; the residual path stays)."""
         raise NotImplementedError
 
     def output(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -202,6 +244,20 @@ class BertFamily(Arch):
         layer.intermediate = acm  # BertOutput then adds the residual and applies LayerNorm
         layer.output.dense = nn.Identity()
 
+    def heads(self, layer):
+        a = layer.attention
+        if isinstance(a, NoHeads):
+            return None
+        return Heads(a.self.query, a.self.key, a.self.value, a.output.dense, a.self.attention_head_size)
+
+    def set_heads(self, layer, count):
+        s = layer.attention.self
+        s.num_attention_heads, s.all_head_size = count, count * s.attention_head_size
+
+    def drop_attention(self, layer):
+        out = layer.attention.output  # BertSelfOutput: LayerNorm(dense(attention) + h)
+        layer.attention = NoHeads(out.dense.bias, out.dense.out_features, out.LayerNorm)
+
     def hf_output(self, model, batch):
         # sentence-transformers convention (all-MiniLM): mean pooling over real tokens, then L2 norm
         hidden = model(**batch).last_hidden_state  # (B, T, C)
@@ -271,6 +327,17 @@ class VitFamily(Arch):
     def install(self, layer, acm):
         layer.mlp = acm
 
+    def heads(self, layer):
+        a = layer.attention
+        return None if isinstance(a, NoHeads) else Heads(a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim)
+
+    def set_heads(self, layer, count):
+        layer.attention.num_attention_heads = count
+
+    def drop_attention(self, layer):
+        o = layer.attention.o_proj
+        layer.attention = NoHeads(o.bias, o.out_features)
+
     def hf_output(self, model, batch):
         out = model(**batch)
         if getattr(out, "logits", None) is not None:
@@ -335,6 +402,17 @@ class WhisperEncoderFamily(Arch):
 
     def install(self, layer, acm):
         layer.fc1, layer.activation_fn, layer.fc2 = acm, nn.Identity(), nn.Identity()
+
+    def heads(self, layer):
+        a = layer.self_attn
+        return None if isinstance(a, NoHeads) else Heads(a.q_proj, a.k_proj, a.v_proj, a.out_proj, a.head_dim)
+
+    def set_heads(self, layer, count):
+        layer.self_attn.num_heads = count
+
+    def drop_attention(self, layer):
+        o = layer.self_attn.out_proj
+        layer.self_attn = NoHeads(o.bias, o.out_features)
 
     def hf_output(self, model, batch):
         enc = getattr(model, "encoder", model)

@@ -39,9 +39,19 @@ class Trace:
     exits: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # layer -> (y, conf)
 
 
-def attention_flops(d: int, t: torch.Tensor) -> torch.Tensor:
-    """Q, K, V, O projections plus scores and weighted sum, for sequences of t real tokens."""
-    return 8 * d * d * t + 4 * d * t * t
+def attention_flops(d: int, t: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """Q, K, V, O projections plus scores and weighted sum, for sequences of t real tokens, with
+    `width` = heads * head size (d unless heads were pruned)."""
+    w = d if width is None else width
+    return 8 * d * w * t + 4 * w * t * t
+
+
+def layer_flops(arch, layer: nn.Module, config, d: int) -> tuple[int, int]:
+    """(attention width, FFN width) of one layer as it is now (heads or neurons may be pruned); the
+    FFN width is 0 where an ACM replaced the FFN (its FLOPs are its choices')."""
+    heads = arch.heads(layer)
+    width = 0 if heads is None else heads.q.out_features
+    return width, 0 if acm_of(layer) is not None else arch.ffn(layer, config).fc1.out_features
 
 
 def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, collect: bool = False,
@@ -70,9 +80,10 @@ def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, c
     for i, layer in enumerate(layers, 1):
         t = lengths[idx]
         router = gates.get(i)
+        w, f = layer_flops(arch, layer, model.config, d)
         if router is None:
             h = _ffn(arch, layer, arch.attention(layer, h, ctx), ctx, trace, idx, t, d, f)
-            trace.flops[idx] += attention_flops(d, t)
+            trace.flops[idx] += attention_flops(d, t, w)
         else:
             r = router(arch.pool(h, ctx))  # (b,)
             trace.flops[idx] += router.flops()
@@ -83,7 +94,7 @@ def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, c
                 else:
                     h = h + r[:, None, None] * (_ffn(arch, layer, full, ctx, trace, idx, t, d, f) - h)
                 trace.skipped[idx, i - 1] = r < skip_cfg.threshold  # what the hard form would do
-                trace.flops[idx] += attention_flops(d, t)  # the soft form computes everything
+                trace.flops[idx] += attention_flops(d, t, w)  # the soft form computes everything
             else:
                 keep = r >= skip_cfg.threshold
                 trace.skipped[idx[~keep], i - 1] = True
@@ -93,7 +104,7 @@ def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, c
                 else:
                     h = _apply(lambda x, c, sel=keep: _ffn(arch, layer, x, c, trace, idx[sel], t[sel], d, f),
                                h, ctx, keep)
-                trace.flops[idx[keep]] += attention_flops(d, t[keep])
+                trace.flops[idx[keep]] += attention_flops(d, t[keep], w)
         head = heads.get(i)
         if collect:
             trace.pooled.append(arch.pool(h, ctx))

@@ -56,7 +56,8 @@ class Transform:
     """name: the key in edge.json and in a model's parts; config: its config class (to_dict/from_dict);
     install(model, config): attach the transform's untrained modules in place (its weights are then
     loaded or trained); after: transforms that must be installed first (a classifier's exits need its
-    head's number of classes); knob: its run-time knob, if its gates take decisions; export_order:
+    head's number of classes); before: transforms that must be installed after it (pruning gives
+    the FFNs an ACM is made from their shape); knob: its run-time knob, if its gates take decisions; export_order:
     where its knob comes among the program's knob inputs (and its forcing cases among the checks);
     final: the model is not trained or changed by another transform after it (quantization);
     plan: the plan's entries it adds (e.g. the precision), a function of the model; tolerance:
@@ -66,6 +67,7 @@ class Transform:
     config: type
     install: Callable[[nn.Module, object], None]
     after: tuple[str, ...] = ()
+    before: tuple[str, ...] = ()
     knob: Knob | None = None
     export_order: int = 0
     final: bool = False
@@ -89,7 +91,8 @@ def install_order(names) -> list[str]:
             return
         if name in path:
             raise ValueError(f"transforms {' -> '.join(path + (name,))} must each be installed before the other")
-        for first in TRANSFORMS.get(name).after:
+        firsts = [*TRANSFORMS.get(name).after, *(n for n in names if name in TRANSFORMS.get(n).before)]
+        for first in firsts:
             if first in names:
                 visit(first, path + (name,))
         done.append(name)

@@ -1,0 +1,165 @@
+"""Structured pruning (edge.prune): the pruned model is the original with those units masked, its FLOPs
+are counted exactly, it meets the budget, saves, loads, and composes with what comes after it."""
+import random
+
+import pytest
+import torch
+
+import edge
+from edge.errors import EdgeError
+from edge.flops import count_flops
+from edge.forward import run
+from edge.parts import parts
+from edge.pruning import importance, install_prune
+from tests.conftest import CASES
+
+
+def _tiny(name, mt, seed=0):
+    arch = edge.ARCHS.get(name)
+    model, batch = arch.tiny(mt, seed=seed)
+    return arch, model, batch
+
+
+def _masked_output(arch, model, batch, kept_heads, kept_neurons):
+    """The ORIGINAL model's output with every unit that pruning removed zeroed by hooks."""
+    hooks = []
+    for layer, heads, neurons in zip(arch.layers(model), kept_heads, kept_neurons):
+        h = arch.heads(layer)
+        m = torch.zeros(h.q.out_features)
+        for k in heads:
+            m[k * h.head_dim:(k + 1) * h.head_dim] = 1
+        hooks.append(h.o.register_forward_pre_hook(lambda _mod, a, m=m: (a[0] * m, *a[1:])))
+        n = torch.zeros(arch.ffn(layer, model.config).fc1.out_features)
+        n[neurons] = 1
+        hooks.append(arch.ffn(layer, model.config).fc2.register_forward_pre_hook(lambda _mod, a, n=n: (a[0] * n, *a[1:])))
+    try:
+        return arch.output(model, batch)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _hand_flops(arch, model, pruned, t):
+    """FLOPs of one unpadded sequence of t tokens through `pruned`, counted by hand from its config."""
+    cfg = parts(pruned).config("prune")
+    d = arch.dims(model)[0]
+    dh = arch.heads(arch.layers(model)[0]).head_dim
+    total = arch.fixed_flops(model, {"tokens": torch.ones(1, t, dtype=torch.bool)})
+    for heads, f in zip(cfg.kept_heads, cfg.ffn_widths):
+        w = len(heads) * dh
+        total += 8 * d * w * t + 4 * w * t * t + 4 * d * f * t
+    return total
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+@pytest.mark.parametrize("flops", [0.85, 0.6, 0.45])
+def test_pruned_model_is_the_masked_original_and_costs_what_a_hand_count_says(name, mt, flops):
+    arch, model, batch = _tiny(name, mt)
+    cfg = edge.PruneConfig(flops=flops, multiple=8)
+    pruned = edge.prune(model, cfg, [batch], progress=False)
+    got = parts(pruned).config("prune")
+    neurons = [torch.tensor(sorted(range(w))) for w in got.ffn_widths]
+    # which neurons were kept is not recorded (only the widths): re-derive them from the weights
+    for i, (orig, new) in enumerate(zip(arch.layers(model), arch.layers(pruned))):
+        w0, w1 = arch.ffn(orig, model.config).fc1.weight, arch.ffn(new, pruned.config).fc1.weight
+        neurons[i] = torch.tensor([int((w0 == row).all(1).nonzero()[0]) for row in w1])
+    torch.testing.assert_close(arch.output(pruned, batch),
+                               _masked_output(arch, model, batch, got.kept_heads, neurons), rtol=1e-5, atol=1e-5)
+    one = {k: v[:1] for k, v in batch.items()}  # unpadded: torch counts what a device runs
+    t = int(arch.embed(model, one)[1]["tokens"].sum())
+    trace = run(pruned, one)[1]
+    assert float(trace.flops) == _hand_flops(arch, model, pruned, t) == count_flops(arch.hf_output, pruned, one)
+    assert float(trace.full_flops) == count_flops(arch.hf_output, model, one)
+    assert pruned.edge_parts.config("prune").flops == flops
+    assert float(trace.flops) < float(trace.full_flops)
+    assert float(trace.flops / trace.full_flops) <= flops + 0.02  # (the budget is set at the calibration length)
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_pruning_saves_and_loads_exactly(tmp_path, name, mt):
+    arch, model, batch = _tiny(name, mt, seed=3)
+    pruned = edge.prune(model, edge.PruneConfig(flops=0.5, multiple=8), [batch], progress=False)
+    loaded = edge.load(edge.save(pruned, tmp_path / "p"))
+    a, b = pruned.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(arch.output(pruned, batch), arch.output(loaded, batch))
+
+
+def test_a_layer_without_heads_keeps_its_residual_path():
+    arch, model, batch = _tiny("bert", "bert")
+    cfg = edge.PruneConfig(kept_heads=[[], [1]], ffn_widths=[64, 16])
+    pruned = __import__("copy").deepcopy(model)
+    install_prune(pruned, cfg)  # (the shape alone: the weights are the original's first rows)
+    first = arch.layers(pruned)[0]
+    assert arch.heads(first) is None
+    h, ctx = arch.embed(pruned, batch)
+    out = arch.attention(first, h, ctx)
+    ln = first.attention.norm
+    torch.testing.assert_close(out, ln(h + arch.layers(model)[0].attention.output.dense.bias))
+    assert torch.isfinite(arch.output(pruned, batch)).all()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_sizes_prune_and_meet_the_budget(seed):
+    rnd = random.Random(seed)
+    from transformers import AutoConfig, AutoModel
+
+    heads, dh, layers = rnd.randint(2, 4), rnd.choice([4, 8]), rnd.randint(1, 3)
+    f = rnd.choice([48, 96])
+    cfg = AutoConfig.for_model("bert", vocab_size=50, hidden_size=heads * dh, num_hidden_layers=layers,
+                               num_attention_heads=heads, intermediate_size=f, max_position_embeddings=64)
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(cfg, attn_implementation="eager", add_pooling_layer=False).eval()
+    ids = torch.randint(3, 50, (3, rnd.randint(5, 20)))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    flops = rnd.uniform(0.5, 0.9)
+    pruned = edge.prune(model, edge.PruneConfig(flops=flops, multiple=4), [batch], progress=False)
+    trace = run(pruned, batch)[1]
+    assert float((trace.flops / trace.full_flops).max()) <= flops + 1e-9
+    assert all(w % 4 == 0 for w in parts(pruned).config("prune").ffn_widths)
+
+
+def test_importance_ranks_a_dead_neuron_last():
+    arch, model, batch = _tiny("bert", "bert")
+    fc2 = arch.ffn(arch.layers(model)[1], model.config).fc2
+    with torch.no_grad():
+        fc2.weight[:, 5] = 0  # neuron 5 of layer 2 writes nothing: removing it does no damage
+    heads, neurons = importance(model, batch, edge.PruneConfig(), progress=False)
+    # (0 up to rounding: the copies run batched, the reference alone)
+    assert abs(float(neurons[1][5])) < 1e-4 * float(neurons[1].max())
+    assert int(neurons[1].argmin()) == 5
+    assert all(float(h.min()) > 0 for h in heads)
+
+
+def test_prune_then_acmize_exits_and_int8():
+    arch, model, batch = _tiny("bert", "bert")
+    pruned = edge.prune(model, edge.PruneConfig(flops=0.6, multiple=8), [batch], progress=False)
+    few = edge.DistillConfig(repr_steps=1, gate_steps=1, e2e_steps=1)
+    acm = edge.acmize(pruned, edge.AcmConfig(budget=0.5, learners=2), [batch], distill=few, progress=False)
+    widths = [a.n * a.h for a in edge.acm_modules(acm)]
+    assert widths == list(parts(pruned).config("prune").ffn_widths)
+    ex = edge.add_exits(acm, edge.ExitConfig(after=[1], steps=1), [batch], progress=False)
+    q = edge.quantize(ex, edge.QuantConfig())
+    assert parts(q).names() == ["acm", "exits", "prune", "quant"]
+    assert torch.isfinite(edge.forward.output(q, batch)).all()
+
+
+def test_bad_requests_are_one_clear_line():
+    arch, model, batch = _tiny("bert", "bert")
+    with pytest.raises(EdgeError, match="below the smallest model"):
+        edge.prune(model, edge.PruneConfig(flops=0.05, multiple=8), [batch], progress=False)
+    with pytest.raises(EdgeError, match="nothing could be pruned"):
+        edge.PruneConfig(heads=False, neurons=False)
+    pruned = edge.prune(model, edge.PruneConfig(flops=0.8, multiple=8), [batch], progress=False)
+    with pytest.raises(EdgeError, match="pruned already"):
+        edge.prune(pruned, edge.PruneConfig(), [batch], progress=False)
+    acm = edge.acmize(model, edge.AcmConfig(budget=0.5, learners=2), [batch],
+                      distill=edge.DistillConfig(repr_steps=1, gate_steps=1, e2e_steps=1), progress=False)
+    with pytest.raises(EdgeError, match="prune comes first"):
+        edge.prune(acm, edge.PruneConfig(), [batch], progress=False)
+    fresh = _tiny("bert", "bert")[1]
+    with pytest.raises(EdgeError, match="does not fit"):
+        install_prune(fresh, edge.PruneConfig(kept_heads=[[0], [7]], ffn_widths=[8, 8]))
+    assert arch.heads(arch.layers(fresh)[0]).count == 2  # (nothing was touched)
+    with pytest.raises(EdgeError, match="1 layer.s. but the model has 2"):
+        install_prune(fresh, edge.PruneConfig(kept_heads=[[0]], ffn_widths=[8]))
