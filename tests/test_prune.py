@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import edge
+import export
 from edge.errors import EdgeError
 from edge.flops import count_flops
 from edge.forward import run
@@ -163,3 +164,32 @@ def test_bad_requests_are_one_clear_line():
     assert arch.heads(arch.layers(fresh)[0]).count == 2  # (nothing was touched)
     with pytest.raises(EdgeError, match="1 layer.s. but the model has 2"):
         install_prune(fresh, edge.PruneConfig(kept_heads=[[0]], ffn_widths=[8]))
+
+
+def _pruned_adaptive(name, mt):
+    """A tiny model pruned (its first layer to no heads, FFNs narrowed), then ACMs and an exit on it."""
+    arch, model, batch = _tiny(name, mt)
+    counts = [arch.heads(layer).count for layer in arch.layers(model)]
+    widths = [arch.ffn(layer, model.config).fc1.out_features for layer in arch.layers(model)]
+    cfg = edge.PruneConfig(flops=0.5, kept_heads=[[]] + [[c - 1] for c in counts[1:]],
+                           ffn_widths=[w // 2 for w in widths])
+    install_prune(model, cfg)
+    few = edge.DistillConfig(repr_steps=1, gate_steps=1, e2e_steps=1)
+    model = edge.acmize(model, edge.AcmConfig(budget=0.5, learners=2), [batch], distill=few, progress=False)
+    for a in edge.acm_modules(model):
+        a.gate_bias.fill_(0.1)
+    return edge.add_exits(model, edge.ExitConfig(after=[1], steps=1), [batch], progress=False), batch
+
+
+PRUNED_EXPORTS = [(r, m, c) for r in export.RUNTIMES.names() for m in export.RUNTIMES.get(r).modes
+                  for c in (CASES if r == "onnx" and m == "graph" else [("bert", "bert")])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime,mode,case", PRUNED_EXPORTS, ids=[f"{r}-{m}-{c[1]}" for r, m, c in PRUNED_EXPORTS])
+def test_a_pruned_model_exports_on_every_branch(runtime, mode, case, tmp_path):
+    model, batch = _pruned_adaptive(*case)
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False, mode=mode)
+    report = export.verify(a, model)
+    assert report["max_abs_diff"] <= 1e-4 and not report["branch_mismatches"]
+    assert report["k_seen"] == [0, 1, 2]
