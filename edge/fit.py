@@ -119,6 +119,14 @@ def fit_skips(model: nn.Module, tokenizer, passages: Passages, config, progress:
     return add_skips(model, config, batches(tokenizer, texts, TRAIN_BATCH), progress)
 
 
+def fit_prune(model: nn.Module, tokenizer, passages: Passages, config, progress: bool = True) -> nn.Module:
+    """edge.prune, its units scored on the first config.sequences passages of the calib split."""
+    from edge.pruning import prune
+
+    texts = passages.split("calib").texts[: config.sequences]
+    return prune(model, config, batches(tokenizer, texts, EVAL_BATCH), progress)
+
+
 def fit_budget_(model: nn.Module, original: nn.Module, tokenizer, passages: Passages, budget: float,
                 calib_limit: int | None = 512, progress: bool = False) -> dict:
     """edge.set_budget_ on the first `calib_limit` passages of the calib split: the exit threshold,

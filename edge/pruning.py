@@ -248,14 +248,32 @@ class Plan:
     fraction: float
 
 
+@dataclass(frozen=True)
+class Costs:
+    """FLOPs per token at `tokens` real tokens a sequence: of one head, one FFN neuron, the rest of the
+    model (embeddings, readout), and the unpruned model."""
+
+    head: float
+    neuron: float
+    fixed: float
+    full: float
+
+    @staticmethod
+    def of(counts: list[int], widths: list[int], d: int, head_dim: int, tokens: float, fixed: float) -> "Costs":
+        head = float(attention_flops(d, torch.tensor(tokens), head_dim)) / tokens
+        return Costs(head, 4.0 * d, fixed, fixed + sum(counts) * head + sum(widths) * 4.0 * d)
+
+    def least(self, counts: list[int], widths: list[int], config: PruneConfig) -> float:
+        """The smallest fraction pruning can reach: no head left (where heads are pruned), every FFN at
+        its floor of `multiple` neurons (where neurons are)."""
+        ffn = sum(min(config.multiple, w) for w in widths) if config.neurons else sum(widths)
+        return (self.fixed + ffn * self.neuron + (0 if config.heads else sum(counts) * self.head)) / self.full
+
+
 def solve(head_scores: list[torch.Tensor], neuron_scores: list[torch.Tensor], counts: list[int], widths: list[int],
-          d: int, head_dim: int, tokens: float, fixed: float, config: PruneConfig) -> Plan:
-    """The split of `config.flops` between heads and neurons that keeps the most importance (FLOPs per
-    token at `tokens` real tokens a sequence; `fixed`: the FLOPs per token outside the layers)."""
-    head_cost = float(attention_flops(d, torch.tensor(tokens), head_dim)) / tokens
-    neuron_cost = 4.0 * d
-    full = fixed + sum(counts) * head_cost + sum(widths) * neuron_cost
-    budget = config.flops * full
+          costs: Costs, config: PruneConfig) -> Plan:
+    """The split of `config.flops` between heads and neurons that keeps the most importance."""
+    budget = config.flops * costs.full
     layers = range(len(counts))
     # heads, best first ((score, layer, head)); all of them when heads are not pruned
     ranked_heads = sorted(((float(s), i, h) for i in layers for h, s in enumerate(head_scores[i])), reverse=True)
@@ -268,26 +286,30 @@ def solve(head_scores: list[torch.Tensor], neuron_scores: list[torch.Tensor], co
         kept = [[] for _ in layers] if n_heads is not None else [list(range(c)) for c in counts]
         for _, i, h in ranked_heads[:n_heads or 0]:
             kept[i].append(h)
-        left = budget - fixed - sum(map(len, kept)) * head_cost
+        left = budget - costs.fixed - sum(map(len, kept)) * costs.head
         if config.neurons:
-            width = _fill(neuron_scores, order, floor, widths, int(left // neuron_cost), config.multiple)
+            width = _fill(neuron_scores, order, floor, widths, int(left // costs.neuron), config.multiple)
             if width is None:
                 continue
         else:
             width = list(widths)
-            if left < sum(widths) * neuron_cost:
+            if left < sum(widths) * costs.neuron:
                 continue
         kept_score = (sum(float(head_scores[i][kept[i]].sum()) for i in layers if config.heads)
                       + sum(float(neuron_scores[i][order[i][:width[i]]].sum()) for i in layers if config.neurons))
         if best is None or kept_score > best[0]:
-            cost = fixed + sum(map(len, kept)) * head_cost + sum(width) * neuron_cost
+            cost = costs.fixed + sum(map(len, kept)) * costs.head + sum(width) * costs.neuron
             best = (kept_score, kept, width, cost)
     if best is None:
-        least = fixed + sum(floor if config.neurons else widths) * neuron_cost + (0 if config.heads else sum(counts) * head_cost)
-        raise EdgeError(f"a FLOP fraction of {config.flops:g} is below the smallest model pruning leaves "
-                        f"({least / full:.3f} of the FLOPs: every FFN keeps {config.multiple} neurons); raise flops")
+        _refuse(config, costs.least(counts, widths, config))
     _, kept, width, cost = best
-    return Plan([sorted(k) for k in kept], [order[i][:width[i]].sort().values for i in layers], cost / full)
+    return Plan([sorted(k) for k in kept], [order[i][:width[i]].sort().values for i in layers], cost / costs.full)
+
+
+def _refuse(config: PruneConfig, least: float) -> None:
+    keeps = f"every FFN keeps {config.multiple} neurons" if config.neurons else "every FFN neuron is kept"
+    raise EdgeError(f"a FLOP fraction of {config.flops:g} is below the smallest model pruning leaves ({least:.3f} of "
+                    f"the FLOPs: {keeps}{'' if config.heads else ', every head is kept'}); raise flops")
 
 
 def _fill(scores, order, floor, widths, n: int, multiple: int) -> list[int] | None:
@@ -333,13 +355,14 @@ def prune(model: nn.Module, config: PruneConfig, calib: list[dict], progress: bo
     model = copy.deepcopy(model).eval()
     batch = _calibration(calib, config.sequences)
     counts, widths, dh = _shape(arch, model)
-    head_scores, neuron_scores = importance(model, batch, config, progress)
     with torch.no_grad():
         h, ctx = arch.embed(model, batch)
     tokens = float(ctx["tokens"].sum(1).double().mean())
-    d = arch.dims(model)[0]
-    fixed = arch.fixed_flops(model, ctx) / tokens
-    plan = solve(head_scores, neuron_scores, counts, widths, d, dh, tokens, fixed, config)
+    costs = Costs.of(counts, widths, arch.dims(model)[0], dh, tokens, arch.fixed_flops(model, ctx) / tokens)
+    if costs.least(counts, widths, config) > config.flops:  # (said before minutes of scoring)
+        _refuse(config, costs.least(counts, widths, config))
+    head_scores, neuron_scores = importance(model, batch, config, progress)
+    plan = solve(head_scores, neuron_scores, counts, widths, costs, config)
     for layer, kept, idx in zip(arch.layers(model), plan.heads, plan.neurons):
         _keep_heads(arch, layer, kept)
         if config.neurons:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import edge
@@ -157,6 +158,21 @@ def cmd_add_skips(args) -> None:
     src = edge.load_model(args.model_dir)
     model = edge.fit_skips(src.model, src.tokenizer, passages, config, progress=not args.quiet)
     _save(model, src, args, f"{config.target} routers")
+
+
+def cmd_prune(args) -> None:
+    config = edge.PruneConfig(flops=args.flops, heads=not args.no_heads, neurons=not args.no_neurons,
+                              kd_weight=args.kd_weight, sequences=args.sequences, multiple=args.multiple)
+    _check_output(args.output, args.overwrite)
+    passages = edge.read_passages(args.text)
+    src = edge.load_model(args.model_dir)
+    t0 = time.time()
+    model = edge.fit_prune(src.model, src.tokenizer, passages, config, progress=not args.quiet)
+    done = edge.parts.parts(model).config("prune")
+    heads = sum(map(len, done.kept_heads))
+    print(f"pruned in {time.time() - t0:.0f} s: {heads} heads kept "
+          f"({', '.join(str(len(k)) for k in done.kept_heads)} by layer), FFN widths {', '.join(map(str, done.ffn_widths))}")
+    _save(model, src, args, f"pruned to {args.flops:g} of the FLOPs")
 
 
 def cmd_set_budget(args) -> None:
@@ -458,6 +474,24 @@ def parser() -> argparse.ArgumentParser:
                    help=f"training passages router-tuning reads per epoch (default {c.samples})")
     p.add_argument("--epochs", type=int, default=c.epochs, help=f"(default {c.epochs})")
     p.add_argument("--lr", type=number, default=c.lr, help=f"the routers' learning rate (default {c.lr:g})")
+    p.add_argument("--text", help=DATA)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    c = edge.PruneConfig
+    p = verb(sub, "prune", cmd_prune, "one-shot structured pruning (OPTIN): score every attention head and FFN neuron "
+                                      "on calibration passages, remove the least important until the model costs "
+                                      "--flops of its FLOPs; a smaller dense model, no retraining")
+    _add_model_step_args(p, "prune")
+    p.add_argument("--flops", type=number, default=c.flops,
+                   help=f"the fraction of the model's FLOPs to keep, in (0, 1] (default {c.flops:g})")
+    p.add_argument("--no-heads", action="store_true", help="keep every attention head (prune FFN neurons only)")
+    p.add_argument("--no-neurons", action="store_true", help="keep every FFN neuron (prune heads only)")
+    p.add_argument("--sequences", type=int, default=c.sequences,
+                   help=f"calibration passages the units are scored on (default {c.sequences})")
+    p.add_argument("--multiple", type=int, default=c.multiple,
+                   help=f"FFN widths are kept in multiples of this (default {c.multiple})")
+    p.add_argument("--kd-weight", type=number, default=c.kd_weight,
+                   help=f"weight of the output's damage beside the layers' in a unit's score (default {c.kd_weight:g})")
     p.add_argument("--text", help=DATA)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -309,7 +309,8 @@ def test_the_adaptive_depth_chain_from_the_shell(tmp_path):
     hf = _tiny_bert_dir(tmp_path / "hf")
     text, labels = _labelled_files(tmp_path)
     own = ["--text", text]
-    steps = [("add-head", hf, []),  # (verb, its input, its options); each writes tmp_path/VERB
+    steps = [("prune", hf, ["--flops", "0.8", "--multiple", "4", *own, "--quiet"]),  # (verb, its input, its options)
+             ("add-head", tmp_path / "prune", []),  # each writes tmp_path/VERB
              ("add-exits", tmp_path / "add-head", ["--after", "1", "2", *own, "--labels", labels, "--quiet"]),
              ("add-skips", tmp_path / "add-exits", ["--layers", "2", "3", "--samples", "32", *own, "--quiet"]),
              ("set-budget", tmp_path / "add-skips", ["--budget", "0.7", *own, "--quiet"])]
@@ -320,6 +321,7 @@ def test_the_adaptive_depth_chain_from_the_shell(tmp_path):
         assert f"wrote {out}/" in r.stdout
     meta = json.loads((tmp_path / "set-budget" / "edge.json").read_text())
     assert meta["head"]["labels"] == list(edge.austen_passages().label_names)
+    assert len(meta["prune"]["ffn_widths"]) == len(meta["prune"]["kept_heads"]) >= 2 and meta["prune"]["flops"] == 0.8
     assert meta["exits"]["after"] == [1, 2] and meta["skips"]["layers"] == [2, 3]
     assert meta["base_model"] == str(hf) and meta["budget"]["flops_frac"] <= 0.7
     assert meta["exits"]["threshold"] == meta["budget"]["exit_threshold"]  # (the chosen knobs are saved)
@@ -352,6 +354,9 @@ def tiny_hf(tmp_path_factory):
     (["add-exits", "{hf}", "--labels", "{labels}", "--text", "{text}"], "put the task's head on it first"),
     (["add-skips", "{hf}", "--skip-rate", "2"], "SkipConfig.skip_rate must be a number in [0, 1]"),
     (["set-budget", "{hf}", "--budget", "0"], "budget must be in (0, 1]"),
+    (["prune", "{hf}", "--flops", "0"], "PruneConfig.flops must be a number in (0, 1]"),
+    (["prune", "{hf}", "--no-heads", "--no-neurons"], "nothing could be pruned"),
+    (["prune", "{hf}", "--flops", "0.01"], "below the smallest model pruning leaves"),
     (["add-head", "{hf}", "--text", "{text}"], "labelled passages"),
     (["add-head", "{hf}", "--labels", "{labels}"], "pass the text file (--text) too"),
     (["add-head", "{hf}", "--text", "{text}", "--labels", "{short}"], "one label per line"),
