@@ -120,10 +120,11 @@ def fit_skips(model: nn.Module, tokenizer, passages: Passages, config, progress:
 
 
 def fit_prune(model: nn.Module, tokenizer, passages: Passages, config, progress: bool = True) -> nn.Module:
-    """edge.prune, its units scored on the first config.sequences passages of the calib split."""
+    """edge.prune, its units scored on the first config.sequences passages of the calib split (and
+    refit on the first refit_sequences)."""
     from edge.pruning import prune
 
-    texts = passages.split("calib").texts[: config.sequences]
+    texts = passages.split("calib").texts[: max(config.sequences, config.refit_sequences if config.refit else 0)]
     return prune(model, config, batches(tokenizer, texts, EVAL_BATCH), progress)
 
 

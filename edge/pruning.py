@@ -52,7 +52,8 @@ ROWS_PER_PASS = 256  # sequences (copies of the calibration batch) run together 
 class PruneConfig(Config):
     """flops: the fraction of the model's FLOPs to keep; heads / neurons: what may be pruned;
     kd_weight: the output term's weight in the importance; sequences: calibration sequences scored;
-    multiple: FFN widths are kept in multiples of it. kept_heads (per layer, the original indices of
+    multiple: FFN widths are kept in multiples of it; refit: re-solve the output projections of what is
+    kept (least squares, on the first refit_sequences calibration sequences). kept_heads (per layer, the original indices of
     the heads kept) and ffn_widths (per layer) are what `prune` chose: empty before."""
 
     flops: float = setting(real(0, 1, low_open=True), 0.6)
@@ -61,6 +62,8 @@ class PruneConfig(Config):
     kd_weight: float = setting(real(0), 1.0)
     sequences: int = setting(integer(1), 8)
     multiple: int = setting(integer(1), 32)
+    refit: bool = setting(boolean(), True)
+    refit_sequences: int = setting(integer(1), 256)
     kept_heads: tuple[tuple[int, ...], ...] = setting(sequence_of(sequence_of(integer(0))), ())
     ffn_widths: tuple[int, ...] = setting(sequence_of(integer(1)), ())
 
@@ -329,22 +332,32 @@ def _fill(scores, order, floor, widths, n: int, multiple: int) -> list[int] | No
 
 
 def _calibration(batches: list[dict], sequences: int) -> dict:
-    """The first `sequences` sequences of `batches`, as one batch."""
+    """The first `sequences` sequences of `batches`, as one batch (batches padded to other lengths are
+    padded to the longest with zeros: masked out where the model has an attention mask)."""
     if not batches:
         raise EdgeError("pruning needs calibration data: pass at least one batch")
-    keys = list(batches[0])
-    got = {k: torch.cat([b[k] for b in batches])[:sequences] for k in keys}
+    taken = _sequences(batches, sequences)
+    got = {}
+    for k in taken[0]:
+        parts_ = [b[k] for b in taken]
+        if len({p.shape[1:] for p in parts_}) > 1:
+            t = max(p.shape[1] for p in parts_)
+            parts_ = [F.pad(p, (0, 0) * (p.dim() - 2) + (0, t - p.shape[1])) for p in parts_]
+        got[k] = torch.cat(parts_)
     if "attention_mask" in got:  # (padding past the longest kept sequence is dropped)
         t = int(got["attention_mask"].sum(1).max())
         got = {k: v[:, :t] if v.dim() == 2 else v for k, v in got.items()}
     return got
 
 
-def prune(model: nn.Module, config: PruneConfig, calib: list[dict], progress: bool = True) -> nn.Module:
+def prune(model: nn.Module, config: PruneConfig, calib: list[dict], progress: bool = True,
+          scores: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> nn.Module:
     """A pruned copy of `model`: its heads and FFN neurons scored on `calib` (the first
     `config.sequences` sequences), the least important removed until the model costs `config.flops`
     of its FLOPs. The copy records what it kept (its parts' "prune" config) and saves, loads and
-    exports like any edge model."""
+    exports like any edge model. scores: (head, neuron) importances per layer, as `importance` gives
+    them, to prune the same model at several budgets after scoring it once (or to rank by another
+    criterion); the larger, the more a unit is kept."""
     if parts(model).has("prune"):
         raise EdgeError("this model is pruned already; prune the original model once, at the budget you want")
     later = [n for n in ("acm", "exits", "skips", "quant") if parts(model).has(n)]
@@ -352,7 +365,7 @@ def prune(model: nn.Module, config: PruneConfig, calib: list[dict], progress: bo
         raise EdgeError(f"this model has {', '.join(later)} installed; prune comes first: prune the original model, "
                         "then convert it")
     arch = arch_for(model)
-    model = copy.deepcopy(model).eval()
+    original, model = model, copy.deepcopy(model).eval()
     batch = _calibration(calib, config.sequences)
     counts, widths, dh = _shape(arch, model)
     with torch.no_grad():
@@ -361,16 +374,78 @@ def prune(model: nn.Module, config: PruneConfig, calib: list[dict], progress: bo
     costs = Costs.of(counts, widths, arch.dims(model)[0], dh, tokens, arch.fixed_flops(model, ctx) / tokens)
     if costs.least(counts, widths, config) > config.flops:  # (said before minutes of scoring)
         _refuse(config, costs.least(counts, widths, config))
-    head_scores, neuron_scores = importance(model, batch, config, progress)
+    head_scores, neuron_scores = scores if scores is not None else importance(model, batch, config, progress)
     plan = solve(head_scores, neuron_scores, counts, widths, costs, config)
     for layer, kept, idx in zip(arch.layers(model), plan.heads, plan.neurons):
         _keep_heads(arch, layer, kept)
         if config.neurons:
             _keep_neurons(arch, layer, model.config, idx)
+    if config.refit:
+        with torch.no_grad():
+            _refit(arch, original, model, plan, counts, widths, _sequences(calib, config.refit_sequences))
     done = PruneConfig(**{**config.to_dict(), "kept_heads": plan.heads,
                           "ffn_widths": [len(i) if config.neurons else w for i, w in zip(plan.neurons, widths)]})
     attach(model).add("prune", done)
     return model.requires_grad_(False)
+
+
+# --- the refit ------------------------------------------------------------------------------------
+
+REFIT_DAMPING = 1e-2  # ridge term, relative to the mean diagonal of A^T A
+
+
+def _sequences(batches: list[dict], n: int) -> list[dict]:
+    """The batches holding the first n sequences (the last one cut)."""
+    out, left = [], n
+    for b in batches:
+        if left <= 0:
+            break
+        out.append({k: v[:left] for k, v in b.items()})
+        left -= len(next(iter(b.values())))
+    return out
+
+
+def _inputs_of(where: nn.Linear, run, masks: list[torch.Tensor]) -> torch.Tensor:
+    """(tokens, features): the input of `where` on the real tokens while `run()` runs."""
+    got = []
+    handle = where.register_forward_pre_hook(lambda _mod, args: got.append(args[0]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return torch.cat([x[m] for x, m in zip(got, masks)]).double()
+
+
+def _solve_into(lin: nn.Linear, full: torch.Tensor, full_weight: torch.Tensor, idx: torch.Tensor) -> None:
+    """lin.weight := W minimizing |full[:, idx] W^T - full full_weight^T|^2 (+ ridge): what the kept
+    inputs must do to give the full layer's output (the bias is unchanged: both sides have it)."""
+    a = full[:, idx]
+    target = full @ full_weight.double().T
+    g = a.T @ a
+    g += REFIT_DAMPING * g.diagonal().mean().clamp(min=1e-12) * torch.eye(len(idx), dtype=g.dtype)
+    lin.weight.copy_(torch.linalg.solve(g, a.T @ target).T.to(lin.weight.dtype))
+
+
+def _refit(arch: Arch, original: nn.Module, pruned: nn.Module, plan: Plan, counts: list[int], widths: list[int],
+           batches: list[dict]) -> None:
+    """Layer by layer, on the pruned model's own hidden states: the output projection of the kept heads
+    and the second FFN matrix of the kept neurons re-solved to give what the ORIGINAL layer's attention
+    and FFN give on the same input (so the error of one layer is not handed on to the next)."""
+    states = [arch.embed(pruned, b) for b in batches]
+    masks = [ctx["tokens"] for _, ctx in states]
+    for i, (old, new) in enumerate(zip(arch.layers(original), arch.layers(pruned))):
+        heads, full_heads = arch.heads(new), arch.heads(old)
+        if heads is not None and len(plan.heads[i]) < counts[i]:
+            dh = heads.head_dim
+            idx = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in plan.heads[i]])
+            a = _inputs_of(full_heads.o, lambda: [arch.attention(old, h, c) for h, c in states], masks)
+            _solve_into(heads.o, a, full_heads.o.weight, idx)
+        mids = [(arch.attention(new, h, c), c) for h, c in states]
+        if len(plan.neurons[i]) < widths[i]:
+            ffn, full_ffn = arch.ffn(new, pruned.config), arch.ffn(old, original.config)
+            a = _inputs_of(full_ffn.fc2, lambda: [arch.feed_forward(old, m, c) for m, c in mids], masks)
+            _solve_into(ffn.fc2, a, full_ffn.fc2.weight, plan.neurons[i])
+        states = [(arch.feed_forward(new, m, c), c) for m, c in mids]
 
 
 register(Transform("prune", PruneConfig, install_prune, before=("acm", "quant")))

@@ -56,7 +56,7 @@ def _hand_flops(arch, model, pruned, t):
 @pytest.mark.parametrize("flops", [0.85, 0.6, 0.45])
 def test_pruned_model_is_the_masked_original_and_costs_what_a_hand_count_says(name, mt, flops):
     arch, model, batch = _tiny(name, mt)
-    cfg = edge.PruneConfig(flops=flops, multiple=8)
+    cfg = edge.PruneConfig(flops=flops, multiple=8, refit=False)  # (the refit changes the kept weights: below)
     pruned = edge.prune(model, cfg, [batch], progress=False)
     got = parts(pruned).config("prune")
     neurons = [torch.tensor(sorted(range(w))) for w in got.ffn_widths]
@@ -74,6 +74,28 @@ def test_pruned_model_is_the_masked_original_and_costs_what_a_hand_count_says(na
     assert pruned.edge_parts.config("prune").flops == flops
     assert float(trace.flops) < float(trace.full_flops)
     assert float(trace.flops / trace.full_flops) <= flops + 0.02  # (the budget is set at the calibration length)
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_the_refit_brings_the_pruned_model_closer_to_the_original(name, mt):
+    arch, model, batch = _tiny(name, mt, seed=5)
+    calib = [{k: _more(v, 8, seed) for k, v in batch.items()} for seed in range(2)]  # (more tokens than neurons)
+    want = torch.cat([arch.output(model, b) for b in calib])
+    err = {}
+    for refit in (False, True):
+        p = edge.prune(model, edge.PruneConfig(flops=0.55, multiple=8, refit=refit), calib, progress=False)
+        got = torch.cat([arch.output(p, b) for b in calib])
+        err[refit] = float((got - want).pow(2).sum())
+    assert err[True] < err[False]
+
+
+def _more(v, times, seed):
+    """v repeated `times` along the batch, its token ids redrawn (pixels and features jittered)."""
+    g = torch.Generator().manual_seed(seed)
+    v = v.repeat(times, *([1] * (v.dim() - 1)))
+    if v.dtype == torch.long:
+        return v if v.max() <= 1 else torch.randint(3, 100, v.shape, generator=g)
+    return v + 0.5 * torch.randn(v.shape, generator=g)
 
 
 @pytest.mark.parametrize("name,mt", CASES)
@@ -193,3 +215,13 @@ def test_a_pruned_model_exports_on_every_branch(runtime, mode, case, tmp_path):
     report = export.verify(a, model)
     assert report["max_abs_diff"] <= 1e-4 and not report["branch_mismatches"]
     assert report["k_seen"] == [0, 1, 2]
+
+
+def test_calibration_batches_of_other_lengths_make_one_batch():
+    from edge.pruning import _calibration
+
+    arch, model, batch = _tiny("bert", "bert")
+    short = {k: v[:, :5] for k, v in batch.items()}
+    got = _calibration([short, batch, batch], 3)
+    assert got["input_ids"].shape == (3, 12)
+    assert got["attention_mask"][:2, 5:].sum() == 0 and torch.equal(got["input_ids"][2], batch["input_ids"][0])
