@@ -3,8 +3,10 @@ on MiniLM (the novel task: a linear probe fitted on the ORIGINAL model's embeddi
 the whole test split) and on the Fashion-MNIST ViT trained here (edge.vision; 2,000 test images):
 
   optin      edge.prune: heads and FFN neurons scored by their damage along the trajectory (one
-             calibration batch of --sequences sequences, scored once, then solved for every fraction);
-  magnitude  the same solver and slicing, units ranked by their weights' norms (a head: the norm of its
+             calibration batch of --sequences sequences, scored once, then solved for every fraction),
+             then the refit (the kept output projections re-solved by least squares on 256 sequences);
+  optin-paper  the same without the refit: OPTIN as published (its latency is optin's: the same shapes);
+  magnitude  the same solver, slicing and refit, units ranked by their weights' norms (a head: the norm of its
              q, k, v rows and o columns; a neuron: |fc1 row| * |fc2 column|);
   layerdrop  whole layers dropped, as many as the fraction allows (its FLOPs are at or below it), the
              layers chosen greedily by the same damage on the calibration batch.
@@ -28,6 +30,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,7 +48,8 @@ from acm_fidelity import held_out  # noqa: E402
 from export_speed import interleaved, native_medians  # noqa: E402
 
 FRACTIONS = (0.8, 0.6, 0.4)
-METHODS = ("optin", "magnitude", "layerdrop")
+METHODS = ("optin", "optin-paper", "magnitude", "layerdrop")
+REFIT = edge.PruneConfig.refit_sequences
 
 
 def magnitude(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -116,7 +120,7 @@ def minilm(args):
     model, tok = edge.load_pretrained()
     passages = edge.austen_passages()
     test_b, teacher_out, probe, y, _ = held_out(model, tok, passages, args.test_limit)
-    calib = edge.batches(tok, passages.split("calib").texts[:args.sequences], 64)
+    calib = edge.batches(tok, passages.split("calib").texts[:max(args.sequences, REFIT)], 64)
     texts = passages.split("test").texts
     example = dict(tok([" ".join(texts[:8])], padding="max_length", truncation=True, max_length=args.tokens,
                        return_tensors="pt"))
@@ -135,7 +139,7 @@ def fashion_vit(args):
     test_b = image_batches(xt[:2000])
     with torch.no_grad():
         teacher_out = torch.cat([edge.arch_for(model).output(model, b) for b in test_b])
-    calib = image_batches(x[-args.sequences:])
+    calib = image_batches(x[-max(args.sequences, REFIT):])
     yt = torch.as_tensor(yt[:2000])
     return (model, calib, test_b, teacher_out, (lambda out: float((out.argmax(-1) == yt).float().mean())),
             {"pixel_values": xt[:1] if xt.dim() == 4 else image_batches(xt[:1])[0]["pixel_values"]})
@@ -186,10 +190,13 @@ def main() -> None:
             made[("optin", f)] = prune(model, cfg, calib, scores=scores, progress=False)
             if task == "minilm" and prune_seconds is None:
                 prune_seconds = round(time.time() - t0, 1)
+            made[("optin-paper", f)] = prune(model, replace(cfg, refit=False), calib, scores=scores, progress=False)
             made[("magnitude", f)] = prune(model, cfg, calib, scores=magnitude(model), progress=False)
             made[("layerdrop", f)] = layerdrop(model, f, batch)
-        ms = {} if args.no_latency else latency({"dense": model, **{f"{m}@{f}": v for (m, f), v in made.items()}},
-                                                example, args.runtimes, args.runs)
+        timed = {f"{m}@{f}": v for (m, f), v in made.items() if m != "optin-paper"}
+        ms = {} if args.no_latency else latency({"dense": model, **timed}, example, args.runtimes, args.runs)
+        for t in ms.values():
+            t.update({f"optin-paper@{f}": t[f"optin@{f}"] for f in args.fractions})
         full = outputs(model, test_b)[1]
         for (method, f), m in made.items():
             out, spent = outputs(m, test_b)
