@@ -44,6 +44,15 @@ class Heads:
         return self.q.out_features // self.head_dim
 
 
+@dataclass(frozen=True)
+class SelfAttention:
+    """Where a family keeps a layer's attention: the layer's attribute, the names of its q, k, v and
+    output projections, and the attribute holding its head count."""
+    attribute: str
+    projections: tuple[str, str, str, str]
+    count: str
+
+
 class NoHeads(nn.Module):
     """The attention of a layer whose every head was pruned: what is left is the output projection's
     bias (and, where the family's attention module ends in the residual's norm, that norm), so the
@@ -79,17 +88,26 @@ class Arch:
         """Replace the layer's FFN (both linears and the activation) by `acm`."""
         raise NotImplementedError
 
+    # where a layer's attention is, for a family whose attention module holds q, k, v, o and a head_dim
+    # (the layer adds the residual): heads, set_heads and drop_attention below read it
+    self_attention: "SelfAttention | None" = None
+
     def heads(self, layer: nn.Module) -> Heads | None:
         """The layer's attention projections, or None where every head was pruned (NoHeads)."""
-        raise NotImplementedError
+        a = getattr(layer, self.self_attention.attribute)
+        if isinstance(a, NoHeads):
+            return None
+        q, k, v, o = (getattr(a, n) for n in self.self_attention.projections)
+        return Heads(q, k, v, o, a.head_dim)
 
     def set_heads(self, layer: nn.Module, count: int) -> None:
         """Tell the layer's attention module it now has `count` heads (its projections were sliced)."""
-        raise NotImplementedError
+        setattr(getattr(layer, self.self_attention.attribute), self.self_attention.count, count)
 
     def drop_attention(self, layer: nn.Module) -> None:
         """Replace the layer's attention by NoHeads (every head pruned; the residual path stays)."""
-        raise NotImplementedError
+        o = self.heads(layer).o
+        setattr(layer, self.self_attention.attribute, NoHeads(o.bias, o.out_features))
 
     def output(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """The backbone's output (B, D) through the model's own forward: the readout, then the task
@@ -327,16 +345,7 @@ class VitFamily(Arch):
     def install(self, layer, acm):
         layer.mlp = acm
 
-    def heads(self, layer):
-        a = layer.attention
-        return None if isinstance(a, NoHeads) else Heads(a.q_proj, a.k_proj, a.v_proj, a.o_proj, a.head_dim)
-
-    def set_heads(self, layer, count):
-        layer.attention.num_attention_heads = count
-
-    def drop_attention(self, layer):
-        o = layer.attention.o_proj
-        layer.attention = NoHeads(o.bias, o.out_features)
+    self_attention = SelfAttention("attention", ("q_proj", "k_proj", "v_proj", "o_proj"), "num_attention_heads")
 
     def hf_output(self, model, batch):
         out = model(**batch)
@@ -403,16 +412,7 @@ class WhisperEncoderFamily(Arch):
     def install(self, layer, acm):
         layer.fc1, layer.activation_fn, layer.fc2 = acm, nn.Identity(), nn.Identity()
 
-    def heads(self, layer):
-        a = layer.self_attn
-        return None if isinstance(a, NoHeads) else Heads(a.q_proj, a.k_proj, a.v_proj, a.out_proj, a.head_dim)
-
-    def set_heads(self, layer, count):
-        layer.self_attn.num_heads = count
-
-    def drop_attention(self, layer):
-        o = layer.self_attn.out_proj
-        layer.self_attn = NoHeads(o.bias, o.out_features)
+    self_attention = SelfAttention("self_attn", ("q_proj", "k_proj", "v_proj", "out_proj"), "num_heads")
 
     def hf_output(self, model, batch):
         enc = getattr(model, "encoder", model)
