@@ -162,7 +162,8 @@ def cmd_add_skips(args) -> None:
 
 def cmd_prune(args) -> None:
     config = edge.PruneConfig(flops=args.flops, heads=not args.no_heads, neurons=not args.no_neurons,
-                              kd_weight=args.kd_weight, sequences=args.sequences, multiple=args.multiple)
+                              kd_weight=args.kd_weight, sequences=args.sequences, multiple=args.multiple,
+                              refit=not args.no_refit, refit_sequences=args.refit_sequences)
     _check_output(args.output, args.overwrite)
     passages = edge.read_passages(args.text)
     src = edge.load_model(args.model_dir)
@@ -492,6 +493,11 @@ def parser() -> argparse.ArgumentParser:
                    help=f"FFN widths are kept in multiples of this (default {c.multiple})")
     p.add_argument("--kd-weight", type=number, default=c.kd_weight,
                    help=f"weight of the output's damage beside the layers' in a unit's score (default {c.kd_weight:g})")
+    p.add_argument("--no-refit", action="store_true",
+                   help="keep the kept units' weights as they are (OPTIN as published; the refit re-solves the output "
+                        "projections by least squares)")
+    p.add_argument("--refit-sequences", type=int, default=c.refit_sequences,
+                   help=f"calibration passages the refit solves on (default {c.refit_sequences})")
     p.add_argument("--text", help=DATA)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

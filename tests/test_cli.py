@@ -357,6 +357,7 @@ def tiny_hf(tmp_path_factory):
     (["prune", "{hf}", "--flops", "0"], "PruneConfig.flops must be a number in (0, 1]"),
     (["prune", "{hf}", "--no-heads", "--no-neurons"], "nothing could be pruned"),
     (["prune", "{hf}", "--flops", "0.01"], "below the smallest model pruning leaves"),
+    (["prune", "{hf}", "--refit-sequences", "0"], "PruneConfig.refit_sequences must be an integer >= 1"),
     (["add-head", "{hf}", "--text", "{text}"], "labelled passages"),
     (["add-head", "{hf}", "--labels", "{labels}"], "pass the text file (--text) too"),
     (["add-head", "{hf}", "--text", "{text}", "--labels", "{short}"], "one label per line"),
