@@ -74,11 +74,11 @@ def _layer_list(model: nn.Module) -> tuple[nn.Module, str]:
     raise SystemExit("prune.py: cannot find the layers' ModuleList")
 
 
-def layerdrop(model: nn.Module, fraction: float, batch: dict) -> nn.Module:
+def layerdrop(model: nn.Module, fraction: float, batch: dict, target: torch.Tensor) -> nn.Module:
     """`model` with whole layers dropped until its FLOPs are at most `fraction` of the original's (at the
-    calibration batch's lengths), each time the layer whose removal does the least damage."""
+    calibration batch's lengths), each time the layer whose removal moves its output on `batch` least
+    from `target` (the original's output there)."""
     model = copy.deepcopy(model)
-    arch = edge.arch_for(model)
     owner, name = _layer_list(model)
     full = float(run(model, batch)[1].flops.sum())
     while float(run(model, batch)[1].flops.sum()) > fraction * full:
@@ -87,22 +87,12 @@ def layerdrop(model: nn.Module, fraction: float, batch: dict) -> nn.Module:
         for i in range(len(kept)):
             setattr(owner, name, nn.ModuleList(kept[:i] + kept[i + 1:]))
             with torch.no_grad():
-                out = arch.head(model, *_final(arch, model, batch))
-            damage = float((1 - F.cosine_similarity(out, ORIGINAL_OUT[0], dim=-1)).mean())
+                out = run(model, batch)[0]
+            damage = float((1 - F.cosine_similarity(out, target, dim=-1)).mean())
             if best is None or damage < best[0]:
                 best = (damage, i)
         setattr(owner, name, nn.ModuleList(kept[:best[1]] + kept[best[1] + 1:]))
     return model
-
-
-def _final(arch, model, batch):
-    h, ctx = arch.embed(model, batch)
-    for layer in arch.layers(model):
-        h = arch.feed_forward(layer, arch.attention(layer, h, ctx), ctx)
-    return h, ctx
-
-
-ORIGINAL_OUT: list[torch.Tensor] = []  # the original's output on the calibration batch (layerdrop's damage)
 
 
 def outputs(model, batches):
@@ -180,7 +170,8 @@ def main() -> None:
         model, calib, test_b, teacher_out, acc_of, example = (minilm if task == "minilm" else fashion_vit)(args)
         acc_full = acc_of(teacher_out)
         batch = _calibration(calib, args.sequences)
-        ORIGINAL_OUT[:] = [edge.arch_for(model).output(model, batch)]
+        with torch.no_grad():
+            target = edge.arch_for(model).output(model, batch)
         t0 = time.time()
         scores = importance(model, batch, edge.PruneConfig(sequences=args.sequences))
         made = {}
@@ -192,7 +183,7 @@ def main() -> None:
                 prune_seconds = round(time.time() - t0, 1)
             made[("optin-paper", f)] = prune(model, replace(cfg, refit=False), calib, scores=scores, progress=False)
             made[("magnitude", f)] = prune(model, cfg, calib, scores=magnitude(model), progress=False)
-            made[("layerdrop", f)] = layerdrop(model, f, batch)
+            made[("layerdrop", f)] = layerdrop(model, f, batch, target)
         timed = {f"{m}@{f}": v for (m, f), v in made.items() if m != "optin-paper"}
         ms = {} if args.no_latency else latency({"dense": model, **timed}, example, args.runtimes, args.runs)
         for t in ms.values():

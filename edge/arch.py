@@ -43,6 +43,11 @@ class Heads:
     def count(self) -> int:
         return self.q.out_features // self.head_dim
 
+    def columns(self, kept) -> torch.Tensor:
+        """The features of heads `kept` (original indices, in the order given) in q/k/v's outputs and o's input."""
+        dh = self.head_dim
+        return torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in kept])
+
 
 @dataclass(frozen=True)
 class SelfAttention:

@@ -96,8 +96,7 @@ def _keep_heads(arch: Arch, layer: nn.Module, kept: list[int]) -> None:
     if not kept:
         arch.drop_attention(layer)
         return
-    dh = heads.head_dim
-    idx = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in sorted(kept)])
+    idx = heads.columns(sorted(kept))
     for lin in (heads.q, heads.k, heads.v):
         _slice(lin, idx, 0)
     _slice(heads.o, idx, 1)
@@ -436,10 +435,8 @@ def _refit(arch: Arch, original: nn.Module, pruned: nn.Module, plan: Plan, count
     for i, (old, new) in enumerate(zip(arch.layers(original), arch.layers(pruned))):
         heads, full_heads = arch.heads(new), arch.heads(old)
         if heads is not None and len(plan.heads[i]) < counts[i]:
-            dh = heads.head_dim
-            idx = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in plan.heads[i]])
             a = _inputs_of(full_heads.o, lambda: [arch.attention(old, h, c) for h, c in states], masks)
-            _solve_into(heads.o, a, full_heads.o.weight, idx)
+            _solve_into(heads.o, a, full_heads.o.weight, full_heads.columns(plan.heads[i]))
         mids = [(arch.attention(new, h, c), c) for h, c in states]
         if len(plan.neurons[i]) < widths[i]:
             ffn, full_ffn = arch.ffn(new, pruned.config), arch.ffn(old, original.config)
