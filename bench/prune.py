@@ -15,10 +15,13 @@ For each: `acc` (top-1 of the probe, or of the ViT's classifier), `acc_full` (th
 (the output against the original's: the embedding, or the logits), `flops_frac` (edge's FLOP count on
 the test inputs, against the original's), and the measured latency ratio against the unpruned model
 exported the same way, in the same run, 1 thread: ExecuTorch through the native runner (one process,
-all artifacts in turn) and ONNX Runtime (Python, the runs interleaved); MiniLM at --tokens tokens.
-`prune_seconds`: OPTIN's scoring and solving of MiniLM at the first fraction.
+all artifacts in turn) and ONNX Runtime (Python, the runs interleaved); MiniLM at --tokens tokens, the
+ViT at its 28x28 image (`dense_ms`: the unpruned model's median, per task and runtime). Fractions: MiniLM
+0.8, 0.6, 0.4; the ViT 0.8, 0.7 (its target), 0.6, 0.4. `prune_seconds`: OPTIN's scoring and solving of
+MiniLM at the first fraction.
 
-    taskset -c 0 .venv/bin/python bench/prune.py            # MiniLM and the ViT, ~40 minutes on 1 core
+    .venv/bin/python bench/prune.py --tasks minilm --runs 20   # ~15 minutes on 2 cores (scoring uses both)
+    .venv/bin/python bench/prune.py --tasks fashion-vit        # ~4 minutes once the ViT is trained
     .venv/bin/python bench/prune.py --tasks minilm --no-latency
 Last line: one JSON object.
 """
@@ -48,6 +51,7 @@ from acm_fidelity import held_out  # noqa: E402
 from export_speed import interleaved, native_medians  # noqa: E402
 
 FRACTIONS = (0.8, 0.6, 0.4)
+VIT_FRACTIONS = (0.8, 0.7, 0.6, 0.4)  # (0.7: the ViT's target, after OPTIN's DeiT figures)
 METHODS = ("optin", "optin-paper", "magnitude", "layerdrop")
 REFIT = edge.PruneConfig.refit_sequences
 
@@ -154,7 +158,8 @@ def latency(models: dict, example: dict, runtimes: list[str], runs: int) -> dict
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", nargs="+", default=["minilm", "fashion-vit"], choices=["minilm", "fashion-vit"])
-    ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS))
+    ap.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="MiniLM's")
+    ap.add_argument("--vit-fractions", type=float, nargs="+", default=list(VIT_FRACTIONS), help="the ViT's")
     ap.add_argument("--sequences", type=int, default=edge.PruneConfig.sequences, help="calibration sequences")
     ap.add_argument("--test-limit", type=int, default=None, help="MiniLM: the first N test passages (default: all)")
     ap.add_argument("--tokens", type=int, default=128)
@@ -165,7 +170,8 @@ def main() -> None:
     torch.manual_seed(0)
     rows = {k: [] for k in ("task", "method", "flops_frac", "acc", "acc_full", "cos_mean",
                             "latency_ratio_executorch", "latency_ratio_onnx")}
-    prune_seconds = None
+    prune_seconds, dense_ms = None, {}
+    fractions = {"minilm": args.fractions, "fashion-vit": args.vit_fractions}
     for task in args.tasks:
         model, calib, test_b, teacher_out, acc_of, example = (minilm if task == "minilm" else fashion_vit)(args)
         acc_full = acc_of(teacher_out)
@@ -175,7 +181,7 @@ def main() -> None:
         t0 = time.time()
         scores = importance(model, batch, edge.PruneConfig(sequences=args.sequences))
         made = {}
-        for f in args.fractions:
+        for f in fractions[task]:
             cfg = edge.PruneConfig(flops=f, sequences=args.sequences,
                                    multiple=min(32, edge.arch_for(model).dims(model)[1] // 8))
             made[("optin", f)] = prune(model, cfg, calib, scores=scores, progress=False)
@@ -186,8 +192,9 @@ def main() -> None:
             made[("layerdrop", f)] = layerdrop(model, f, batch, target)
         timed = {f"{m}@{f}": v for (m, f), v in made.items() if m != "optin-paper"}
         ms = {} if args.no_latency else latency({"dense": model, **timed}, example, args.runtimes, args.runs)
+        dense_ms[task] = {rt: round(t["dense"], 3) for rt, t in ms.items()}
         for t in ms.values():
-            t.update({f"optin-paper@{f}": t[f"optin@{f}"] for f in args.fractions})
+            t.update({f"optin-paper@{f}": t[f"optin@{f}"] for f in fractions[task]})
         full = outputs(model, test_b)[1]
         for (method, f), m in made.items():
             out, spent = outputs(m, test_b)
@@ -204,7 +211,7 @@ def main() -> None:
                 rows[f"latency_ratio_{rt}"].append(round(t[f"{method}@{f}"] / t["dense"], 3) if t else None)
             print(f"{task} {method} {f}: " + ", ".join(f"{k} {v[-1]}" for k, v in rows.items() if k not in ("task", "method")),
                   flush=True)
-    print(json.dumps({**rows, "fractions": args.fractions, "prune_seconds": prune_seconds,
+    print(json.dumps({**rows, "fractions": {t: fractions[t] for t in args.tasks}, "prune_seconds": prune_seconds, "dense_ms": dense_ms,
                       "cpu": machine()["cpu"]}))
 
 

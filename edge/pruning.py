@@ -63,7 +63,7 @@ class PruneConfig(Config):
     sequences: int = setting(integer(1), 8)
     multiple: int = setting(integer(1), 32)
     refit: bool = setting(boolean(), True)
-    refit_sequences: int = setting(integer(1), 256)
+    refit_sequences: int = setting(integer(1), 1024)
     kept_heads: tuple[tuple[int, ...], ...] = setting(sequence_of(sequence_of(integer(0))), ())
     ffn_widths: tuple[int, ...] = setting(sequence_of(integer(1)), ())
 
@@ -404,25 +404,24 @@ def _sequences(batches: list[dict], n: int) -> list[dict]:
     return out
 
 
-def _inputs_of(where: nn.Linear, run, masks: list[torch.Tensor]) -> torch.Tensor:
-    """(tokens, features): the input of `where` on the real tokens while `run()` runs."""
-    got = []
-    handle = where.register_forward_pre_hook(lambda _mod, args: got.append(args[0]))
+def _solve_into(lin: nn.Linear, full: nn.Linear, idx: torch.Tensor, runs: list[tuple]) -> None:
+    """lin.weight := W minimizing the sum over `runs` of |X[:, idx] W^T - X full.weight^T|^2 (+ ridge),
+    X the input of `full` on the real tokens while each run's callable runs (runs: [(callable, tokens)]):
+    what the kept inputs must do to give the full layer's output (the bias is unchanged: both sides have
+    it). The normal equations are summed batch by batch, so memory does not grow with the data."""
+    seen, g, r = [], 0, 0
+    weight = full.weight.detach().double()
+    handle = full.register_forward_pre_hook(lambda _mod, args: seen.append(args[0]))
     try:
-        run()
+        for run, tokens in runs:
+            run()
+            x = seen.pop()[tokens].double()
+            a = x[:, idx]
+            g, r = g + a.T @ a, r + (a.T @ x) @ weight.T
     finally:
         handle.remove()
-    return torch.cat([x[m] for x, m in zip(got, masks)]).double()
-
-
-def _solve_into(lin: nn.Linear, full: torch.Tensor, full_weight: torch.Tensor, idx: torch.Tensor) -> None:
-    """lin.weight := W minimizing |full[:, idx] W^T - full full_weight^T|^2 (+ ridge): what the kept
-    inputs must do to give the full layer's output (the bias is unchanged: both sides have it)."""
-    a = full[:, idx]
-    target = full @ full_weight.double().T
-    g = a.T @ a
     g += REFIT_DAMPING * g.diagonal().mean().clamp(min=1e-12) * torch.eye(len(idx), dtype=g.dtype)
-    lin.weight.copy_(torch.linalg.solve(g, a.T @ target).T.to(lin.weight.dtype))
+    lin.weight.copy_(torch.linalg.solve(g, r).T.to(lin.weight.dtype))
 
 
 def _refit(arch: Arch, original: nn.Module, pruned: nn.Module, plan: Plan, counts: list[int], widths: list[int],
@@ -431,17 +430,15 @@ def _refit(arch: Arch, original: nn.Module, pruned: nn.Module, plan: Plan, count
     and the second FFN matrix of the kept neurons re-solved to give what the ORIGINAL layer's attention
     and FFN give on the same input (so the error of one layer is not handed on to the next)."""
     states = [arch.embed(pruned, b) for b in batches]
-    masks = [ctx["tokens"] for _, ctx in states]
     for i, (old, new) in enumerate(zip(arch.layers(original), arch.layers(pruned))):
         heads, full_heads = arch.heads(new), arch.heads(old)
         if heads is not None and len(plan.heads[i]) < counts[i]:
-            a = _inputs_of(full_heads.o, lambda: [arch.attention(old, h, c) for h, c in states], masks)
-            _solve_into(heads.o, a, full_heads.o.weight, full_heads.columns(plan.heads[i]))
+            _solve_into(heads.o, full_heads.o, full_heads.columns(plan.heads[i]),
+                        [(lambda h=h, c=c: arch.attention(old, h, c), c["tokens"]) for h, c in states])
         mids = [(arch.attention(new, h, c), c) for h, c in states]
         if len(plan.neurons[i]) < widths[i]:
-            ffn, full_ffn = arch.ffn(new, pruned.config), arch.ffn(old, original.config)
-            a = _inputs_of(full_ffn.fc2, lambda: [arch.feed_forward(old, m, c) for m, c in mids], masks)
-            _solve_into(ffn.fc2, a, full_ffn.fc2.weight, plan.neurons[i])
+            _solve_into(arch.ffn(new, pruned.config).fc2, arch.ffn(old, original.config).fc2, plan.neurons[i],
+                        [(lambda m=m, c=c: arch.feed_forward(old, m, c), c["tokens"]) for m, c in mids])
         states = [(arch.feed_forward(new, m, c), c) for m, c in mids]
 
 

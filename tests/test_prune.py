@@ -89,6 +89,22 @@ def test_the_refit_brings_the_pruned_model_closer_to_the_original(name, mt):
     assert err[True] < err[False]
 
 
+@pytest.mark.parametrize("name,mt", CASES)
+def test_the_refit_is_the_same_whether_its_data_comes_in_one_batch_or_several(name, mt):
+    # (the normal equations are summed batch by batch: memory does not grow with the data)
+    arch, model, batch = _tiny(name, mt, seed=6)
+    whole = {k: _more(v, 6, 1) for k, v in batch.items()}
+    n = len(next(iter(whole.values())))
+    cuts = sorted(random.Random(7).sample(range(1, n), 3))
+    pieces = [{k: v[a:b] for k, v in whole.items()} for a, b in zip([0, *cuts], [*cuts, n])]
+    cfg = edge.PruneConfig(flops=0.55, multiple=8, sequences=n, refit_sequences=n)
+    one, several = (edge.prune(model, cfg, calib, progress=False) for calib in ([whole], pieces))
+    a, b = one.state_dict(), several.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
 def _more(v, times, seed):
     """v repeated `times` along the batch, its token ids redrawn (pixels and features jittered)."""
     g = torch.Generator().manual_seed(seed)
