@@ -152,6 +152,7 @@ class _Reference:
     """The original model on the calibration batch: each layer's input, Gram targets, the output."""
 
     inputs: list[torch.Tensor]  # the hidden states entering layer i (B, T, d)
+    mids: list[torch.Tensor]  # after layer i's attention (B, T, d): where a neuron's copies start
     grams: list[torch.Tensor]  # after layer i (B, T, T)
     out: torch.Tensor
     ctx: dict
@@ -160,27 +161,31 @@ class _Reference:
 
 def _reference(arch: Arch, model: nn.Module, batch: dict) -> _Reference:
     h, ctx = arch.embed(model, batch)
-    inputs, grams = [], []
+    inputs, mids, grams = [], [], []
     for layer in arch.layers(model):
         inputs.append(h)
-        h = arch.feed_forward(layer, arch.attention(layer, h, ctx), ctx)
+        mids.append(arch.attention(layer, h, ctx))
+        h = arch.feed_forward(layer, mids[-1], ctx)
         grams.append(_gram(h, ctx["tokens"]))
     n = ctx["tokens"].sum(1).to(h.dtype)
-    return _Reference(inputs, grams, arch.head(model, h, ctx), ctx, n * n)
+    return _Reference(inputs, mids, grams, arch.head(model, h, ctx), ctx, n * n)
 
 
 def _damage(arch: Arch, model: nn.Module, ref: _Reference, start: int, where: nn.Linear, masks: torch.Tensor,
-            kd_weight: float, kind: str) -> torch.Tensor:
-    """(R,) damage of R masks over the input features of `where` (a linear of layer `start`, 0-based)."""
+            kd_weight: float, kind: str, in_ffn: bool) -> torch.Tensor:
+    """(R,) damage of R masks over the input features of `where` (a linear of layer `start`, 0-based;
+    in_ffn: of its FFN, so that the copies start after its attention, which they all share)."""
     r, b = masks.shape[0], ref.inputs[start].shape[0]
     m = masks.repeat_interleave(b, 0)[:, None, :]  # (R*B, 1, W)
     ctx = {k: _repeat(v, r) for k, v in ref.ctx.items()}
-    h = _repeat(ref.inputs[start], r)
+    h = _repeat((ref.mids if in_ffn else ref.inputs)[start], r)
     handle = where.register_forward_pre_hook(lambda _mod, args: (args[0] * m, *args[1:]))
     loss = h.new_zeros(r * b)
     try:
         for i, layer in enumerate(arch.layers(model)[start:], start):
-            h = arch.feed_forward(layer, arch.attention(layer, h, ctx), ctx)
+            if not (in_ffn and i == start):
+                h = arch.attention(layer, h, ctx)
+            h = arch.feed_forward(layer, h, ctx)
             loss += ((_gram(h, ctx["tokens"]) - _repeat(ref.grams[i], r)) ** 2).sum((1, 2)) / _repeat(ref.pairs, r)
     finally:
         handle.remove()
@@ -198,7 +203,7 @@ def _output_damage(kind: str, out: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 def _scores(arch: Arch, model: nn.Module, ref: _Reference, start: int, where: nn.Linear, units: int, size: int,
-            kd_weight: float, kind: str, tick) -> torch.Tensor:
+            kd_weight: float, kind: str, in_ffn: bool, tick) -> torch.Tensor:
     """(units,) damage of masking each unit (a block of `size` input features of `where`) alone."""
     b = ref.inputs[start].shape[0]
     per_pass = max(1, ROWS_PER_PASS // b)
@@ -208,7 +213,7 @@ def _scores(arch: Arch, model: nn.Module, ref: _Reference, start: int, where: nn
         masks = torch.ones(r, units * size)
         for j in range(r):
             masks[j, (first + j) * size:(first + j + 1) * size] = 0
-        out.append(_damage(arch, model, ref, start, where, masks, kd_weight, kind))
+        out.append(_damage(arch, model, ref, start, where, masks, kd_weight, kind, in_ffn))
         tick(r)
     return torch.cat(out)
 
@@ -231,10 +236,10 @@ def importance(model: nn.Module, batch: dict, config: PruneConfig, progress: boo
         tick = bar.update
         ref = _reference(arch, model, batch)
         for i, layer in enumerate(arch.layers(model)):
-            heads.append(_scores(arch, model, ref, i, arch.heads(layer).o, counts[i], dh, config.kd_weight, kind, tick)
-                         if config.heads else torch.zeros(0))
+            heads.append(_scores(arch, model, ref, i, arch.heads(layer).o, counts[i], dh, config.kd_weight, kind, False,
+                                 tick) if config.heads else torch.zeros(0))
             neurons.append(_scores(arch, model, ref, i, arch.ffn(layer, model.config).fc2, widths[i], 1,
-                                   config.kd_weight, kind, tick) if config.neurons else torch.zeros(0))
+                                   config.kd_weight, kind, True, tick) if config.neurons else torch.zeros(0))
     return heads, neurons
 
 

@@ -105,6 +105,50 @@ def test_the_refit_is_the_same_whether_its_data_comes_in_one_batch_or_several(na
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+def _direct_damage(arch, model, batch, where, cols, kd_weight):
+    """The damage of zeroing input features `cols` of `where`, the whole model run once with the mask
+    (no repeated batch, no layers shared with the original): what importance's batched passes must give."""
+    from edge.pruning import _gram, _output_damage
+
+    def trajectory(mask):
+        hook = where.register_forward_pre_hook(lambda _mod, a: (a[0] * mask, *a[1:]))
+        try:
+            h, ctx = arch.embed(model, batch)
+            grams = []
+            for layer in arch.layers(model):
+                h = arch.feed_forward(layer, arch.attention(layer, h, ctx), ctx)
+                grams.append(_gram(h, ctx["tokens"]))
+            return grams, arch.head(model, h, ctx), ctx["tokens"]
+        finally:
+            hook.remove()
+
+    mask = torch.ones(where.in_features)
+    ref, ref_out, tokens = trajectory(mask)
+    mask[cols] = 0
+    got, out, _ = trajectory(mask)
+    pairs = tokens.sum(1).float() ** 2
+    loss = sum(((g - r) ** 2).sum((1, 2)) / pairs for g, r in zip(got, ref))
+    loss = loss + kd_weight * _output_damage(arch.output_kind(model), out, ref_out)
+    return float(loss.mean())
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_batched_importance_is_each_unit_masked_alone(name, mt):
+    arch, model, batch = _tiny(name, mt, seed=8)
+    cfg = edge.PruneConfig(kd_weight=0.7)
+    with torch.no_grad():
+        heads, neurons = importance(model, batch, cfg, progress=False)
+        rng = random.Random(name + mt)
+        for i, layer in enumerate(arch.layers(model)):
+            h, ffn = arch.heads(layer), arch.ffn(layer, model.config)
+            k = rng.randrange(h.count)
+            want = _direct_damage(arch, model, batch, h.o, slice(k * h.head_dim, (k + 1) * h.head_dim), 0.7)
+            assert float(heads[i][k]) == pytest.approx(want, rel=1e-3, abs=1e-7)
+            for n in rng.sample(range(ffn.fc1.out_features), 2):
+                want = _direct_damage(arch, model, batch, ffn.fc2, [n], 0.7)
+                assert float(neurons[i][n]) == pytest.approx(want, rel=1e-3, abs=1e-7)
+
+
 def _more(v, times, seed):
     """v repeated `times` along the batch, its token ids redrawn (pixels and features jittered)."""
     g = torch.Generator().manual_seed(seed)
