@@ -11,7 +11,7 @@ features) of the masked and the original model, averaged over token pairs, plus 
 the output's distillation loss (for an embedding model 2 (1 - cosine), the squared distance of the unit
 vectors; KL divergence for a classifier). Many units are scored in one pass: the batch is repeated once per unit,
 each copy with its own mask, from the layer the units sit in onwards (the layers before it are the
-original's, computed once).
+original's, computed once; a neuron's copies start after its layer's attention, which they share).
 
 The budget: a fraction of the model's FLOPs at the calibration sequences' mean length. The solver
 sweeps the number of heads kept (best first) and fills what FLOPs remain with neurons in rank order,
