@@ -132,6 +132,12 @@ def bias_for_half(graph: GraphModel, inputs: list[torch.Tensor], knobs: dict) ->
     return bias
 
 
+def text_example(tok, texts: list[str], tokens: int) -> dict:
+    """The input the text benches time: the first 8 passages of `texts` joined, padded or cut to `tokens`."""
+    example = tok([" ".join(texts[:8])], padding="max_length", truncation=True, max_length=tokens, return_tensors="pt")
+    return {k: example[k] for k in ("input_ids", "attention_mask")}
+
+
 def interleaved(cases: dict, runs: int, warmup: int = 3) -> dict:
     """{name: f()} -> {name: median ms}, the cases timed in turn so that the machine's noise falls on
     all of them alike (the ratios are what the benches report)."""
@@ -240,9 +246,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, tok = edge.load_pretrained()
     texts = edge.austen_passages().split("test").texts
-    example = dict(tok([" ".join(texts[:8])], padding="max_length", truncation=True, max_length=args.tokens,
-                       return_tensors="pt"))
-    example = {k: example[k] for k in ("input_ids", "attention_mask")}
+    example = text_example(tok, texts, args.tokens)
     train = edge.batches(tok, edge.austen_passages().split("train").texts[:64], 16)
     if args.acm:
         try:

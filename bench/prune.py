@@ -48,7 +48,7 @@ from edge.pruning import _calibration, importance, prune
 
 sys.path.insert(0, str(Path(__file__).parent))
 from acm_fidelity import held_out  # noqa: E402
-from export_speed import interleaved, native_medians  # noqa: E402
+from export_speed import interleaved, native_medians, text_example  # noqa: E402
 
 FRACTIONS = (0.8, 0.6, 0.4)
 VIT_FRACTIONS = (0.8, 0.7, 0.6, 0.4)  # (0.7: the ViT's target, after OPTIN's DeiT figures)
@@ -115,10 +115,7 @@ def minilm(args):
     passages = edge.austen_passages()
     test_b, teacher_out, probe, y, _ = held_out(model, tok, passages, args.test_limit)
     calib = edge.batches(tok, passages.split("calib").texts[:max(args.sequences, REFIT)], 64)
-    texts = passages.split("test").texts
-    example = dict(tok([" ".join(texts[:8])], padding="max_length", truncation=True, max_length=args.tokens,
-                       return_tensors="pt"))
-    example = {k: example[k] for k in ("input_ids", "attention_mask")}
+    example = text_example(tok, passages.split("test").texts, args.tokens)
     return model, calib, test_b, teacher_out, (lambda out: probe.accuracy(out, y)), example
 
 
@@ -211,8 +208,8 @@ def main() -> None:
                 rows[f"latency_ratio_{rt}"].append(round(t[f"{method}@{f}"] / t["dense"], 3) if t else None)
             print(f"{task} {method} {f}: " + ", ".join(f"{k} {v[-1]}" for k, v in rows.items() if k not in ("task", "method")),
                   flush=True)
-    print(json.dumps({**rows, "fractions": {t: fractions[t] for t in args.tasks}, "prune_seconds": prune_seconds, "dense_ms": dense_ms,
-                      "cpu": machine()["cpu"]}))
+    print(json.dumps({**rows, "fractions": {t: fractions[t] for t in args.tasks}, "prune_seconds": prune_seconds,
+                      "dense_ms": dense_ms, "cpu": machine()["cpu"]}))
 
 
 if __name__ == "__main__":

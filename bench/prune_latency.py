@@ -15,7 +15,7 @@ process with the dense original, so the ratios share the machine's noise. `flops
 on the test split against the original's. The table is sorted by time; `best_at`: for each latency
 ratio bound in --bounds, the most accurate point at or under it and its method.
 
-    .venv/bin/python bench/prune_latency.py            # ~35 minutes on 2 cores (two conversions, one scoring)
+    .venv/bin/python bench/prune_latency.py            # ~50 minutes on 2 cores (two conversions, one scoring)
     .venv/bin/python bench/prune_latency.py --acm DIR --optin-acm DIR   # converted models saved by an earlier run
 Last line: one JSON object.
 """
@@ -39,7 +39,7 @@ from export.graph import GraphModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from acm_fidelity import held_out  # noqa: E402
-from export_speed import native_medians  # noqa: E402
+from export_speed import native_medians, text_example  # noqa: E402
 from prune import outputs  # noqa: E402
 
 OPTIN = (0.8, 0.6, 0.4)
@@ -60,6 +60,11 @@ def converted(path: Path | None, make, save: Path | None):
     if save is not None:
         edge.save(m, save)
     return m
+
+
+def knobs(model) -> dict:
+    """The model's own knob values, as a budget level of its export takes them."""
+    return {k: v.tolist() for k, v in GraphModel(model).knobs().items()}
 
 
 def main() -> None:
@@ -85,7 +90,8 @@ def main() -> None:
     prune_cfg = edge.PruneConfig()
     calib = edge.batches(tok, passages.split("calib").texts[:prune_cfg.refit_sequences], 64)
     t0, prune_seconds = time.time(), None
-    if args.scores and args.scores.exists():
+    loaded = bool(args.scores and args.scores.exists())
+    if loaded:
         scores = torch.load(args.scores, weights_only=True)
     else:
         scores = importance(model, _calibration(calib, prune_cfg.sequences), prune_cfg)
@@ -94,7 +100,7 @@ def main() -> None:
     pruned = {}
     for f in [*OPTIN, *({args.optin_acm_flops} - set(OPTIN))]:
         pruned[f] = prune(model, edge.PruneConfig(flops=f), calib, scores=scores, progress=False)
-        if prune_seconds is None and not (args.scores and args.scores.exists()):
+        if prune_seconds is None and not loaded:
             prune_seconds = round(time.time() - t0, 1)  # (scoring, solving and the refit at the first fraction)
     save = (lambda name: args.save / name) if args.save else (lambda name: None)
     acm = converted(args.acm, lambda: fit_acms(model, tok, passages, edge.AcmConfig(), progress=False), save("acm"))
@@ -119,15 +125,12 @@ def main() -> None:
     for method, m in (("acm", acm), ("optin+acm", optin_acm)):
         for b in KNOB:
             edge.calibrate_budget_(m, knob_calib, b)
-            measure(method, f"{b:g}", m, {k: v.tolist() for k, v in GraphModel(m).knobs().items()})
+            measure(method, f"{b:g}", m, knobs(m))
     for b in STEERED:
         edge.set_budget_(depth, model, b, knob_calib)
-        measure("exits+skips+acm", f"{b:g}", depth, {k: v.tolist() for k, v in GraphModel(depth).knobs().items()})
+        measure("exits+skips+acm", f"{b:g}", depth, knobs(depth))
 
-    texts = passages.split("test").texts
-    example = dict(tok([" ".join(texts[:8])], padding="max_length", truncation=True, max_length=args.tokens,
-                       return_tensors="pt"))
-    example = {k: example[k] for k in ("input_ids", "attention_mask")}
+    example = text_example(tok, passages.split("test").texts, args.tokens)
     with tempfile.TemporaryDirectory() as tmp:
         plain = {"dense": export.to_runtime(model, "executorch", Path(tmp) / "dense", example, progress=False).path}
         for f in OPTIN:
@@ -160,7 +163,8 @@ def main() -> None:
                                                                       f"(acc {best['acc']})"))
     keys = ("method", "point", "flops_frac", "latency_ratio_executorch", "acc")
     print(json.dumps({**{k: [p[k] for p in points] for k in keys}, "acc_full": round(acc_full, 4),
-                      "dense_ms": round(ms["dense"], 3), "best_at": best_at, "prune_seconds": prune_seconds, "cpu": machine()["cpu"]}))
+                      "dense_ms": round(ms["dense"], 3), "best_at": best_at, "prune_seconds": prune_seconds,
+                      "cpu": machine()["cpu"]}))
 
 
 if __name__ == "__main__":
