@@ -256,4 +256,5 @@ def install_moe(model: nn.Module, config: MoeConfig) -> list[MoE]:
     return made
 
 
-register(Transform("moe", MoeConfig, install_moe, after=("prune",), before=("quant",)))
+# exports=False: the export's gathers and the routed drivers' expert lists are not built yet
+register(Transform("moe", MoeConfig, install_moe, after=("prune",), before=("quant",), exports=False))

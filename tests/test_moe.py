@@ -163,3 +163,14 @@ def test_router_targets_are_each_experts_share_of_the_output():
     shares = expert_shares(m, x, y)
     for e in range(4):
         torch.testing.assert_close(shares[:, e], m.run_expert(x, e).pow(2).mean(-1) / y.pow(2).mean())
+
+
+def test_what_is_not_built_yet_is_one_clear_line(tmp_path):
+    arch, model, _, batch, _ = tiny_moe_model("bert", "bert", MoeConfig(experts=4))
+    import export
+
+    with pytest.raises(edge.EdgeError, match="exporting a model with moe is not built yet"):
+        export.to_onnx(model, tmp_path / "m", batch, progress=False)
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(edge.EdgeError, match="int8 of a sigma-MoE model is not built yet"):
+        edge.quantize(model, edge.QuantConfig("8da8w"))
