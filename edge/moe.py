@@ -68,8 +68,11 @@ class MoeConfig(Config):
 class MoE(AdaptiveFFN):
     """Drop-in replacement of an FFN  x -> W2 act(W1 x + b1) + b2  on (..., d) inputs.
 
-    Expert e is  x -> w2[e]^T act(w1[e] x + b1[e])  (G hidden neurons); the FFN's output bias b2 is
-    added for every token (it costs no multiply). The router maps x to E scores."""
+    Expert e is  x -> w2[e]^T act(w1[e] x + b1[e]) + c[e]  (G hidden neurons), and every token gets
+    b2 whatever it runs (neither costs a multiply). moefy sets c[e] to minus the expert's mean output
+    and adds the means to b2: a closed expert then contributes its mean instead of nothing (the
+    experts of a GELU FFN are far from zero-mean), and every expert open is still the FFN exactly. The
+    router maps x to E scores."""
 
     def __init__(self, d: int, ffn_hidden: int, config: MoeConfig, act: str):
         super().__init__()
@@ -81,7 +84,8 @@ class MoE(AdaptiveFFN):
         self.w1 = nn.Parameter(torch.empty(e, self.h, d))  # up-projection of each expert
         self.b1 = nn.Parameter(torch.zeros(e, self.h))
         self.w2 = nn.Parameter(torch.empty(e, self.h, d))  # down-projection, stored (in, out) per expert
-        self.b2 = nn.Parameter(torch.zeros(d))
+        self.c = nn.Parameter(torch.zeros(e, d))  # each expert's output bias (minus its mean output)
+        self.b2 = nn.Parameter(torch.zeros(d))  # every token's: the FFN's output bias plus the experts' means
         g = config.router_hidden
         self.router = (nn.Sequential(nn.Linear(d, g), nn.GELU(), nn.Linear(g, e)) if g else nn.Linear(d, e))
         self.register_buffer("gate_bias", torch.zeros(()))  # adaptive: the price per expert
@@ -130,7 +134,7 @@ class MoE(AdaptiveFFN):
         return float(self.gate_bias if self.mode == "adaptive" else self.top_k)
 
     def trained(self):
-        return [self.w1, self.b1, self.w2, self.b2], list(self.router.parameters())
+        return [self.w1, self.b1, self.w2, self.c, self.b2], list(self.router.parameters())
 
     def expected_units(self) -> torch.Tensor:
         return self.last_gate.float().sum(-1)
@@ -171,8 +175,8 @@ class MoE(AdaptiveFFN):
         return torch.sigmoid(scores - edge)
 
     def run_expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
-        """Expert e alone, no output bias: (M, d) -> (M, d)."""
-        return self.act(F.linear(x, self.w1[e], self.b1[e])) @ self.w2[e]
+        """Expert e alone: (M, d) -> (M, d)."""
+        return self.act(F.linear(x, self.w1[e], self.b1[e])) @ self.w2[e] + self.c[e]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forced is not None and not self.dense:  # static: the router is not needed
@@ -193,7 +197,7 @@ class MoE(AdaptiveFFN):
         g = hard + soft - soft.detach()  # straight-through: forward is hard, gradient is soft's
         self.last_gate, self.last_soft, self.last_k = g, soft, hard.sum(-1).long()
         a = self.act(torch.einsum("...d,egd->...eg", x, self.w1) + self.b1)  # (..., E, G)
-        return torch.einsum("...eg,egd->...d", a * g.unsqueeze(-1), self.w2) + self.b2
+        return torch.einsum("...eg,egd->...d", a * g.unsqueeze(-1), self.w2) + g @ self.c + self.b2
 
     def _forward_skipping(self, x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
         """Expert e gathers the tokens that chose it, runs on them alone and adds its output back."""
@@ -207,9 +211,10 @@ class MoE(AdaptiveFFN):
         return y.reshape(shape)
 
     def load_ffn_(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                  order: torch.Tensor | None = None) -> None:
+                  order: torch.Tensor | None = None, means: torch.Tensor | None = None) -> None:
         """The experts as groups of an FFN's neurons (w1: (F, d), w2: (d, F)): expert e is the neurons
-        order[e * G:(e + 1) * G] (default: in their own order), so all E together are the FFN."""
+        order[e * G:(e + 1) * G] (default: in their own order), so all E together are the FFN. means:
+        (E, d) the experts' mean outputs, which a closed expert then gives (default: nothing)."""
         order = torch.arange(w1.shape[0]) if order is None else order
         if sorted(order.tolist()) != list(range(w1.shape[0])):
             raise ValueError("order must be a permutation of the FFN's neurons")
@@ -218,7 +223,9 @@ class MoE(AdaptiveFFN):
             self.w1.copy_(w1[order].reshape(e, h, d))
             self.b1.copy_(b1[order].reshape(e, h))
             self.w2.copy_(w2.t()[order].reshape(e, h, d))
-            self.b2.copy_(b2)
+            means = torch.zeros(e, d) if means is None else means
+            self.c.copy_(-means)
+            self.b2.copy_(b2 + means.sum(0))
 
 
 def moe_modules(model: nn.Module) -> list[MoE]:

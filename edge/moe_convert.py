@@ -3,8 +3,9 @@
   0. grouping: each FFN's neurons are grouped into E experts of equal size by balanced k-means on
      their co-activations (MoEfication's route): a neuron's feature is its contribution on calibration
      tokens (|activation| x the norm of its output weights), so that the neurons that matter for the
-     same tokens share an expert and a token's output concentrates in few experts. All E experts
-     together are the FFN exactly;
+     same tokens share an expert and a token's output concentrates in few experts. Each expert's mean
+     output moves into the always-added bias (edge.moe.MoE: a closed expert gives its mean). All E
+     experts together are the FFN exactly;
   1. router distillation: each router learns, from hooks on the original model, the log of each
      expert's share of the token's FFN output (its output's squared norm over the output's mean
      square), so that its gates rank the experts by contribution and gate_bias is a price per expert;
@@ -61,10 +62,12 @@ def moefy(model: nn.Module, config: MoeConfig, data: list[dict], calib: list[dic
     ffns = [arch.ffn(layer, teacher.config) for layer in arch.layers(teacher)]
     student = copy.deepcopy(teacher)
     moes = install_moe(student, config)
-    contributions = _contributions(teacher, arch, ffns, data[: max(1, min(4, len(data)))])
-    for moe, ffn, c in zip(moes, ffns, contributions):
-        moe.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias,
-                      balanced_groups(c, moe.n, distill.seed))
+    first = data[: max(1, min(4, len(data)))]
+    orders = [balanced_groups(c, m.n, distill.seed) for m, c in zip(moes, _contributions(teacher, arch, ffns, first))]
+    for moe, ffn, order in zip(moes, ffns, orders):
+        moe.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, order)
+    for moe, ffn, order, mean in zip(moes, ffns, orders, _expert_means(teacher, arch, ffns, moes, first)):
+        moe.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, order, mean)
     _train_routers(teacher, arch, ffns, moes, _cycle(data, rng), distill, progress)
     return _retarget_(student, teacher, config.budget, data, calib or data[:8], distill, progress,
                       desc="phase 2/2 end-to-end")
@@ -78,6 +81,18 @@ def _contributions(teacher, arch, ffns, batches) -> list[torch.Tensor]:
         for out, f, (x, _) in zip(got, ffns, _ffn_pairs(teacher, arch, ffns, b)):
             out.append(_act_fn(f.act)(F.linear(x, f.fc1.weight, f.fc1.bias)).abs())
     return [torch.cat(a)[:GROUP_TOKENS].t() * f.fc2.weight.norm(dim=0)[:, None] for a, f in zip(got, ffns)]
+
+
+def _expert_means(teacher, arch, ffns, moes, batches) -> list[torch.Tensor]:
+    """Per MoE, (E, d) each expert's mean output (its neurons' part of the FFN) on the real tokens."""
+    sums, count = [torch.zeros(m.n, m.d) for m in moes], 0
+    with torch.no_grad():
+        for b in batches:
+            pairs = _ffn_pairs(teacher, arch, ffns, b)
+            for s, m, (x, _) in zip(sums, moes, pairs):
+                s += torch.stack([m.run_expert(x, e) for e in range(m.n)]).sum(1)  # (c is 0 here)
+            count += pairs[0][0].shape[0]
+    return [s / max(count, 1) for s in sums]
 
 
 def balanced_groups(features: torch.Tensor, groups: int, seed: int = 0) -> torch.Tensor:
@@ -118,10 +133,11 @@ def _assign_balanced(sim: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def expert_shares(moe: MoE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(M, E) each expert's output's squared norm on tokens x (M, d), over the mean square of the FFN's
-    output y (M, d) on them: what a router learns to predict (its log)."""
+    """(M, E) the squared norm of what running each expert adds on tokens x (M, d) (its output minus
+    its mean, which a closed expert gives), over the mean square of the FFN's output y (M, d) on them:
+    what a router learns to predict (its log)."""
     a = moe.act(torch.einsum("md,egd->meg", x, moe.w1) + moe.b1)  # (M, E, G)
-    out = torch.einsum("meg,egd->med", a, moe.w2)  # (M, E, d)
+    out = torch.einsum("meg,egd->med", a, moe.w2) + moe.c  # (M, E, d)
     return out.pow(2).mean(-1) / y.pow(2).mean()
 
 

@@ -39,11 +39,12 @@ def test_every_expert_open_is_the_ffn_exactly(name, mt, seed):
     config = MoeConfig(experts=_divisor(f, rng), router_hidden=rng.choice([0, 8]), mode=rng.choice(MODES))
     arch, model, ref, batch, moes = tiny_moe_model(name, mt, config)
     gen = torch.Generator().manual_seed(seed)
-    for m in moes:  # grouped in a random order: still every neuron once
+    for m in moes:  # grouped in a random order, with expert means: still every neuron once
         ffn_w1 = m.w1.detach().reshape(-1, m.d).clone()
         perm = torch.randperm(m.n * m.h, generator=gen)
+        means = 0.1 * torch.randn(m.n, m.d, generator=gen)  # (what a closed expert gives: any, when all are open)
         m.load_ffn_(ffn_w1[perm], m.b1.detach().reshape(-1)[perm], m.w2.detach().reshape(-1, m.d)[perm].t(),
-                    m.b2.detach().clone())
+                    m.b2.detach().clone(), torch.argsort(perm), means)
         m.set_knob_(TOP_BIAS if m.mode == "adaptive" else m.n)
     with torch.no_grad():
         torch.testing.assert_close(arch.output(model, batch), arch.output(ref, batch), atol=1e-5, rtol=1e-5)
@@ -153,6 +154,23 @@ def test_moefy_converts_calibrates_and_round_trips(tmp_path, name, mt):
     assert [m.knob_value() for m in moe_modules(loaded)] == [m.knob_value() for m in moe_modules(moe)]
     with pytest.raises(edge.EdgeError, match="adaptive already"):
         edge.acmize(moe, edge.AcmConfig(learners=2), [batch], distill=FEW, progress=False)
+
+
+def test_a_closed_expert_gives_its_mean():
+    torch.manual_seed(0)
+    m = MoE(8, 16, MoeConfig(experts=4, router_hidden=0), "gelu").eval()
+    x = torch.randn(50, 8)
+    w1, b1, w2, b2 = torch.randn(16, 8), torch.randn(16), torch.randn(8, 16), torch.randn(8)
+    means = torch.randn(4, 8)
+    m.load_ffn_(w1, b1, w2, b2, None, means)
+    for open_ in ([0, 2], [1], []):
+        m.forced = torch.zeros(4, dtype=torch.bool)
+        m.forced[open_] = True
+        with torch.no_grad():
+            y = m(x)
+        parts = [torch.nn.functional.gelu(x @ w1[4 * e:4 * e + 4].t() + b1[4 * e:4 * e + 4]) @ w2[:, 4 * e:4 * e + 4].t()
+                 if e in open_ else means[e].expand(50, 8) for e in range(4)]
+        torch.testing.assert_close(y, b2 + sum(parts), atol=1e-5, rtol=1e-5)
 
 
 def test_router_targets_are_each_experts_share_of_the_output():
