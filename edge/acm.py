@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge.adaptive import AdaptiveFFN, refuse_adaptive
+from edge.adaptive import AdaptiveFFN, replace_ffns
 from edge.arch import arch_for
 from edge.config import Config, boolean, config, integer, one_of, real, setting
 from edge.errors import EdgeError
@@ -328,15 +328,12 @@ def acm_modules(model: nn.Module) -> list[ACM]:
 def install_acms(model: nn.Module, config: AcmConfig) -> list[ACM]:
     """Replace every FFN of `model` (in place) by an ACM of the same width: its learners uninitialized,
     its top of the knob (exact_top) the FFN it replaces."""
-    refuse_adaptive(model, "an ACM")
-    arch = arch_for(model)
-    acms = []
-    for layer in arch.layers(model):
-        ffn = arch.ffn(layer, model.config)
+    def make(ffn):
         acm = ACM(ffn.fc1.in_features, ffn.fc1.out_features, config, ffn.act)
         acm.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, slices=False)
-        arch.install(layer, acm)
-        acms.append(acm)
+        return acm
+
+    acms = replace_ffns(model, make, "an ACM")
     attach(model).add("acm", config)
     return acms
 

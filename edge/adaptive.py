@@ -15,6 +15,9 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from edge.arch import arch_for
+from edge.errors import EdgeError
+
 TOP_BIAS = -2.0 ** 50  # the gate bias at budget 1.0 (~ -1.1e15, exact in fp32): below any gap between two scores
 
 
@@ -120,11 +123,21 @@ def adaptive_ffns(model: nn.Module) -> list[AdaptiveFFN]:
 
 def refuse_adaptive(model: nn.Module, what: str) -> None:
     """One clear line when `what` (a transform that replaces the FFNs) meets FFNs replaced already."""
-    from edge.errors import EdgeError
-
     if adaptive_ffns(model):
         raise EdgeError(f"this model's FFNs are adaptive already ({type(adaptive_ffns(model)[0]).__name__}); "
                         f"{what} takes the original (or pruned) model's FFNs")
+
+
+def replace_ffns(model: nn.Module, make: Callable[[nn.Module], AdaptiveFFN], what: str) -> list[AdaptiveFFN]:
+    """Replace every FFN of `model` (in place) by make(ffn) (an adaptive FFN of the same shape, the
+    FFN's weights loaded); `what` names it in the error when the FFNs were replaced already."""
+    refuse_adaptive(model, what)
+    arch = arch_for(model)
+    made = []
+    for layer in arch.layers(model):
+        made.append(make(arch.ffn(layer, model.config)))
+        arch.install(layer, made[-1])
+    return made
 
 
 def adaptive_of(layer: nn.Module) -> AdaptiveFFN | None:

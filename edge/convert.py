@@ -153,7 +153,7 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
         acm.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, imp, slices=slices)
     stream = _cycle(data, rng)
     _train_representations(teacher, arch, ffns, acms, stream, distill, progress)
-    _train_gates(teacher, arch, ffns, acms, stream, distill, progress)
+    train_gates(teacher, arch, ffns, acms, stream, distill, progress, _gate_loss(distill))
     return _retarget_(student, teacher, config.budget, data, calib or data[:8], distill, progress)
 
 
@@ -302,24 +302,32 @@ def gate_labels(errors: torch.Tensor, ratio: float) -> torch.Tensor:
     return close.float().argmax(-1)  # first True
 
 
-def _train_gates(teacher, arch, ffns, acms, stream, cfg: DistillConfig, progress):
+def train_gates(teacher, arch, ffns, modules: list[AdaptiveFFN], stream, cfg: DistillConfig, progress, loss_of,
+                desc: str = "phase 2/3 gates"):
+    """The gates (AdaptiveFFN.trained()[1]) alone learn, cfg.gate_steps steps, from each FFN's inputs x
+    and outputs y of the original model: loss_of(module, x, y), averaged over the modules."""
     if not cfg.gate_steps:
         return
-    opt = torch.optim.Adam([p for a in acms for p in a.gate.parameters()], lr=cfg.gate_lr)
-    bar = tqdm(range(cfg.gate_steps), desc="phase 2/3 gates", disable=not progress, file=terminal())
+    opt = torch.optim.Adam([p for a in modules for p in a.trained()[1]], lr=cfg.gate_lr)
+    bar = tqdm(range(cfg.gate_steps), desc=desc, disable=not progress, file=terminal())
     for _ in bar:
-        loss = 0.0
         with _autocast(cfg):
             pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
-            for a, (x, y) in zip(acms, pairs):
-                with torch.no_grad():
-                    err = prefix_errors(a, x, y)
-                loss = loss + GATE_LOSSES[a.gate_kind](a.gate(x).float(), err, y, cfg)
-        loss = loss / len(acms)
+            loss = sum(loss_of(a, x, y) for a, (x, y) in zip(modules, pairs)) / len(modules)
         opt.zero_grad()
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def _gate_loss(cfg: DistillConfig):
+    """Phase 2's loss of an ACM's gate (GATE_LOSSES, by its kind) against its prefixes' errors."""
+    def loss(a: ACM, x, y):
+        with torch.no_grad():
+            err = prefix_errors(a, x, y)
+        return GATE_LOSSES[a.gate_kind](a.gate(x).float(), err, y, cfg)
+
+    return loss
 
 
 # phase 2 objective per gate kind (edge.acm.GATE_SCORES says how the outputs are read)

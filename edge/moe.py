@@ -30,8 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edge.acm import ACTIVATIONS
-from edge.adaptive import AdaptiveFFN, refuse_adaptive
-from edge.arch import arch_for
+from edge.adaptive import AdaptiveFFN, replace_ffns
 from edge.config import Config, config, integer, one_of, real, setting
 from edge.errors import EdgeError
 from edge.parts import Transform, attach, register
@@ -250,15 +249,12 @@ def set_mode_(model: nn.Module, mode: str) -> None:
 def install_moe(model: nn.Module, config: MoeConfig) -> list[MoE]:
     """Replace every FFN of `model` (in place) by a MoE of the same width, its experts the FFN's
     neurons in their own order (edge.moefy regroups them) and its router untrained."""
-    refuse_adaptive(model, "a MoE")
-    arch = arch_for(model)
-    made = []
-    for layer in arch.layers(model):
-        ffn = arch.ffn(layer, model.config)
+    def make(ffn):
         moe = MoE(ffn.fc1.in_features, ffn.fc1.out_features, config, ffn.act)
         moe.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias)
-        arch.install(layer, moe)
-        made.append(moe)
+        return moe
+
+    made = replace_ffns(model, make, "a MoE")
     attach(model).add("moe", config)
     return made
 

@@ -22,12 +22,10 @@ import random
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from edge.adaptive import refuse_adaptive
 from edge.arch import arch_for
-from edge.console import terminal
-from edge.convert import DistillConfig, _act_fn, _autocast, _cycle, _ffn_pairs, _retarget_
+from edge.convert import DistillConfig, _act_fn, _cycle, _ffn_pairs, _retarget_, train_gates
 from edge.errors import EdgeError
 from edge.moe import MoE, MoeConfig, install_moe
 from edge.parts import parts
@@ -68,7 +66,7 @@ def moefy(model: nn.Module, config: MoeConfig, data: list[dict], calib: list[dic
         moe.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, order)
     for moe, ffn, order, mean in zip(moes, ffns, orders, _expert_means(teacher, arch, ffns, moes, first)):
         moe.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, order, mean)
-    _train_routers(teacher, arch, ffns, moes, _cycle(data, rng), distill, progress)
+    train_gates(teacher, arch, ffns, moes, _cycle(data, rng), distill, progress, _router_loss, "phase 1/2 routers")
     return _retarget_(student, teacher, config.budget, data, calib or data[:8], distill, progress,
                       desc="phase 2/2 end-to-end")
 
@@ -141,21 +139,7 @@ def expert_shares(moe: MoE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out.pow(2).mean(-1) / y.pow(2).mean()
 
 
-def _train_routers(teacher, arch, ffns, moes, stream, cfg: DistillConfig, progress):
-    if not cfg.gate_steps:
-        return
-    opt = torch.optim.Adam([p for m in moes for p in m.router.parameters()], lr=cfg.gate_lr)
-    bar = tqdm(range(cfg.gate_steps), desc="phase 1/2 routers", disable=not progress, file=terminal())
-    for _ in bar:
-        loss = 0.0
-        with _autocast(cfg):
-            pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
-            for m, (x, y) in zip(moes, pairs):
-                with torch.no_grad():
-                    target = (expert_shares(m, x, y).float() + 1e-6).log()
-                loss = loss + F.mse_loss(m.router(x).float(), target)
-        loss = loss / len(moes)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+def _router_loss(m: MoE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        target = (expert_shares(m, x, y).float() + 1e-6).log()
+    return F.mse_loss(m.router(x).float(), target)
