@@ -31,6 +31,7 @@ _PUBLIC = {
     "HeadConfig": "edge.head", "add_head": "edge.head",
     "load": "edge.io", "save": "edge.io",
     "load_pretrained": "edge.pretrained",
+    "MoE": "edge.moe", "MoeConfig": "edge.moe", "moefy": "edge.moe_convert",
     "PruneConfig": "edge.pruning", "prune": "edge.pruning",
     "QLinear": "edge.quant", "QuantConfig": "edge.quant", "quantize": "edge.quant",
     # the steps on text and model directories (edge.fit, edge.pretrained, edge.data), the registries' names
@@ -39,7 +40,7 @@ _PUBLIC = {
     "fetch_fashion_mnist": "edge.data", "labelled_passages": "edge.data", "read_passages": "edge.data",
     "quiet_console": "edge.console", "terminal": "edge.console", "interrupted": "edge.errors",
     "evaluate_text": "edge.fit", "fit_acms": "edge.fit", "fit_budget_": "edge.fit", "fit_exits": "edge.fit",
-    "fit_head": "edge.fit", "fit_prune": "edge.fit", "fit_skips": "edge.fit",
+    "fit_head": "edge.fit", "fit_moe": "edge.fit", "fit_prune": "edge.fit", "fit_skips": "edge.fit",
     "check_output": "edge.files", "write_json_atomic": "edge.files",
     "LoadedModel": "edge.pretrained", "load_model": "edge.pretrained", "load_original": "edge.pretrained",
     "load_tokenizer": "edge.pretrained",

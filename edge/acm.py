@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edge.adaptive import AdaptiveFFN, replace_ffns
 from edge.arch import arch_for
 from edge.config import Config, boolean, config, integer, one_of, real, setting
 from edge.errors import EdgeError
@@ -59,7 +60,7 @@ class AcmConfig(Config):
     exact_top: bool = setting(boolean(), True)
 
 
-class ACM(nn.Module):
+class ACM(AdaptiveFFN):
     """Drop-in replacement of an FFN  x -> W2 act(W1 x + b1) + b2  on (..., d) inputs.
 
     Learner j (0-based) is  x -> w2[j]^T act(w1[j] x + b1[j]) + b2[j]  with hidden width h = F / N.
@@ -110,6 +111,27 @@ class ACM(nn.Module):
         self.learners: nn.ModuleList | None = None
         nn.init.normal_(self.w1, std=1 / math.sqrt(d))
         nn.init.normal_(self.w2, std=1 / math.sqrt(ffn_hidden))
+
+    # --- AdaptiveFFN -----------------------------------------------------------------------------
+    def gate_flops(self) -> int:
+        g = self.gate[0].out_features
+        return 2 * self.d * g + 2 * g * (self.n + 1)
+
+    @property
+    def static(self) -> bool:
+        return self.forced_k is not None
+
+    def count_at(self, scores: torch.Tensor, bias: float) -> torch.Tensor:
+        return self.biased(scores, bias).argmax(-1)
+
+    def trained(self):
+        return [self.w1, self.b1, self.w2, self.b2], list(self.gate.parameters())
+
+    def exact_at_top(self) -> bool:
+        return self.exact_top
+
+    def expected_units(self) -> torch.Tensor:
+        return (self.last_gate.float() * torch.arange(self.n + 1, dtype=torch.float32)).sum(-1)
 
     # --- gate -----------------------------------------------------------------------------------
     def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -306,14 +328,12 @@ def acm_modules(model: nn.Module) -> list[ACM]:
 def install_acms(model: nn.Module, config: AcmConfig) -> list[ACM]:
     """Replace every FFN of `model` (in place) by an ACM of the same width: its learners uninitialized,
     its top of the knob (exact_top) the FFN it replaces."""
-    arch = arch_for(model)
-    acms = []
-    for layer in arch.layers(model):
-        ffn = arch.ffn(layer, model.config)
+    def make(ffn):
         acm = ACM(ffn.fc1.in_features, ffn.fc1.out_features, config, ffn.act)
         acm.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, slices=False)
-        arch.install(layer, acm)
-        acms.append(acm)
+        return acm
+
+    acms = replace_ffns(model, make, "an ACM")
     attach(model).add("acm", config)
     return acms
 

@@ -3,19 +3,18 @@
 budget) on calibration data, and `set_budget_`, which sets the best setting within a FLOP budget."""
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from edge.acm import ACM, acm_modules
+from edge.adaptive import TOP_BIAS, adaptive_ffns  # noqa: F401  (TOP_BIAS: the knob's top, also here)
 from edge.arch import arch_for
 from edge.console import terminal
 from edge.errors import EdgeError
 from edge.exits import exit_heads
-from edge.flops import BudgetMeter, ffn_flops, gate_flops, learner_flops
+from edge.flops import BudgetMeter
 from edge.forward import output, quality, run, take_exits
 from edge.parts import parts
 from edge.skips import routers
@@ -23,13 +22,12 @@ from edge.skips import routers
 
 # --- the ACMs' knob: gate biases calibrated to a budget -------------------------------------------
 KNOB = (1.0, 0.75, 0.5, 0.35, 0.25)  # the budgets one conversion serves (bench/knob.py measures them)
-TOP_BIAS = -2.0 ** 50  # the gate bias at budget 1.0 (~ -1.1e15, exact in fp32): below any gap between two scores
 
 
 def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
     """Run `model` on `batches` (inference form) and return the accumulated gate choices."""
     arch = arch_for(model)
-    meter = BudgetMeter(acm_modules(model))
+    meter = BudgetMeter(adaptive_ffns(model))
     with torch.no_grad():
         for b in batches:
             output(model, b)
@@ -38,11 +36,11 @@ def measure_budget(model: nn.Module, batches: list[dict]) -> BudgetMeter:
 
 
 def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iters: int = 30) -> list[float]:
-    """Set each ACM's gate bias (the budget knob) so that its average compute on the real tokens of
-    `batches` is at most `budget` of its FFN, as close as bisection in `iters` steps gets; at budget 1.0,
-    the top of the knob, every token runs every learner, and the gate's ~2% comes on top (the learners
-    start as the original FFN's exact partition; how close a conversion's top stays to the original:
-    bench/results/knob.txt).
+    """Set each adaptive FFN's gate bias (the budget knob: an ACM's, a MoE's) so that its average compute
+    on the real tokens of `batches` is at most `budget` of its FFN, as close as bisection in `iters`
+    steps gets (AdaptiveFFN.calibrate_); at budget 1.0, the top of the knob, every token runs every
+    unit, and the gate's ~2% comes on top (the learners start as the original FFN's exact partition;
+    how close a conversion's top stays to the original: bench/results/knob.txt).
 
     Every layer gets the same budget and spends it where its gate predicts the most benefit, so an
     adaptive model is never worse placed than the static one that gives each token the same k.
@@ -55,37 +53,16 @@ def calibrate_budget_(model: nn.Module, batches: list[dict], budget: float, iter
         states = [(b, *arch.embed(model, b)) for b in batches]  # (batch, hidden states, context)
         for layer in arch.layers(model):
             states = [(b, arch.attention(layer, h, ctx), ctx) for b, h, ctx in states]
-            for acm in acm_modules(layer):
-                inputs = []  # the ACM's inputs over real tokens (a pass that stops short of the learners)
+            for acm in adaptive_ffns(layer):
+                inputs = []  # its inputs over real tokens (a pass that stops short of the units)
                 for b, h, ctx in states:
                     def record(x, b=b):
                         inputs.append(x[arch.token_mask(b, x.shape)])
                         return x
                     arch.feed_forward(layer, h, ctx, ffn=record)
-                biases.append(_calibrate_gate_(acm, acm.gate_logits(torch.cat(inputs)), budget, iters))
+                biases.append(acm.calibrate_(acm.gate_logits(torch.cat(inputs)), budget, iters))
             states = [(b, arch.feed_forward(layer, h, ctx), ctx) for b, h, ctx in states]
     return biases
-
-
-def _calibrate_gate_(acm: ACM, scores: torch.Tensor, budget: float, iters: int) -> float:
-    """Bisection of one gate's bias on its scores (M, N+1); sets and returns the bias."""
-    ks = torch.arange(acm.n + 1, dtype=scores.dtype)
-    if budget >= 1.0:  # the top: every learner, whatever the scores (error scores are >= -e^30)
-        acm.gate_bias.fill_(TOP_BIAS)
-        return TOP_BIAS
-
-    def fraction(bias: float) -> float:
-        k = (scores - bias * ks).argmax(-1).float().mean()
-        return float(gate_flops(acm) + learner_flops(acm) * k) / ffn_flops(acm)
-
-    lo, hi = -4.1, 4.1  # bias = sinh(t): fine steps near 0 (error scores), reach +-30 (logits)
-    if fraction(math.sinh(lo)) <= budget:
-        hi = lo
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fraction(math.sinh(mid)) > budget else (lo, mid)
-    acm.gate_bias.fill_(math.sinh(hi))
-    return math.sinh(hi)
 
 
 # --- every knob ---------------------------------------------------------------------------------
@@ -95,7 +72,8 @@ ACM_GRID = (1.0, 0.75, 0.5)
 
 @dataclass(frozen=True)
 class Setting:
-    """One operating point of the knobs: exit threshold, router threshold, ACM budget."""
+    """One operating point of the knobs: exit threshold, router threshold, adaptive FFN budget (an
+    ACM's or a MoE's: `acm_budget`, the name the presets and sweeps have always used)."""
 
     exit_threshold: float = 1.0
     skip_threshold: float = 0.0
@@ -107,11 +85,19 @@ def apply_setting_(model: nn.Module, s: Setting, calib: list[dict] | None = None
     ACM gates are calibrated with every exit closed and every router open, so that the same setting
     always gives the same model whatever setting came before."""
     own = parts(model)
-    if calib is not None and s.acm_budget is not None and own.has("acm"):
+    name = ffn_knob(model)
+    if calib is not None and s.acm_budget is not None and name is not None:
         _set_thresholds(model, 1.0, 0.0)
         calibrate_budget_(model, calib, s.acm_budget)
-        own.set_config("acm", replace(own.config("acm"), budget=s.acm_budget))
+        own.set_config(name, replace(own.config(name), budget=s.acm_budget))
     _set_thresholds(model, s.exit_threshold, s.skip_threshold)
+
+
+def ffn_knob(model: nn.Module) -> str | None:
+    """The installed transform whose adaptive FFNs take a budget (an ACM's, a MoE's; `acm_budget` in a
+    Setting is theirs), or None."""
+    own = parts(model)
+    return next((n for n in own.names() if hasattr(own.config(n), "budget") and adaptive_ffns(model)), None)
 
 
 def _set_thresholds(model: nn.Module, exit_threshold: float, skip_threshold: float) -> None:
@@ -150,7 +136,7 @@ def sweep(model: nn.Module, original: nn.Module | None, calib: list[dict],
         score = lambda out: float(quality(kind, out, targets).mean())  # noqa: E731
     use_exits = bool(exit_heads(model)) and "exits" in use
     skip_grid = _skip_grid(model, calib) if routers(model) and "skips" in use else (0.0,)
-    acm_grid = ACM_GRID if parts(model).has("acm") and "acm" in use else (None,)
+    acm_grid = ACM_GRID if ffn_knob(model) is not None and "acm" in use else (None,)
     rows = []
     bar = tqdm(total=len(skip_grid) * len(acm_grid), desc="budget sweep", disable=not progress, file=terminal())
     for a in acm_grid:

@@ -28,13 +28,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from edge.acm import ACM, AcmConfig, acm_modules, install_acms
+from edge.acm import ACM, AcmConfig, install_acms
+from edge.adaptive import AdaptiveFFN, adaptive_ffns, refuse_adaptive
 from edge.arch import Arch, arch_for
-from edge.budget import KNOB, calibrate_budget_
+from edge.budget import KNOB, calibrate_budget_, ffn_knob
 from edge.config import Config, boolean, config, integer, one_of, optional, real, sequence_of, setting
 from edge.console import terminal
 from edge.errors import EdgeError
-from edge.flops import ffn_flops, gate_flops, learner_flops
 from edge.forward import output
 from edge.parts import parts
 from edge.registry import Registry
@@ -136,6 +136,7 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
     2
     """
     parts(model).refuse_final("acmize")
+    refuse_adaptive(model, "acmize")
     arch = arch_for(model)
     if not data:
         raise EdgeError("acmize needs at least one batch of calibration/training data")
@@ -152,15 +153,15 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
         acm.load_ffn_(ffn.fc1.weight, ffn.fc1.bias, ffn.fc2.weight, ffn.fc2.bias, imp, slices=slices)
     stream = _cycle(data, rng)
     _train_representations(teacher, arch, ffns, acms, stream, distill, progress)
-    _train_gates(teacher, arch, ffns, acms, stream, distill, progress)
+    train_gates(teacher, arch, ffns, acms, stream, distill, progress, _gate_loss(distill))
     return _retarget_(student, teacher, config.budget, data, calib or data[:8], distill, progress)
 
 
 def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[dict],
              calib: list[dict] | None = None, distill: DistillConfig = DistillConfig(),
              progress: bool = True) -> nn.Module:
-    """Return a copy of an ACMized model moved to another budget: phase 3 (end-to-end against the
-    original `model`) and calibration only, since phases 1 and 2 do not depend on the budget.
+    """Return a copy of an ACMized (or MoE) model moved to another budget: the end-to-end phase (against
+    the original `model`) and calibration only, since the phases before it do not depend on the budget.
 
     >>> import edge
     >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
@@ -178,18 +179,19 @@ def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[d
                       distill.resolved(), progress)
 
 
-def _retarget_(student, teacher, budget, data, calib, distill: DistillConfig, progress) -> nn.Module:
-    """Phase 3 and calibration. It starts from the seed and the top of the data whoever calls it, so
-    that acmize at a budget is exactly phases 1-2 and then retarget to it (what bench/acm_fidelity.py
-    measures per budget)."""
-    if not acm_modules(student):
-        raise EdgeError("this model has no ACMs; run edge.acmize first")
+def _retarget_(student, teacher, budget, data, calib, distill: DistillConfig, progress,
+               desc: str = "phase 3/3 end-to-end") -> nn.Module:
+    """Phase 3 and calibration of any adaptive model (ACMs, MoE layers). It starts from the seed and the
+    top of the data whoever calls it, so that acmize at a budget is exactly phases 1-2 and then
+    retarget to it (what bench/acm_fidelity.py measures per budget)."""
+    modules, name = adaptive_ffns(student), ffn_knob(student)
+    if not modules or name is None:
+        raise EdgeError("this model has no adaptive FFNs; run edge.acmize or edge.moefy first")
     torch.manual_seed(distill.seed)
     stream = _cycle(data, random.Random(distill.seed))
-    _train_end_to_end(student, teacher, arch_for(teacher), acm_modules(student), budget, stream, calib, distill,
-                      progress)
+    train_end_to_end(student, teacher, arch_for(teacher), modules, budget, stream, calib, distill, progress, desc)
     calibrate_budget_(student, calib, budget, distill.calib_iters)
-    parts(student).set_config("acm", replace(parts(student).config("acm"), budget=budget))
+    parts(student).set_config(name, replace(parts(student).config(name), budget=budget))
     return student.eval().requires_grad_(False)
 
 
@@ -300,24 +302,32 @@ def gate_labels(errors: torch.Tensor, ratio: float) -> torch.Tensor:
     return close.float().argmax(-1)  # first True
 
 
-def _train_gates(teacher, arch, ffns, acms, stream, cfg: DistillConfig, progress):
+def train_gates(teacher, arch, ffns, modules: list[AdaptiveFFN], stream, cfg: DistillConfig, progress, loss_of,
+                desc: str = "phase 2/3 gates"):
+    """The gates (AdaptiveFFN.trained()[1]) alone learn, cfg.gate_steps steps, from each FFN's inputs x
+    and outputs y of the original model: loss_of(module, x, y), averaged over the modules."""
     if not cfg.gate_steps:
         return
-    opt = torch.optim.Adam([p for a in acms for p in a.gate.parameters()], lr=cfg.gate_lr)
-    bar = tqdm(range(cfg.gate_steps), desc="phase 2/3 gates", disable=not progress, file=terminal())
+    opt = torch.optim.Adam([p for a in modules for p in a.trained()[1]], lr=cfg.gate_lr)
+    bar = tqdm(range(cfg.gate_steps), desc=desc, disable=not progress, file=terminal())
     for _ in bar:
-        loss = 0.0
         with _autocast(cfg):
             pairs = _ffn_pairs(teacher, arch, ffns, next(stream))
-            for a, (x, y) in zip(acms, pairs):
-                with torch.no_grad():
-                    err = prefix_errors(a, x, y)
-                loss = loss + GATE_LOSSES[a.gate_kind](a.gate(x).float(), err, y, cfg)
-        loss = loss / len(acms)
+            loss = sum(loss_of(a, x, y) for a, (x, y) in zip(modules, pairs)) / len(modules)
         opt.zero_grad()
         loss.backward()
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+
+
+def _gate_loss(cfg: DistillConfig):
+    """Phase 2's loss of an ACM's gate (GATE_LOSSES, by its kind) against its prefixes' errors."""
+    def loss(a: ACM, x, y):
+        with torch.no_grad():
+            err = prefix_errors(a, x, y)
+        return GATE_LOSSES[a.gate_kind](a.gate(x).float(), err, y, cfg)
+
+    return loss
 
 
 # phase 2 objective per gate kind (edge.acm.GATE_SCORES says how the outputs are read)
@@ -330,34 +340,35 @@ GATE_LOSSES = {
 }
 
 
-def expected_fraction(acms: list[ACM], token_mask: torch.Tensor) -> torch.Tensor:
-    """Differentiable average compute of the ACMs (fraction of original FFN FLOPs) on real tokens."""
+def expected_fraction(modules: list[AdaptiveFFN], token_mask: torch.Tensor) -> torch.Tensor:
+    """Differentiable average compute of adaptive FFNs (fraction of original FFN FLOPs) on real tokens,
+    from their last dense forward."""
     num, den = 0.0, 0.0
-    for a in acms:
-        ks = torch.arange(a.n + 1, dtype=torch.float32)
-        k = (a.last_gate.float() * ks).sum(-1)[token_mask]  # straight-through expected k per token
-        num = num + (gate_flops(a) + learner_flops(a) * k.mean())
-        den += ffn_flops(a)
+    for a in modules:
+        num = num + a.gate_flops() + a.unit_flops() * a.expected_units()[token_mask].mean()
+        den += a.ffn_flops()
     return num / den
 
 
-def _train_end_to_end(student, teacher, arch, acms, budget, stream, calib, cfg: DistillConfig, progress):
-    """Phase 3. Each step draws a budget of the knob (cfg.knob and the target) and sets the gate biases
-    to that budget's (a table calibrated on the first calibration batches every KNOB_REFRESH steps), so
-    that one model serves every knob position; the budget loss pulls towards the drawn budget."""
+def train_end_to_end(student, teacher, arch, acms: list[AdaptiveFFN], budget, stream, calib, cfg: DistillConfig,
+                     progress, desc: str = "phase 3/3 end-to-end"):
+    """Phase 3 of any adaptive FFN (ACMs here, sigma-MoE layers in edge.moe). Each step draws a budget
+    of the knob (cfg.knob and the target) and sets the gate biases to that budget's (a table calibrated
+    on the first calibration batches every KNOB_REFRESH steps), so that one model serves every knob
+    position; the budget loss pulls towards the drawn budget; the modules' own regularizers
+    (AdaptiveFFN.aux_loss) come on top."""
     if not cfg.e2e_steps:
         return
     levels = sorted({budget, *cfg.knob}, reverse=True)
-    if all(a.exact_top for a in acms) and not cfg.tune_backbone:  # at 1.0 every token runs the original FFN:
+    if all(a.exact_at_top() for a in acms) and not cfg.tune_backbone:  # at 1.0 every token runs the original FFN:
         levels = [b for b in levels if b < 1.0] or levels       # nothing trains there
     draw = random.Random(cfg.seed)
     for a in acms:
         a.dense = True
     student.eval()  # no dropout: the student must match the teacher's deterministic outputs
-    learners = [p for a in acms for p in (a.w1, a.b1, a.w2, a.b2)]
-    gates = [p for a in acms for p in a.gate.parameters()]
-    top = [p for a in acms if a.top is not None for p in a.top.parameters()]  # the original FFN stays so
-    own = {id(p) for p in learners + gates + top}
+    learners = [p for a in acms for p in a.trained()[0]]
+    gates = [p for a in acms for p in a.trained()[1]]
+    own = {id(p) for a in acms for p in a.parameters()}  # (an ACM's top, the original FFN, stays so)
     backbone = [p for p in student.parameters() if id(p) not in own] if cfg.tune_backbone else []
     student.requires_grad_(False)
     for p in learners + gates + backbone:
@@ -365,14 +376,14 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, calib, cfg: 
     # pretrained-scale learners move little (fine-tuning rates); the gates are small and new
     opt = torch.optim.Adam([{"params": learners + backbone, "lr": cfg.e2e_lr}, {"params": gates, "lr": cfg.gate_lr}])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.e2e_steps)
-    bar = tqdm(range(cfg.e2e_steps), desc="phase 3/3 end-to-end", disable=not progress, file=terminal())
+    bar = tqdm(range(cfg.e2e_steps), desc=desc, disable=not progress, file=terminal())
     try:
         for step in bar:
             if step % KNOB_REFRESH == 0:
                 table = {b: calibrate_budget_(student, calib[:KNOB_CALIB_BATCHES], b, cfg.calib_iters) for b in levels}
             drawn = draw.choice(levels)
-            for a, bias in zip(acms, table[drawn]):
-                a.gate_bias.fill_(bias)
+            for a, value in zip(acms, table[drawn]):
+                a.set_knob_(value)
             batch = next(stream)
             with _autocast(cfg), torch.no_grad(), _layer_outputs(arch.layers(teacher)) as t_hidden:
                 target = output(teacher, batch).float()
@@ -384,7 +395,7 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, calib, cfg: 
             # every layer's output too: a denser signal than the final output alone
             hidden = sum(((s - t)[mask].pow(2).mean() / t[mask].var()) for s, t in zip(s_hidden, t_hidden))
             frac = expected_fraction(acms, mask)
-            loss = distil + cfg.hidden_weight * hidden / len(acms)
+            loss = distil + cfg.hidden_weight * hidden / len(acms) + sum(a.aux_loss() for a in acms) / len(acms)
             if drawn < 1.0:  # (at 1.0 every learner runs whatever the gates say)
                 loss = loss + cfg.budget_weight * (frac - drawn) ** 2
             opt.zero_grad()
@@ -394,4 +405,4 @@ def _train_end_to_end(student, teacher, arch, acms, budget, stream, calib, cfg: 
             bar.set_postfix(cos=f"{1 - distil.item():.4f}", frac=f"{frac.item():.3f}")
     finally:
         for a in acms:
-            a.dense, a.last_gate = False, None
+            a.end_training()

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge.acm import acm_modules
+from edge.adaptive import adaptive_ffns
 from edge.errors import EdgeError
 from edge.arch import arch_for
 from edge.budget import KNOB, calibrate_budget_
@@ -18,9 +18,9 @@ from edge.forward import output
 
 
 def outputs(model: nn.Module, batches: list[dict]) -> tuple[torch.Tensor, BudgetMeter | None]:
-    """Final outputs (N, D) over `batches`, and the ACM choices if the model has ACMs."""
+    """Final outputs (N, D) over `batches`, and the choices of its adaptive FFNs (ACMs, MoE layers), if any."""
     arch = arch_for(model)
-    acms = acm_modules(model)
+    acms = adaptive_ffns(model)
     meter = BudgetMeter(acms) if acms else None
     outs = []
     with torch.no_grad():
@@ -151,8 +151,8 @@ def knob_curve(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict
     alone (calibrate_budget_ on `calib`), compared on `batches` with the teacher's outputs; its gate
     biases are given back afterwards.
     [{budget, achieved (of the FFN FLOPs), cos_mean, cos_p5[, model_fraction][, acc: score(outputs)]}]."""
-    acms = acm_modules(student)
-    saved = [a.gate_bias.clone() for a in acms]
+    acms = adaptive_ffns(student)
+    saved = [a.knob_value() for a in acms]
     rows = []
     try:
         for budget in KNOB if budgets is None else budgets:
@@ -166,8 +166,8 @@ def knob_curve(student: nn.Module, teacher_out: torch.Tensor, batches: list[dict
                 row["acc"] = score(out)
             rows.append(row)
     finally:
-        for a, bias in zip(acms, saved):
-            a.gate_bias.copy_(bias)
+        for a, value in zip(acms, saved):
+            a.set_knob_(value)
     return rows
 
 
@@ -199,7 +199,7 @@ def evaluate(student: nn.Module, teacher: nn.Module, tokenizer, passages, limit:
         report["acc_teacher"] = probe.accuracy(teacher_out, y)
         report["acc"] = probe.accuracy(student_out, y)
         report["probe"] = probe
-    if acm_modules(student) and knob != ():
+    if adaptive_ffns(student) and knob != ():
         calib = batches(tokenizer, passages.split("calib").texts[:calib_limit], batch_size)
         score = (lambda out: probe.accuracy(out, y)) if passages.labels is not None else None
         report["knob"] = knob_curve(student, teacher_out, test_b, calib, knob, report.get("ffn_share_of_model"),

@@ -35,12 +35,25 @@ def fit_acms(model: nn.Module, tokenizer, passages: Passages, config, distill=No
              calib_limit: int | None = 512, progress: bool = True) -> nn.Module:
     """edge.acmize on the train split (its first `train_limit` passages), the budget knob set on the
     first `calib_limit` passages of calib."""
+    return _converted(acmize, model, tokenizer, passages, config, distill, train_limit, calib_limit, progress)
+
+
+def fit_moe(model: nn.Module, tokenizer, passages: Passages, config, distill=None, train_limit: int | None = None,
+            calib_limit: int | None = 512, progress: bool = True) -> nn.Module:
+    """edge.moefy on the train split (its first `train_limit` passages), the budget knob set on the
+    first `calib_limit` passages of calib."""
+    from edge.moe_convert import moefy
+
+    return _converted(moefy, model, tokenizer, passages, config, distill, train_limit, calib_limit, progress)
+
+
+def _converted(convert, model, tokenizer, passages: Passages, config, distill, train_limit, calib_limit, progress):
     _check_limit("train_limit", train_limit)
     _check_limit("calib_limit", calib_limit)
     train = passages.split("train").texts[:train_limit]
     calib = batches(tokenizer, passages.split("calib").texts[:calib_limit], EVAL_BATCH)
-    return acmize(model, config, batches(tokenizer, train, TRAIN_BATCH), calib, distill or DistillConfig(),
-                  progress=progress)
+    return convert(model, config, batches(tokenizer, train, TRAIN_BATCH), calib, distill or DistillConfig(),
+                   progress=progress)
 
 
 def evaluate_text(model: nn.Module, original: nn.Module, tokenizer, passages: Passages,

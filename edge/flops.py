@@ -1,10 +1,11 @@
-"""Exact FLOP accounting for ACM models.
+"""Exact FLOP accounting for adaptive FFNs (ACMs, sigma-MoE layers: edge.adaptive).
 
 Convention (the one torch.utils.flop_counter uses): a matrix multiply of (M, K) by (K, N) costs
 2*M*K*N FLOPs; bias adds, activations, softmax and norms are not counted. Under it, per token:
   original FFN          4 * d * F
   ACM gate              2 * d * g + 2 * g * (N + 1)
-  k learners of width h 4 * d * h * k
+  MoE router            2 * d * g + 2 * g * E (g = 0: a linear router, 2 * d * E)
+  k units of width h    4 * d * h * k
 """
 from __future__ import annotations
 
@@ -13,26 +14,26 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge.acm import ACM
+from edge.adaptive import AdaptiveFFN
 
 
-def ffn_flops(acm: ACM) -> int:
-    """FLOPs per token of the FFN the ACM replaced (hidden F = N * h)."""
-    return 4 * acm.d * acm.n * acm.h
+def ffn_flops(m: AdaptiveFFN) -> int:
+    """FLOPs per token of the FFN an adaptive FFN replaced (hidden F = N * h)."""
+    return m.ffn_flops()
 
 
-def gate_flops(acm: ACM) -> int:
-    g = acm.gate[0].out_features
-    return 2 * acm.d * g + 2 * g * (acm.n + 1)
+def gate_flops(m: AdaptiveFFN) -> int:
+    return m.gate_flops()
 
 
-def learner_flops(acm: ACM) -> int:
-    return 4 * acm.d * acm.h
+def learner_flops(m: AdaptiveFFN) -> int:
+    """FLOPs per token of one unit (an ACM learner, a MoE expert)."""
+    return m.unit_flops()
 
 
-def acm_flops(acm: ACM, k: torch.Tensor) -> torch.Tensor:
-    """FLOPs per token for choices k (any shape); a forced (static) k runs no gate."""
-    return gate_flops(acm) * (acm.forced_k is None) + learner_flops(acm) * k
+def acm_flops(m: AdaptiveFFN, k: torch.Tensor) -> torch.Tensor:
+    """FLOPs per token for choices k (any shape); a static choice runs no gate."""
+    return m.flops(k)
 
 
 def count_flops(fn, *args, **kwargs) -> int:
@@ -44,9 +45,9 @@ def count_flops(fn, *args, **kwargs) -> int:
 
 @dataclass
 class BudgetMeter:
-    """Accumulates the gate choices of every ACM over batches of real tokens."""
+    """Accumulates the gate choices of every adaptive FFN over batches of real tokens."""
 
-    modules: list[ACM]
+    modules: list[AdaptiveFFN]
 
     def __post_init__(self):
         self.k_sum = [0.0] * len(self.modules)
@@ -62,12 +63,11 @@ class BudgetMeter:
         self.tokens += int(token_mask.sum())
 
     def per_module(self) -> list[float]:
-        """Average compute of each ACM as a fraction of its original FFN."""
-        return [(gate_flops(m) + learner_flops(m) * s / max(self.tokens, 1)) / ffn_flops(m)
-                for m, s in zip(self.modules, self.k_sum)]
+        """Average compute of each adaptive FFN as a fraction of its original FFN."""
+        return [float(m.fraction(s / max(self.tokens, 1))) for m, s in zip(self.modules, self.k_sum)]
 
     def ffn_fraction(self) -> float:
-        """Average ACM compute over all modules, as a fraction of the original FFNs' FLOPs."""
+        """Average compute over all adaptive FFNs, as a fraction of the original FFNs' FLOPs."""
         total = sum(ffn_flops(m) for m in self.modules)
         return sum(f * ffn_flops(m) for f, m in zip(self.per_module(), self.modules)) / total
 

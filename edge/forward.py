@@ -10,10 +10,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge.acm import acm_of
+from edge.adaptive import adaptive_of
 from edge.arch import arch_for
 from edge.exits import exit_heads
-from edge.flops import acm_flops
+
 from edge.parts import parts
 from edge.skips import routers
 
@@ -51,7 +51,7 @@ def layer_flops(arch, layer: nn.Module, config, d: int) -> tuple[int, int]:
     FFN width is 0 where an ACM replaced the FFN (its FLOPs are its choices')."""
     heads = arch.heads(layer)
     width = 0 if heads is None else heads.q.out_features
-    return width, 0 if acm_of(layer) is not None else arch.ffn(layer, config).fc1.out_features
+    return width, 0 if adaptive_of(layer) is not None else arch.ffn(layer, config).fc1.out_features
 
 
 def run(model: nn.Module, batch: dict, soft: bool = False, exits: bool = True, collect: bool = False,
@@ -148,12 +148,12 @@ def take_exits(model: nn.Module, out: torch.Tensor, trace: Trace, threshold: flo
 def _ffn(arch, layer, h, ctx, trace, idx, t, d, f):
     """The layer's feed-forward on all of h, adding its FLOPs (the ACM's real choices) to the trace."""
     out = arch.feed_forward(layer, h, ctx)
-    acm = acm_of(layer)
+    acm = adaptive_of(layer)
     if acm is None:
         trace.flops[idx] += 4 * d * f * t
     else:
         k = acm.last_k.reshape(ctx["tokens"].shape).to(torch.float64)  # (b, T) learners run
-        trace.flops[idx] += (acm_flops(acm, k) * ctx["tokens"]).sum(1)
+        trace.flops[idx] += (acm.flops(k) * ctx["tokens"]).sum(1)
     return out
 
 

@@ -61,7 +61,8 @@ class Transform:
     where its knob comes among the program's knob inputs (and its forcing cases among the checks);
     final: the model is not trained or changed by another transform after it (quantization);
     plan: the plan's entries it adds (e.g. the precision), a function of the model; tolerance:
-    (output tolerance, near-tie epsilon) of the checks against eager when it is installed."""
+    (output tolerance, near-tie epsilon) of the checks against eager when it is installed; exports:
+    whether export lowers it (False: export refuses the model in one line)."""
 
     name: str
     config: type
@@ -73,6 +74,7 @@ class Transform:
     final: bool = False
     plan: Callable[[nn.Module], dict] | None = None
     tolerance: Callable[[nn.Module], tuple[float, float]] | None = None
+    exports: bool = True
 
 
 TRANSFORMS: Registry[Transform] = Registry("transform")

@@ -86,25 +86,37 @@ def _summary(report: dict) -> str:
 
 
 def cmd_acmize(args) -> dict:
-    import time
-
     config = edge.AcmConfig(budget=args.budget, learners=args.learners, gate_hidden=args.gate_hidden, init=args.init,
                             exact_top=args.exact_top)
-    distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps, e2e_steps=args.e2e_steps,
-                                 tune_backbone=args.tune_backbone, knob=args.knob, precision=args.precision).resolved()
+    return _convert(args, "acmize", edge.fit_acms, config, "phases 1-3")
+
+
+def cmd_moefy(args) -> dict:
+    config = edge.MoeConfig(budget=args.budget, experts=args.experts, mode=args.mode, router_hidden=args.router_hidden,
+                            expert_dropout=args.expert_dropout, balance=args.balance)
+    return _convert(args, "moefy", edge.fit_moe, config, "phases 1-2")
+
+
+def _convert(args, verb: str, fit, config, phases: str) -> dict:
+    """`edge acmize` / `edge moefy`: convert on the text's train split, evaluate on its test split, save."""
+    distill = edge.DistillConfig(repr_steps=getattr(args, "repr_steps", None), gate_steps=args.gate_steps,
+                                 e2e_steps=args.e2e_steps, tune_backbone=args.tune_backbone, knob=args.knob,
+                                 precision=args.precision).resolved()
     out = _check_output(args.output, args.overwrite)
     passages = edge.read_passages(args.text)
     src = edge.load_model(args.model)
     if not args.quiet:
-        print(f"edge acmize: training in {distill.precision} ({distill.repr_steps}, {distill.gate_steps} and "
-              f"{distill.e2e_steps} steps in phases 1-3)", flush=True)
+        steps = [distill.repr_steps] if verb == "acmize" else []
+        steps += [distill.gate_steps, distill.e2e_steps]
+        print(f"edge {verb}: training in {distill.precision} ({', '.join(map(str, steps[:-1]))} and {steps[-1]} steps "
+              f"in {phases})", flush=True)
     t0 = time.time()
-    acm = edge.fit_acms(src.model, src.tokenizer, passages, config, distill, args.train_limit, args.calib_limit,
-                        progress=not args.quiet)
+    model = fit(src.model, src.tokenizer, passages, config, distill, args.train_limit, args.calib_limit,
+                progress=not args.quiet)
     seconds = time.time() - t0
-    report = edge.evaluate_text(acm, src.model, src.tokenizer, passages, args.eval_limit, args.calib_limit)
+    report = edge.evaluate_text(model, src.model, src.tokenizer, passages, args.eval_limit, args.calib_limit)
     report.update(convert_seconds=seconds, budget=args.budget)
-    edge.save(acm, out, tokenizer=src.tokenizer, overwrite=args.overwrite,
+    edge.save(model, out, tokenizer=src.tokenizer, overwrite=args.overwrite,
               extra={"base_model": src.base_model, "distill": distill.to_dict()})
     edge.write_json_atomic(out / "report.json", report)
     print(_summary(report))
@@ -328,13 +340,7 @@ def _command(argv: list) -> int | None:
 # --- the parser ------------------------------------------------------------------------------------
 def _add_acmize_args(p, output_default=None):
     precisions = edge.PRECISIONS
-    p.add_argument("-o", "--output", required=output_default is None, default=output_default,
-                   help="output directory (written atomically)")
-    p.add_argument("--budget", type=number, default=0.5, help="target FFN compute fraction in (0, 1]")
-    p.add_argument("--train-limit", type=count(1), default=None, help="use only the first N training passages")
-    p.add_argument("--eval-limit", type=count(1), default=None, help="evaluate on the first N held-out passages")
-    p.add_argument("--calib-limit", type=count(1), default=CALIB_LIMIT,
-                   help=f"set the budget knob on the first N calibration passages (default {CALIB_LIMIT})")
+    _add_convert_args(p, output_default)
     p.add_argument("--learners", type=int, default=edge.AcmConfig.learners, help="learners per ACM (N >= 1)")
     p.add_argument("--gate-hidden", type=int, default=edge.AcmConfig.gate_hidden,
                    help=f"hidden width of each ACM's gate (default {edge.AcmConfig.gate_hidden}; its FLOPs count in "
@@ -342,26 +348,56 @@ def _add_acmize_args(p, output_default=None):
     p.add_argument("--repr-steps", type=int, default=edge.DistillConfig.repr_steps,
                    help="phase 1 steps (batches of 32; default: the precision's, "
                    + ", ".join(f"{c.repr_steps} at {n}" for n, c in precisions.items()) + ")")
-    p.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps, help="phase 2 steps")
-    p.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps,
-                   help="phase 3 steps (default: the precision's, "
-                   + ", ".join(f"{c.e2e_steps} at {n}" for n, c in precisions.items()) + ")")
-    p.add_argument("--precision", choices=["auto", *precisions.names()], default=edge.DistillConfig.precision,
-                   help="of the training passes' matrix products (auto: bf16 where this CPU has it natively)")
-    p.add_argument("--knob", type=number, nargs="*", default=list(edge.DistillConfig.knob), metavar="B",
-                   help="the budgets in (0, 1] one conversion serves: phase 3 trains at each of them and --budget "
-                        f"(default {' '.join(map(str, edge.DistillConfig.knob))}; none: --budget alone)")
     p.add_argument("--exact-top", action=argparse.BooleanOptionalAction, default=edge.AcmConfig.exact_top,
                    help="budget 1.0 runs each original FFN itself, so the top of the knob is the original model "
                         "(default; the FFN's weights are kept besides the learners': 1.75x the FFN parameters at 4 "
                         "learners); --no-exact-top: it runs every learner, whose sum training moves")
+
+
+def _add_moefy_args(p):
+    _add_convert_args(p, None, gate="phase 1 steps: the routers learn each expert's share of the FFN output")
+    p.add_argument("--experts", type=int, default=edge.MoeConfig.experts,
+                   help=f"experts per FFN (default {edge.MoeConfig.experts}; the FFN's width must divide by it)")
+    p.add_argument("--mode", choices=edge.moe.MODES, default=edge.MoeConfig.mode,
+                   help="adaptive: a token runs the experts whose gate is open (a per-token count, the budget knob "
+                        "its bias); topk: every token runs its K best experts (K from the budget)")
+    p.add_argument("--router-hidden", type=int, default=edge.MoeConfig.router_hidden,
+                   help=f"hidden width of each router (default {edge.MoeConfig.router_hidden}; 0: one linear layer; "
+                        "its FLOPs count in the budget)")
+    p.add_argument("--expert-dropout", type=number, default=edge.MoeConfig.expert_dropout,
+                   help=f"in training, each open expert closed with this probability (default "
+                        f"{edge.MoeConfig.expert_dropout})")
+    p.add_argument("--balance", type=number, default=edge.MoeConfig.balance,
+                   help=f"weight of the entropy regularizer that keeps every expert used (default "
+                        f"{edge.MoeConfig.balance})")
+
+
+def _add_convert_args(p, output_default=None, gate="phase 2 steps"):
+    """What `edge acmize` and `edge moefy` share: output, budget, the data's limits, training steps."""
+    precisions = edge.PRECISIONS
+    p.add_argument("-o", "--output", required=output_default is None, default=output_default,
+                   help="output directory (written atomically)")
+    p.add_argument("--budget", type=number, default=0.5, help="target FFN compute fraction in (0, 1]")
+    p.add_argument("--train-limit", type=count(1), default=None, help="use only the first N training passages")
+    p.add_argument("--eval-limit", type=count(1), default=None, help="evaluate on the first N held-out passages")
+    p.add_argument("--calib-limit", type=count(1), default=CALIB_LIMIT,
+                   help=f"set the budget knob on the first N calibration passages (default {CALIB_LIMIT})")
+    p.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps, help=gate)
+    p.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps,
+                   help="end-to-end steps (the last phase; default: the precision's, "
+                   + ", ".join(f"{c.e2e_steps} at {n}" for n, c in precisions.items()) + ")")
+    p.add_argument("--precision", choices=["auto", *precisions.names()], default=edge.DistillConfig.precision,
+                   help="of the training passes' matrix products (auto: bf16 where this CPU has it natively)")
+    p.add_argument("--knob", type=number, nargs="*", default=list(edge.DistillConfig.knob), metavar="B",
+                   help="the budgets in (0, 1] one conversion serves: the end-to-end phase trains at each of them and "
+                        f"--budget (default {' '.join(map(str, edge.DistillConfig.knob))}; none: --budget alone)")
     backbone = p.add_mutually_exclusive_group()
     backbone.add_argument("--tune-backbone", dest="tune_backbone", action="store_true",
                           default=edge.DistillConfig.tune_backbone,
-                          help="phase 3 also fine-tunes attention and norms (better at the lowest budgets; the "
-                               "top of the knob is then not the original model)")
+                          help="the end-to-end phase also fine-tunes attention and norms (better at the lowest "
+                               "budgets; the top of the knob is then not the original model)")
     backbone.add_argument("--freeze-backbone", dest="tune_backbone", action="store_false",
-                          help="phase 3 trains only the ACMs (the default)")
+                          help="the end-to-end phase trains only the adaptive FFNs (the default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -412,6 +448,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=edge.INITS, default=edge.AcmConfig.init, help="learner initialization")
     p.add_argument("--text", help=DATA)
     _add_acmize_args(p)
+
+    p = verb(sub, "moefy", cmd_moefy, "convert a model's FFNs into sigma-MoE layers (experts of its own neurons, "
+                                      "sigmoid routers) by distillation")
+    p.add_argument("model", nargs="?", default=None,
+                   help="local Hugging Face model directory (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--text", help=DATA)
+    _add_moefy_args(p)
 
     p = verb(sub, "eval", cmd_eval, "evaluate an ACMized model against its original on held-out text")
     p.add_argument("acm_dir", help="directory written by `edge acmize`")

@@ -194,6 +194,10 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     if mode not in rt.modes:
         raise EdgeError(f"{runtime} takes the {' and '.join(rt.modes)} mode{'s' * (len(rt.modes) > 1)} only, not {mode}; "
                         f"export with mode {rt.modes[0]!r} (--mode {rt.modes[0]})")
+    not_yet = [n for n in parts(model).names() if not TRANSFORMS.get(n).exports]
+    if not_yet:
+        raise EdgeError(f"exporting a model with {', '.join(not_yet)} is not built yet; export the model before "
+                        f"{' and '.join(not_yet)}, or another transform of it")
     precision = plan_entries(model).get("precision", "fp32")
     if precision not in precisions(runtime, mode):
         where = [f"{r} ({'/'.join(m for m in MODES if precision in precisions(r, m))} mode)"

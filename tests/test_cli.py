@@ -201,6 +201,37 @@ def test_acmize_bad_input(tmp_path, args, needle):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_moefy_then_eval_on_the_real_model(tmp_path):
+    out = tmp_path / "moe"
+    few = [a for i, a in enumerate(FEW) if a != "--repr-steps" and FEW[i - 1] != "--repr-steps"]
+    r = edge_cli("moefy", "-o", out, "--budget", "0.5", "--experts", "8", "--mode", "topk", *few)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["ffn_fraction"] <= 0.5 + 1e-6  # topk: the same K experts for every token, within the budget
+    assert 0 <= report["acc"] <= 1 and -1 <= report["cos_p5"] <= report["cos_mean"] <= 1
+    model = edge.load(out)
+    assert edge.parts.parts(model).config("moe").mode == "topk"
+    assert [len(h) for h in report["k_histogram"]] == [9] * 6  # 0..8 experts, six layers
+    r = edge_cli("eval", out, "--limit", "64", "--calib-limit", "128", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["cos_mean"] == pytest.approx(report["cos_mean"], abs=1e-5)
+    assert_user_error(edge_cli("export", out, "--to", "onnx", "-o", tmp_path / "onnx", "--quiet"),
+                      "exporting a model with moe is not built yet")
+    assert not (tmp_path / "onnx").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--experts", "7"], "not divisible by experts=7"),
+    (["--budget", "0"], "MoeConfig.budget must be a number in (0, 1]"),
+    (["--expert-dropout", "1"], "MoeConfig.expert_dropout must be a number in [0, 1)"),
+    (["--mode", "all"], "invalid choice"),
+])
+def test_moefy_bad_input(tmp_path, args, needle):
+    r = edge_cli("moefy", "-o", tmp_path / "moe", "--train-limit", "8", "--quiet", *args)
+    assert_user_error(r, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unsupported_architecture(tmp_path):
     d = tmp_path / "gpt2"
     d.mkdir()
@@ -247,6 +278,8 @@ def test_choices_come_from_the_registries():
         ("acmize", "init"): list(edge.INITS),
         ("acmize", "precision"): ["auto", *edge.PRECISIONS.names()],
         ("demo", "precision"): ["auto", *edge.PRECISIONS.names()],
+        ("moefy", "precision"): ["auto", *edge.PRECISIONS.names()],
+        ("moefy", "mode"): list(__import__("edge.moe").moe.MODES),
         ("add-skips", "target"): list(edge.SKIP_TARGETS),
         ("export", "to"): export.RUNTIMES.names(),
         ("export", "mode"): list(export.MODES),

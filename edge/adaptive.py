@@ -1,0 +1,145 @@
+"""What every adaptive FFN has in common (an ACM, a sigma-MoE): a per-token choice of how many of its
+equal units run (an ACM's learners, a MoE's experts), made by a gate whose scores are read against one
+bias, the budget knob. The budget machinery (calibration, the FLOP meter, the traced FLOPs) and
+phase 3 of a conversion (edge.convert.train_end_to_end) work on this interface, so a new adaptive FFN
+is one subclass.
+
+FLOPs (torch.utils.flop_counter's convention: an (M, K) x (K, N) product costs 2MKN), per token:
+ffn_flops() the FFN it replaced, gate_flops() its gate (not run when `static`), unit_flops() one unit.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from edge.arch import arch_for
+from edge.errors import EdgeError
+
+TOP_BIAS = -2.0 ** 50  # the gate bias at budget 1.0 (~ -1.1e15, exact in fp32): below any gap between two scores
+
+
+class AdaptiveFFN(nn.Module):
+    """d: model width; n: units; h: hidden width of one unit. last_k: units run per token in the
+    last forward; last_gate: what the dense (training) forward leaves for `expected_units`."""
+
+    d: int
+    n: int
+    h: int
+    dense: bool
+    last_k: torch.Tensor | None
+
+    # --- accounting -----------------------------------------------------------------------------
+    def ffn_flops(self) -> int:
+        return 4 * self.d * self.n * self.h
+
+    def unit_flops(self) -> int:
+        return 4 * self.d * self.h
+
+    def gate_flops(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def static(self) -> bool:
+        """Every token runs a fixed choice (the static baseline): the gate does not run."""
+        return False
+
+    def flops(self, k: torch.Tensor) -> torch.Tensor:
+        """FLOPs per token for k units run (any shape)."""
+        return self.gate_flops() * (not self.static) + self.unit_flops() * k
+
+    def fraction(self, k_mean: float | torch.Tensor) -> float | torch.Tensor:
+        """Average compute as a fraction of the FFN's, for an average of k_mean units per token (the
+        gate's included unless the choice is static)."""
+        return (self.gate_flops() * (not self.static) + self.unit_flops() * k_mean) / self.ffn_flops()
+
+    # --- the knob -------------------------------------------------------------------------------
+    def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate's scores (..., S) on inputs (..., d), what `count_at` reads."""
+        raise NotImplementedError
+
+    def count_at(self, scores: torch.Tensor, bias: float) -> torch.Tensor:
+        """Units each token runs (...,) at gate bias `bias`: never more for a larger bias."""
+        raise NotImplementedError
+
+    def calibrate_(self, scores: torch.Tensor, budget: float, iters: int) -> float:
+        """Set the gate bias so that the average compute on `scores` (M, S) is at most `budget` of
+        the FFN, as close as `iters` steps of bisection get; at 1.0 every unit runs (TOP_BIAS).
+        Returns the bias."""
+        if budget >= 1.0:
+            bias = TOP_BIAS
+        else:
+            bias = bisect_bias(lambda b: float(self.fraction(self.count_at(scores, b).float().mean())), budget, iters)
+        self.set_knob_(bias)
+        return bias
+
+    def set_knob_(self, value: float) -> None:
+        """Set the knob to a value `calibrate_` returned."""
+        self.gate_bias.fill_(value)
+
+    def knob_value(self) -> float:
+        return float(self.gate_bias)
+
+    # --- phase 3 (edge.convert.train_end_to_end) --------------------------------------------------
+    def trained(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(unit parameters, gate parameters) that the end-to-end phase trains."""
+        raise NotImplementedError
+
+    def exact_at_top(self) -> bool:
+        """Whether budget 1.0 runs the original FFN itself, frozen (nothing to train there)."""
+        return False
+
+    def expected_units(self) -> torch.Tensor:
+        """(...,) differentiable units run per token in the last dense forward."""
+        raise NotImplementedError
+
+    def aux_loss(self) -> torch.Tensor | float:
+        """A regularizer of the last dense forward, added to phase 3's loss (0: none)."""
+        return 0.0
+
+    def end_training(self) -> None:
+        self.dense, self.last_gate = False, None
+
+
+def bisect_bias(fraction: Callable[[float], float], budget: float, iters: int) -> float:
+    """The smallest bias (as close as `iters` bisection steps get) with fraction(bias) <= budget,
+    for a fraction that never grows with the bias. bias = sinh(t), t in [-4.1, 4.1]: fine steps near
+    0 (error-like scores), reaching +-30 (logits)."""
+    lo, hi = -4.1, 4.1
+    if fraction(math.sinh(lo)) <= budget:
+        hi = lo
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fraction(math.sinh(mid)) > budget else (lo, mid)
+    return math.sinh(hi)
+
+
+def adaptive_ffns(model: nn.Module) -> list[AdaptiveFFN]:
+    """The adaptive FFNs of a model (or a layer), in order."""
+    return [m for m in model.modules() if isinstance(m, AdaptiveFFN)]
+
+
+def refuse_adaptive(model: nn.Module, what: str) -> None:
+    """One clear line when `what` (a transform that replaces the FFNs) meets FFNs replaced already."""
+    if adaptive_ffns(model):
+        raise EdgeError(f"this model's FFNs are adaptive already ({type(adaptive_ffns(model)[0]).__name__}); "
+                        f"{what} takes the original (or pruned) model's FFNs")
+
+
+def replace_ffns(model: nn.Module, make: Callable[[nn.Module], AdaptiveFFN], what: str) -> list[AdaptiveFFN]:
+    """Replace every FFN of `model` (in place) by make(ffn) (an adaptive FFN of the same shape, the
+    FFN's weights loaded); `what` names it in the error when the FFNs were replaced already."""
+    refuse_adaptive(model, what)
+    arch = arch_for(model)
+    made = []
+    for layer in arch.layers(model):
+        made.append(make(arch.ffn(layer, model.config)))
+        arch.install(layer, made[-1])
+    return made
+
+
+def adaptive_of(layer: nn.Module) -> AdaptiveFFN | None:
+    """The adaptive FFN installed in a layer, if any."""
+    return next((m for m in layer.modules() if isinstance(m, AdaptiveFFN)), None)

@@ -1,0 +1,194 @@
+"""sigma-MoE layers (edge.moe) and their conversion (edge.moefy) on tiny random models of every
+registered architecture, with random sizes and seeds."""
+import random
+
+import pytest
+import torch
+
+import edge
+from edge.adaptive import TOP_BIAS
+from edge.flops import count_flops
+from edge.moe import MODES, MoE, MoeConfig, install_moe, moe_modules
+from edge.moe_convert import balanced_groups, expert_shares
+from tests.conftest import CASES
+
+FEW = edge.DistillConfig(gate_steps=2, e2e_steps=2, calib_iters=12)
+
+
+def tiny_moe_model(name, mt, config):
+    arch = edge.ARCHS.get(name)
+    model, batch = arch.tiny(mt)
+    ref = arch.tiny(mt)[0].eval()
+    moes = install_moe(model, config)
+    for m in moes:  # a spread-out router, so that tokens differ in what they open
+        for p in m.router.parameters():
+            p.data.normal_(0, 2.0)
+    return arch, model.eval(), ref, batch, moes
+
+
+def _divisor(n, rng):
+    return rng.choice([e for e in range(1, n + 1) if n % e == 0 and e <= 16])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name,mt", CASES)
+def test_every_expert_open_is_the_ffn_exactly(name, mt, seed):
+    rng = random.Random(seed)
+    arch = edge.ARCHS.get(name)
+    f = arch.ffn(arch.layers(arch.tiny(mt)[0])[0], arch.tiny(mt)[0].config).fc1.out_features
+    config = MoeConfig(experts=_divisor(f, rng), router_hidden=rng.choice([0, 8]), mode=rng.choice(MODES))
+    arch, model, ref, batch, moes = tiny_moe_model(name, mt, config)
+    gen = torch.Generator().manual_seed(seed)
+    for m in moes:  # grouped in a random order, with expert means: still every neuron once
+        ffn_w1 = m.w1.detach().reshape(-1, m.d).clone()
+        perm = torch.randperm(m.n * m.h, generator=gen)
+        means = 0.1 * torch.randn(m.n, m.d, generator=gen)  # (what a closed expert gives: any, when all are open)
+        m.load_ffn_(ffn_w1[perm], m.b1.detach().reshape(-1)[perm], m.w2.detach().reshape(-1, m.d)[perm].t(),
+                    m.b2.detach().clone(), torch.argsort(perm), means)
+        m.set_knob_(TOP_BIAS if m.mode == "adaptive" else m.n)
+    with torch.no_grad():
+        torch.testing.assert_close(arch.output(model, batch), arch.output(ref, batch), atol=1e-5, rtol=1e-5)
+    assert all(bool((m.last_k == m.n).all()) for m in moes)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name,mt", CASES)
+def test_skipping_equals_dense_masked(name, mt, mode):
+    arch, model, _, batch, moes = tiny_moe_model(name, mt, MoeConfig(experts=4, router_hidden=8, mode=mode,
+                                                                      expert_dropout=0.3))
+    seen = set()
+    for value in ((-1e4, -1.0, 0.0, 1.0, 1e4) if mode == "adaptive" else range(5)):
+        for m in moes:
+            m.set_knob_(value)
+            m.dense = False
+        with torch.no_grad():  # (no expert dropout outside training)
+            skipping = arch.output(model, batch)
+            k_skip = [m.last_k.clone() for m in moes]
+            for m in moes:
+                m.dense = True
+            dense = arch.output(model, batch)
+        assert all(torch.equal(m.last_k, k) for m, k in zip(moes, k_skip))
+        torch.testing.assert_close(skipping, dense, atol=1e-5, rtol=1e-5)
+        seen |= set(torch.cat([k.flatten() for k in k_skip]).tolist())
+    assert {0, 4} <= seen and len(seen & {1, 2, 3}) >= (2 if mode == "adaptive" else 3), f"expert counts {seen}"
+
+
+def test_each_expert_runs_only_on_its_tokens_and_reads_its_weights_once():
+    torch.manual_seed(0)
+    d, f, e = 16, 48, 6
+    m = MoE(d, f, MoeConfig(experts=e, router_hidden=0, mode="adaptive"), "gelu").eval()
+    x = torch.randn(40, d)
+    calls = []
+    run = m.run_expert
+    m.run_expert = lambda xs, j: calls.append((j, xs.shape[0])) or run(xs, j)
+    with torch.no_grad():
+        y = m(x)
+        chosen = m.select(m.gate_logits(x))
+    assert sorted(j for j, _ in calls) == sorted({j for j, _ in calls})  # each expert at most once
+    assert {j: rows for j, rows in calls} == {j: int(c) for j, c in enumerate(chosen.sum(0)) if c}
+    expected = m.b2 + sum(torch.where(chosen[:, j:j + 1], run(x, j), 0) for j in range(e))
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    # and the FLOPs torch counts are the router's plus each token's experts'
+    with torch.no_grad():
+        assert count_flops(m, x) == int(m.flops(m.last_k).sum())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradients_reach_experts_and_router(mode):
+    torch.manual_seed(0)
+    m = MoE(16, 32, MoeConfig(experts=4, router_hidden=8, mode=mode, expert_dropout=0.0), "gelu")
+    m.set_knob_(0.0 if mode == "adaptive" else 2)
+    m.dense = True
+    x = torch.randn(30, 16)
+    (m(x).pow(2).mean() + m.expected_units().mean() + m.aux_loss()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (m.w1, m.w2, *m.router.parameters()))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_balanced_groups_find_planted_groups_with_equal_sizes(seed):
+    gen = torch.Generator().manual_seed(seed)
+    groups, size, t = 4, 8, 64
+    centres = torch.rand(groups, t, generator=gen) ** 4  # each group active on its own tokens
+    truth = torch.randperm(groups * size, generator=gen) % groups
+    features = centres[truth] + 0.05 * torch.rand(groups * size, t, generator=gen)
+    order = balanced_groups(features, groups, seed)
+    assert sorted(order.tolist()) == list(range(groups * size))
+    found = truth[order].reshape(groups, size)
+    assert all(len(set(row.tolist())) == 1 for row in found), found
+
+
+def test_groups_that_do_not_divide_are_one_clear_error():
+    with pytest.raises(edge.EdgeError, match="do not split into 5 equal experts"):
+        balanced_groups(torch.rand(12, 3), 5)
+    with pytest.raises(edge.EdgeError, match="not divisible by experts=5"):
+        MoE(8, 12, MoeConfig(experts=5), "gelu")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("budget", [0.3, 0.55, 0.8, 1.0])
+def test_calibration_meets_the_budget(mode, budget):
+    torch.manual_seed(0)
+    m = MoE(32, 128, MoeConfig(experts=8, router_hidden=4, mode=mode), "gelu")
+    scores = torch.randn(500, 8) * 3
+    m.calibrate_(scores, budget, 40)
+    got = float(m.fraction(m.select(scores).sum(-1).float().mean()))
+    if budget >= 1.0:
+        assert bool(m.select(scores).all())
+    else:
+        assert got <= budget + 1e-9
+        step = m.unit_flops() / m.ffn_flops()  # topk: whole experts per token; adaptive: finer
+        assert got > budget - (step if mode == "topk" else 0.02)
+
+
+@pytest.mark.parametrize("name,mt", CASES)
+def test_moefy_converts_calibrates_and_round_trips(tmp_path, name, mt):
+    arch = edge.ARCHS.get(name)
+    model, batch = arch.tiny(mt)
+    moe = edge.moefy(model, MoeConfig(budget=0.6, experts=4, router_hidden=8), [batch], distill=FEW,
+                     progress=False)
+    assert len(moe_modules(moe)) == len(arch.layers(moe)) and not moe_modules(model)
+    assert edge.measure_budget(moe, [batch]).ffn_fraction() <= 0.6 + 1e-6
+    loaded = edge.load(edge.save(moe, tmp_path / "moe"))
+    with torch.no_grad():
+        assert torch.equal(arch.output(moe, batch), arch.output(loaded, batch))
+    assert [m.knob_value() for m in moe_modules(loaded)] == [m.knob_value() for m in moe_modules(moe)]
+    with pytest.raises(edge.EdgeError, match="adaptive already"):
+        edge.acmize(moe, edge.AcmConfig(learners=2), [batch], distill=FEW, progress=False)
+
+
+def test_a_closed_expert_gives_its_mean():
+    torch.manual_seed(0)
+    m = MoE(8, 16, MoeConfig(experts=4, router_hidden=0), "gelu").eval()
+    x = torch.randn(50, 8)
+    w1, b1, w2, b2 = torch.randn(16, 8), torch.randn(16), torch.randn(8, 16), torch.randn(8)
+    means = torch.randn(4, 8)
+    m.load_ffn_(w1, b1, w2, b2, None, means)
+    for open_ in ([0, 2], [1], []):
+        m.forced = torch.zeros(4, dtype=torch.bool)
+        m.forced[open_] = True
+        with torch.no_grad():
+            y = m(x)
+        parts = [torch.nn.functional.gelu(x @ w1[4 * e:4 * e + 4].t() + b1[4 * e:4 * e + 4]) @ w2[:, 4 * e:4 * e + 4].t()
+                 if e in open_ else means[e].expand(50, 8) for e in range(4)]
+        torch.testing.assert_close(y, b2 + sum(parts), atol=1e-5, rtol=1e-5)
+
+
+def test_router_targets_are_each_experts_share_of_the_output():
+    torch.manual_seed(0)
+    m = MoE(8, 16, MoeConfig(experts=4), "relu")
+    x = torch.randn(10, 8)
+    y = sum(m.run_expert(x, e) for e in range(4))
+    shares = expert_shares(m, x, y)
+    for e in range(4):
+        torch.testing.assert_close(shares[:, e], m.run_expert(x, e).pow(2).mean(-1) / y.pow(2).mean())
+
+
+def test_what_is_not_built_yet_is_one_clear_line(tmp_path):
+    arch, model, _, batch, _ = tiny_moe_model("bert", "bert", MoeConfig(experts=4))
+    import export
+
+    with pytest.raises(edge.EdgeError, match="exporting a model with moe is not built yet"):
+        export.to_onnx(model, tmp_path / "m", batch, progress=False)
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(edge.EdgeError, match="int8 of a sigma-MoE model is not built yet"):
+        edge.quantize(model, edge.QuantConfig("8da8w"))
