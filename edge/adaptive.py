@@ -53,7 +53,7 @@ class AdaptiveFFN(nn.Module):
     def fraction(self, k_mean: float | torch.Tensor) -> float | torch.Tensor:
         """Average compute as a fraction of the FFN's, for an average of k_mean units per token (the
         gate's included unless the choice is static)."""
-        return (self.gate_flops() * (not self.static) + self.unit_flops() * k_mean) / self.ffn_flops()
+        return self.flops(k_mean) / self.ffn_flops()
 
     # --- the knob -------------------------------------------------------------------------------
     def gate_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +123,8 @@ def adaptive_ffns(model: nn.Module) -> list[AdaptiveFFN]:
 
 def refuse_adaptive(model: nn.Module, what: str) -> None:
     """One clear line when `what` (a transform that replaces the FFNs) meets FFNs replaced already."""
-    if adaptive_ffns(model):
-        raise EdgeError(f"this model's FFNs are adaptive already ({type(adaptive_ffns(model)[0]).__name__}); "
+    if found := adaptive_ffns(model):
+        raise EdgeError(f"this model's FFNs are adaptive already ({type(found[0]).__name__}); "
                         f"{what} takes the original (or pruned) model's FFNs")
 
 

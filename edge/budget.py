@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from edge.adaptive import TOP_BIAS, adaptive_ffns  # noqa: F401  (TOP_BIAS: the knob's top, also here)
+from edge.adaptive import adaptive_ffns
 from edge.arch import arch_for
 from edge.console import terminal
 from edge.errors import EdgeError

@@ -123,6 +123,24 @@ class DistillConfig(Config):
                        e2e_steps=p.e2e_steps if self.e2e_steps is None else self.e2e_steps)
 
 
+
+def start_conversion(model: nn.Module, data: list[dict], distill: DistillConfig, what: str, install):
+    """The common start of acmize and moefy: refuse what cannot be converted, seed, and return
+    (arch, resolved distill, rng, frozen teacher, its FFNs, the student copy, the installed modules)."""
+    parts(model).refuse_final(what)
+    refuse_adaptive(model, what)
+    if not data:
+        raise EdgeError(f"{what} needs at least one batch of training data")
+    arch = arch_for(model)
+    distill = distill.resolved()
+    torch.manual_seed(distill.seed)
+    rng = random.Random(distill.seed)
+    teacher = model.eval().requires_grad_(False)
+    ffns = [arch.ffn(layer, teacher.config) for layer in arch.layers(teacher)]
+    student = copy.deepcopy(teacher)
+    return arch, distill, rng, teacher, ffns, student, install(student)
+
+
 def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[dict] | None = None,
            distill: DistillConfig = DistillConfig(), progress: bool = True) -> nn.Module:
     """Return an ACMized copy of `model`, distilled on `data` (a list of input batches).
@@ -135,18 +153,8 @@ def acmize(model: nn.Module, config: AcmConfig, data: list[dict], calib: list[di
     >>> len(edge.acm_modules(acm))
     2
     """
-    parts(model).refuse_final("acmize")
-    refuse_adaptive(model, "acmize")
-    arch = arch_for(model)
-    if not data:
-        raise EdgeError("acmize needs at least one batch of calibration/training data")
-    distill = distill.resolved()
-    torch.manual_seed(distill.seed)
-    rng = random.Random(distill.seed)
-    teacher = model.eval().requires_grad_(False)
-    ffns = [arch.ffn(layer, teacher.config) for layer in arch.layers(teacher)]
-    student = copy.deepcopy(teacher)
-    acms = install_acms(student, config)
+    s = start_conversion(model, data, distill, "acmize", lambda m: install_acms(m, config))
+    arch, distill, rng, teacher, ffns, student, acms = s
     slices = config.init == "slices"
     importance = _hidden_importance(teacher, arch, ffns, data[: max(1, min(4, len(data)))]) if slices else [None] * len(acms)
     for acm, ffn, imp in zip(acms, ffns, importance):  # the slices, and the top of the knob (exact_top)

@@ -16,19 +16,14 @@ then the knob is calibrated to the budget on calibration data.
 """
 from __future__ import annotations
 
-import copy
-import random
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge.adaptive import refuse_adaptive
-from edge.arch import arch_for
-from edge.convert import DistillConfig, _act_fn, _cycle, _ffn_pairs, _retarget_, train_gates
+from edge.convert import DistillConfig, _act_fn, _cycle, _ffn_pairs, _retarget_, start_conversion, train_gates
 from edge.errors import EdgeError
 from edge.moe import MoE, MoeConfig, install_moe
-from edge.parts import parts
 
 GROUP_ITERS = 15  # balanced k-means rounds
 GROUP_TOKENS = 4096  # calibration tokens a neuron's feature is made of
@@ -48,18 +43,8 @@ def moefy(model: nn.Module, config: MoeConfig, data: list[dict], calib: list[dic
     >>> len(edge.moe.moe_modules(moe))
     2
     """
-    parts(model).refuse_final("moefy")
-    refuse_adaptive(model, "moefy")
-    if not data:
-        raise EdgeError("moefy needs at least one batch of training data")
-    arch = arch_for(model)
-    distill = distill.resolved()
-    torch.manual_seed(distill.seed)
-    rng = random.Random(distill.seed)
-    teacher = model.eval().requires_grad_(False)
-    ffns = [arch.ffn(layer, teacher.config) for layer in arch.layers(teacher)]
-    student = copy.deepcopy(teacher)
-    moes = install_moe(student, config)
+    s = start_conversion(model, data, distill, "moefy", lambda m: install_moe(m, config))
+    arch, distill, rng, teacher, ffns, student, moes = s
     first = data[: max(1, min(4, len(data)))]
     orders = [balanced_groups(c, m.n, distill.seed) for m, c in zip(moes, _contributions(teacher, arch, ffns, first))]
     for moe, ffn, order in zip(moes, ffns, orders):

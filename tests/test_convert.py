@@ -8,7 +8,7 @@ import edge
 from edge.parts import parts
 from edge.acm import GATE_SCORES
 from edge.acm import ACM
-from edge.budget import TOP_BIAS
+from edge.adaptive import TOP_BIAS
 from edge.convert import PRECISIONS, _prefix_loss, gate_labels, prefix_errors
 from edge.forward import output
 from tests.conftest import CASES
