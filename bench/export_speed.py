@@ -117,7 +117,7 @@ def without_ffn(model: nn.Module) -> nn.Module:
 def bias_for_half(graph: GraphModel, inputs: list[torch.Tensor], knobs: dict) -> torch.Tensor:
     """Gate biases, one per ACM, that make each ACM's mean k over the real tokens N/2, layer by layer
     under the earlier ones (how edge.calibrate_budget_ sets a converted model: every layer at its budget)."""
-    n = graph.acms[0].n
+    n = graph.adaptives[0].n
     mask = inputs[1][0].bool()
     bias = knobs["gate_bias"].clone()
     for a in range(len(bias)):
@@ -282,7 +282,7 @@ def main() -> None:
     with torch.no_grad():
         ks = graph(*inputs, *settings["acm50"].values())[3]
         assert int(graph(*inputs, *settings["exit"].values())[1]) == EXIT_AFTER
-    half = float(ks[:, inputs[1][0].bool()].float().mean()) / graph.acms[0].n
+    half = float(ks[:, inputs[1][0].bool()].float().mean()) / graph.adaptives[0].n
     # the cases are also the artifacts' budget levels: what the native runner times
     levels = [{"name": name, **{k: v.tolist() for k, v in knobs.items()}} for name, knobs in settings.items()]
     acm_settings = {f"acm:{name}": {"gate_bias": settings[name]["gate_bias"]} for name in ("acm50", "k0")}

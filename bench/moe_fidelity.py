@@ -14,9 +14,16 @@ calibration at each budget (edge.retarget: exactly what acmize / moefy at that b
 counts both. cos is the sentence embedding's cosine to the original's (mean, 5th percentile); achieved: the
 FFN FLOP fraction measured on the test split.
 
-Not measured here yet: the exported times (the MoE export is not built); those JSON fields are null.
+Exported (at --export-budget, 0.5; moe-topk, moe-adaptive and acm; the static baseline is not exported:
+in the program its router would run): each model in its runtime's default mode for it (ExecuTorch: ACM
+routed, a MoE graph, its only mode yet; ONNX Runtime: graph), 128 tokens, 1 thread, timed at its own
+setting and with no unit run (its knob closed: no learner, no expert) beside the dense original in one
+run (export_speed's forms): ffn_ratio = (own - closed) / (dense - closed), model_ratio = own / dense.
+ExecuTorch through the native runner (one process, the artifacts' budget levels in turn), ONNX Runtime
+in Python, each on 1 thread (the conversions use both cores: convert_seconds is on 2).
 
-    .venv/bin/python bench/moe_fidelity.py            # ~45 minutes on 2 cores (Intel Xeon, bf16)
+    .venv/bin/python bench/moe_fidelity.py --save /tmp/moe      # ~80 minutes on 2 cores (Intel Xeon, bf16)
+    .venv/bin/python bench/moe_fidelity.py --load /tmp/moe      # the saved models: the fidelity and exports only
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import copy
 import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,12 +40,16 @@ from pathlib import Path
 import torch
 
 import edge
+import export
 from edge.arch import arch_for
 from edge.evaluate import compare
-from edge.moe import moe_modules, set_mode_
+from device.measure import knob_arrays, machine
+from edge.moe import FORCE, moe_modules, set_mode_
+from export.graph import GraphModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from acm_fidelity import held_out  # noqa: E402
+from export_speed import interleaved, native_medians, text_example  # noqa: E402
 
 METHODS = ("moe-topk", "moe-adaptive", "acm", "static")
 
@@ -65,6 +77,47 @@ def set_static_(model, calib: list[dict], budget: float) -> None:
         m.forced[s.topk(k).indices] = True
 
 
+def closed(name: str, value: torch.Tensor) -> torch.Tensor:
+    """A knob with no unit run: every ACM's gate bias forced to k = 0, every MoE's experts priced out."""
+    if name == "gate_bias":
+        return value + FORCE
+    value = value.clone()
+    value[:, 1:] = FORCE
+    return value
+
+
+def export_ratios(models: dict, original, example: dict, runs: int, tmp: Path) -> dict:
+    """{method: {ffn_ratio_<rt>, model_ratio_<rt>, mode_<rt>}} for executorch (native runner) and onnx."""
+    got = {method: {} for method in models}
+    x = [example[n].numpy() for n in ("input_ids", "attention_mask")]
+    for rt in ("executorch", "onnx"):
+        dense = export.to_runtime(original, rt, tmp / f"dense-{rt}", example, progress=False)
+        arts = {}
+        for method, m in models.items():
+            own = GraphModel(m).knobs()
+            levels = [{"name": f"{method}:{case}", **{k: (v if case == "own" else closed(k, v)).reshape(-1).tolist()
+                                                      for k, v in own.items()}} for case in ("own", "closed")]
+            t = time.time()
+            arts[method] = export.to_runtime(m, rt, tmp / f"{method}-{rt}", example, progress=False, levels=levels)
+            print(f"{rt}: {method} exported ({arts[method].plan['mode']} mode) and checked on "
+                  f"{len(arts[method].plan['checks'])} cases in {time.time() - t:.0f} s", flush=True)
+        if rt == "executorch":
+            ms = native_medians({"dense": dense.path}, [a.path for a in arts.values()], runs)
+        else:
+            cases = {"dense": (lambda r=dense.runner(threads=1): r(x))}
+            for method, a in arts.items():
+                run = a.runner(threads=1)
+                for level in a.plan["budget_levels"]:
+                    cases[level["name"]] = (lambda r=run, v=knob_arrays(a.plan, level): r(x + v))
+            ms = interleaved(cases, runs)
+        print(f"{rt} ms: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()), flush=True)
+        for method, a in arts.items():
+            own, shut = ms[f"{method}:own"], ms[f"{method}:closed"]
+            got[method].update({f"ffn_ratio_{rt}": round((own - shut) / (ms["dense"] - shut), 4),
+                                f"model_ratio_{rt}": round(own / ms["dense"], 4), f"mode_{rt}": a.plan["mode"]})
+    return got
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
@@ -75,6 +128,12 @@ def main() -> None:
     ap.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps)
     ap.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps)
     ap.add_argument("--repr-steps", type=int, default=edge.DistillConfig.repr_steps)
+    ap.add_argument("--export-budget", type=float, default=0.5, help="the budget whose models are exported and timed")
+    ap.add_argument("--runs", type=int, default=50, help="timed runs of each exported case")
+    ap.add_argument("--tokens", type=int, default=128, help="tokens of the timed input")
+    ap.add_argument("--save", type=Path, metavar="DIR", help="save every converted model to DIR/<method>-<budget>")
+    ap.add_argument("--load", type=Path, metavar="DIR", help="load the models --save wrote instead of converting "
+                    "(convert_seconds are then null)")
     args = ap.parse_args()
     torch.manual_seed(0)
     model, tok = edge.load_pretrained()
@@ -86,8 +145,58 @@ def main() -> None:
     print(f"original: probe accuracy {acc_teacher:.4f}; FFNs are {share:.3f} of the model FLOPs", flush=True)
     distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps,
                                  e2e_steps=args.e2e_steps).resolved()
-    print(f"training in {distill.precision}: {distill.repr_steps} / {distill.gate_steps} / {distill.e2e_steps} "
-          f"steps", flush=True)
+    rows, timed = [], {}
+
+    def record(method, budget, m, seconds):
+        rep, out = compare(m, teacher_out, test_b, share)
+        row = {"budget": budget, "method": method, "achieved": rep["ffn_fraction"], "cos_mean": rep["cos_mean"],
+               "cos_p5": rep["cos_p5"], "acc": probe.accuracy(out, y), "convert_seconds": seconds}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.save and not args.load and method != "static":  # (static: the adaptive model's, set again on load)
+            edge.save(m, args.save / f"{method}-{budget:g}", overwrite=True)
+        if budget == args.export_budget and method != "static":
+            timed[method] = m
+
+    if args.load:
+        for budget in args.budgets:
+            for method in [m for m in METHODS if m in args.methods]:
+                m = edge.load(args.load / f"{'moe-adaptive' if method == 'static' else method}-{budget:g}")
+                if method == "static":
+                    set_static_(m, calib, budget)
+                record(method, budget, m, None)
+    else:
+        convert_all(args, model, train, calib, distill, record)
+
+    exported = {}
+    if timed:
+        with tempfile.TemporaryDirectory() as tmp:
+            exported = export_ratios(timed, model, text_example(tok, passages.split("test").texts, args.tokens),
+                                     args.runs, Path(tmp))
+    print(f"{'budget':>6} {'method':>13} {'achieved':>8} {'cos':>7} {'cos_p5':>7} {'acc':>7} {'seconds':>7}"
+          f"   (original acc {acc_teacher:.4f}; trained in {distill.precision})")
+    for r in rows:
+        secs = "" if r["convert_seconds"] is None else f"{r['convert_seconds']:.0f}"
+        print(f"{r['budget']:>6} {r['method']:>13} {r['achieved']:>8.3f} {r['cos_mean']:>7.4f} {r['cos_p5']:>7.4f} "
+              f"{r['acc']:>7.4f} {secs:>7}")
+    for method, e in exported.items():
+        print(f"{method} at {args.export_budget:g}: " + ", ".join(f"{k} {v}" for k, v in e.items()))
+
+    def col(key):
+        return [exported.get(r["method"], {}).get(key) if r["budget"] == args.export_budget else None for r in rows]
+
+    print(json.dumps({"budget": [r["budget"] for r in rows], "method": [r["method"] for r in rows],
+                      "achieved": [r["achieved"] for r in rows], "cos_mean": [r["cos_mean"] for r in rows],
+                      "cos_p5": [r["cos_p5"] for r in rows], "acc": [r["acc"] for r in rows],
+                      "acc_teacher": acc_teacher, "convert_seconds": [r["convert_seconds"] for r in rows],
+                      "experts": args.experts, "precision": distill.precision,
+                      **{k: col(k) for k in ("ffn_ratio_executorch", "model_ratio_executorch", "ffn_ratio_onnx",
+                                             "model_ratio_onnx", "mode_executorch", "mode_onnx")},
+                      "cpu": machine()["cpu"]}))
+
+
+def convert_all(args, model, train, calib, distill, record) -> None:
+    """Every method at every budget: the budget-independent phases once, then edge.retarget per budget."""
     first = replace(distill, e2e_steps=0)
     bases, base_seconds = {}, {}
     if "acm" in args.methods:
@@ -98,16 +207,6 @@ def main() -> None:
         t = time.time()
         bases["moe"] = edge.moefy(model, edge.MoeConfig(budget=1.0, experts=args.experts), train, calib, first)
         base_seconds["moe"] = time.time() - t
-
-    rows = []
-
-    def record(method, budget, m, seconds):
-        rep, out = compare(m, teacher_out, test_b, share)
-        row = {"budget": budget, "method": method, "achieved": rep["ffn_fraction"], "cos_mean": rep["cos_mean"],
-               "cos_p5": rep["cos_p5"], "acc": probe.accuracy(out, y), "convert_seconds": seconds}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-
     for budget in args.budgets:
         adaptive = None
         for method in [m for m in METHODS if m in args.methods and m != "static"]:
@@ -128,21 +227,6 @@ def main() -> None:
             static = copy.deepcopy(adaptive)
             set_static_(static, calib, budget)
             record("static", budget, static, None)
-
-    print(f"{'budget':>6} {'method':>13} {'achieved':>8} {'cos':>7} {'cos_p5':>7} {'acc':>7} {'seconds':>7}"
-          f"   (original acc {acc_teacher:.4f}; {edge.__name__} on {distill.precision})")
-    for r in rows:
-        secs = "" if r["convert_seconds"] is None else f"{r['convert_seconds']:.0f}"
-        print(f"{r['budget']:>6} {r['method']:>13} {r['achieved']:>8.3f} {r['cos_mean']:>7.4f} {r['cos_p5']:>7.4f} "
-              f"{r['acc']:>7.4f} {secs:>7}")
-    none = [None] * len(rows)
-    print(json.dumps({"budget": [r["budget"] for r in rows], "method": [r["method"] for r in rows],
-                      "achieved": [r["achieved"] for r in rows], "cos_mean": [r["cos_mean"] for r in rows],
-                      "cos_p5": [r["cos_p5"] for r in rows], "acc": [r["acc"] for r in rows],
-                      "acc_teacher": acc_teacher, "convert_seconds": [r["convert_seconds"] for r in rows],
-                      "experts": args.experts, "precision": distill.precision,
-                      "ffn_ratio_executorch": none, "model_ratio_executorch": none,
-                      "ffn_ratio_onnx": none, "model_ratio_onnx": none}))
 
 
 if __name__ == "__main__":

@@ -194,7 +194,7 @@ def check_plan(plan) -> dict:
             _spec_ok(spec, key)
     _check(len(plan["inputs"]) >= 1, "inputs must not be empty")
     knobs = {s["name"]: s for s in plan["knobs"]}
-    _check(set(knobs) <= {"exit_thresholds", "skip_thresholds", "gate_bias"}, "unknown knobs")
+    _check(set(knobs) <= {"exit_thresholds", "skip_thresholds", "gate_bias", "experts"}, "unknown knobs")
     outputs = plan.get("outputs")
     _check(isinstance(outputs, list) and outputs[:3] == ["output", "exit_layer", "skipped"]
            and set(outputs[3:]) <= {"ks"}, "outputs must be output, exit_layer, skipped[, ks]")
@@ -210,6 +210,16 @@ def check_plan(plan) -> dict:
             _check(knobs[knob]["shape"] == [len(flow[key])], f"knob {knob} must have one value per {key[:-1]}")
     for j, item in enumerate(flow["acms"]):
         _check(_is_int(item.get("learners"), 1), f"control_flow acms entry {j}: learners")
+    moes = flow.get("moes", [])  # (a plan of before sigma-MoE has none)
+    _check(isinstance(moes, list), "control_flow moes must be a list")
+    for j, item in enumerate(moes):
+        _check(isinstance(item, dict) and item.get("index") == j and item.get("knob") == "experts" and "experts" in knobs
+               and _is_int(item.get("layer"), 1) and item["layer"] <= layers and _is_int(item.get("experts"), 1)
+               and item["experts"] <= 62 and item.get("mode") in ("adaptive", "topk"), f"control_flow moes entry {j}")
+    if moes:
+        _check(knobs["experts"]["shape"] == [len(moes), moes[0]["experts"] + 1]
+               and all(m["experts"] == moes[0]["experts"] for m in moes),
+               "knob experts must have one row [K, a price per expert] per MoE")
     levels = plan.get("budget_levels")
     _check(isinstance(levels, list) and levels, "budget_levels must be a non-empty list")
     for level in levels:

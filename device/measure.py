@@ -50,14 +50,21 @@ def read_records(text: str) -> list[dict]:
 
 
 def branch(plan: dict, out: list[np.ndarray]) -> dict:
-    """What the artifact did on one run: the exit taken, the layers skipped, learners per token."""
+    """What the artifact did on one run: the exit taken, the layers skipped, the units run per token
+    (acm_fraction: learners over N; moe_fraction: experts over E, from the routes' bit masks), over
+    the layers reached."""
     got = dict(zip(plan["outputs"], out))
     b = {"exit_layer": int(got["exit_layer"][0]),
          "skipped": [i + 1 for i, s in enumerate(got["skipped"].tolist()) if s]}
     if "ks" in got:
-        ks = got["ks"]
-        n = plan["control_flow"]["acms"][0]["learners"]
-        b["acm_fraction"] = float(ks[ks >= 0].mean() / n) if (ks >= 0).any() else 0.0  # over reached layers
+        ks = got["ks"][got["ks"] >= 0].astype(np.int64)
+        moes = plan["control_flow"].get("moes")
+        if moes:
+            n = moes[0]["experts"]
+            bits = (ks[:, None] >> np.arange(n)) & 1
+            b["moe_fraction"] = float(bits.sum(1).mean() / n) if ks.size else 0.0
+        else:
+            b["acm_fraction"] = float(ks.mean() / plan["control_flow"]["acms"][0]["learners"]) if ks.size else 0.0
     return b
 
 

@@ -112,6 +112,8 @@ class ACM(AdaptiveFFN):
         nn.init.normal_(self.w1, std=1 / math.sqrt(d))
         nn.init.normal_(self.w2, std=1 / math.sqrt(ffn_hidden))
 
+    knob_name = "gate_bias"  # (export: one bias per ACM, edge.acm.GATE_KNOB)
+
     # --- AdaptiveFFN -----------------------------------------------------------------------------
     def gate_flops(self) -> int:
         g = self.gate[0].out_features
@@ -273,6 +275,23 @@ class ACM(AdaptiveFFN):
             else:
                 y = y.index_add(0, idx, self.run_learner(x.index_select(0, idx), j))  # (m_j, d) added back
         return y.reshape(shape), k
+
+    def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:
+        """(AdaptiveFFN.decide) a k's margin: where tokens follow another k, the largest lead of a
+        token's own k's biased score over the followed k's; else the smallest lead of a token's own k
+        over its runner-up (0: an exact tie)."""
+        scores = self.biased(self.gate_logits(x.reshape(-1, self.d)), knob)  # (M, N+1)
+        own = scores.argmax(-1)
+        take = own if follow is None else torch.as_tensor(follow, dtype=torch.long).reshape(-1)
+        if take.shape != own.shape or bool((take < 0).any()):
+            take = own  # (a path that never reached this layer in the artifact: a branch mismatch elsewhere)
+        followed = take != own  # (M,)
+        if bool(followed.any()):  # the worst token followed against its own choice
+            gap = scores.gather(-1, own[:, None])[:, 0] - scores.gather(-1, take[:, None])[:, 0]
+            return take, float(gap[followed].max()), True
+        top2 = scores.topk(min(2, scores.shape[-1]), -1).values  # the token nearest to choosing another k
+        gap = top2[:, 0] - top2[:, -1] if top2.shape[-1] > 1 else torch.full_like(top2[:, 0], float("inf"))
+        return take, float(gap.min()), False
 
     def load_ffn_(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                   importance: torch.Tensor | None = None, slices: bool = True) -> None:

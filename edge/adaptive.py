@@ -102,6 +102,28 @@ class AdaptiveFFN(nn.Module):
     def end_training(self) -> None:
         self.dense, self.last_gate = False, None
 
+    # --- export (export.graph.GraphModel) ---------------------------------------------------------
+    # knob_name: the exported program's knob input that steers this kind (one row per layer of it);
+    # a route per token (the graph's `ks` output): what the token ran, an int (an ACM: its learners;
+    # a MoE: its experts as a bit mask), so that verify compares and forces branches as integers
+    knob_name: str = ""
+
+    def gathered(self, x: torch.Tensor, knob: torch.Tensor, spare: bool = False,
+                 route: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The skipping forward as one exportable, pure graph on (..., d) inputs: each unit gathers its
+        tokens (NonZero -> index_select), runs on them and adds its output back. knob: this layer's
+        row of the knob input. spare: each unit also runs on one spare row (a backend that takes no
+        empty tensor). route: the routes (M,) to take instead of the gate's (eager only: verify).
+        Returns (y like x, route (M,))."""
+        raise NotImplementedError
+
+    def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:
+        """verify's view of this layer's routing on inputs x (M, d): (the routes (M,) to take: the gate's
+        own, or `follow` (an artifact's) when given and of the right shape; the margin: where the
+        followed routes differ from the own ones, how far the furthest such decision was from its
+        threshold, else how near the nearest decision came to one; whether any was followed)."""
+        raise NotImplementedError
+
 
 def bisect_bias(fraction: Callable[[float], float], budget: float, iters: int) -> float:
     """The smallest bias (as close as `iters` bisection steps get) with fraction(bias) <= budget,

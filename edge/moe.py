@@ -30,10 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edge.acm import ACTIVATIONS
-from edge.adaptive import AdaptiveFFN, replace_ffns
+from edge.adaptive import AdaptiveFFN, adaptive_of, replace_ffns
+from edge.arch import arch_for
 from edge.config import Config, config, integer, one_of, real, setting
 from edge.errors import EdgeError
-from edge.parts import Transform, attach, register
+from edge.parts import Knob, Transform, attach, register
 
 MODES = ("adaptive", "topk")
 
@@ -89,6 +90,9 @@ class MoE(AdaptiveFFN):
         self.router = (nn.Sequential(nn.Linear(d, g), nn.GELU(), nn.Linear(g, e)) if g else nn.Linear(d, e))
         self.register_buffer("gate_bias", torch.zeros(()))  # adaptive: the price per expert
         self.register_buffer("top_k", torch.tensor(e))  # topk: experts per token
+        # constants of the exported graph (a tensor made inside a cond branch breaks export)
+        self.register_buffer("order", torch.arange(e), persistent=False)
+        self.register_buffer("bits", 2 ** torch.arange(e), persistent=False)  # a route's bit of each expert
         self.expert_dropout, self.balance = config.expert_dropout, config.balance
         self.dense = False
         self.forced: torch.Tensor | None = None  # (E,) bool: every token runs these experts (static baseline)
@@ -97,6 +101,8 @@ class MoE(AdaptiveFFN):
         self.last_soft: torch.Tensor | None = None  # (..., E) their soft values (the regularizer's)
         nn.init.normal_(self.w1, std=1 / math.sqrt(d))
         nn.init.normal_(self.w2, std=1 / math.sqrt(ffn_hidden))
+
+    knob_name = "experts"  # (export: one row [K, price of each expert] per MoE, edge.moe.EXPERT_KNOB)
 
     # --- AdaptiveFFN ------------------------------------------------------------------------------
     def gate_flops(self) -> int:
@@ -158,11 +164,19 @@ class MoE(AdaptiveFFN):
             return self.forced.expand(scores.shape)
         if self.mode == "adaptive":
             return scores > self.gate_bias
-        k = int(self.top_k)
-        if k >= self.n:
-            return torch.ones_like(scores, dtype=torch.bool)
-        chosen = torch.zeros_like(scores, dtype=torch.bool)
-        return chosen.scatter(-1, scores.topk(k, -1).indices, True) if k > 0 else chosen
+        return self.ranks(scores) < self.top_k
+
+    def ranks(self, scores: torch.Tensor) -> torch.Tensor:
+        """(..., E) each expert's place among the token's scores (0: the best; of equal scores, the lower
+        expert first): what topk reads, in a form that exports (no data-dependent K)."""
+        mine, other = scores.unsqueeze(-1), scores.unsqueeze(-2)  # [i, j]: expert i's score, expert j's
+        ahead = (other > mine) | ((other == mine) & (self.order[None, :] < self.order[:, None]))
+        return ahead.sum(-1)
+
+    def choose(self, scores: torch.Tensor, knob: torch.Tensor) -> torch.Tensor:
+        """(..., E) bool: the experts each token runs under an exported knob row [K, price_1..E]: those
+        whose score is above their price AND among the token's K best."""
+        return (scores > knob[1:]) & (self.ranks(scores) < knob[0])
 
     def _soft(self, scores: torch.Tensor) -> torch.Tensor:
         """The gates' sigmoid values (..., E): around the bias (adaptive), or around the middle of the
@@ -208,6 +222,69 @@ class MoE(AdaptiveFFN):
             if idx.numel():
                 y.index_add_(0, idx, self.run_expert(x.index_select(0, idx), e))
         return y.reshape(shape)
+
+    # --- export ----------------------------------------------------------------------------------
+    def knob_row(self) -> torch.Tensor:
+        """This layer's row of the exported knob, (1 + E,) [K, price of each expert] (MoE.choose): adaptive
+        [E, gate_bias, ..]; topk [K, -FORCE, ..]; the static baseline [E, -FORCE where forced, +FORCE else]."""
+        if self.forced is not None:
+            return torch.cat([torch.tensor([float(self.n)]), torch.where(self.forced, -FORCE, FORCE)])
+        if self.mode == "adaptive":
+            return torch.cat([torch.tensor([float(self.n)]), self.gate_bias.float().expand(self.n)])
+        return torch.cat([self.top_k.float().reshape(1), torch.full((self.n,), -FORCE)])
+
+    def routes(self, chosen: torch.Tensor) -> torch.Tensor:
+        """(...,) int64: each token's experts as a bit mask (bit e: expert e ran)."""
+        return (chosen.long() * self.bits).sum(-1)
+
+    def chosen_of(self, routes: torch.Tensor) -> torch.Tensor:
+        """The inverse of `routes`: (M,) bit masks -> (M, E) bool."""
+        return (routes.reshape(-1, 1) & self.bits) != 0
+
+    def gathered(self, x: torch.Tensor, knob: torch.Tensor, spare: bool = False,
+                 route: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(AdaptiveFFN.gathered) expert e gathers the tokens that chose it (NonZero -> index_select),
+        runs on them and adds its output back (index_add; spare: each expert also runs on one spare
+        row of zeros and each token reads its row back, as edge.acm.ACM.gathered). Routes: bit masks."""
+        shape = x.shape
+        x = x.reshape(-1, self.d)  # (M, d)
+        chosen = self.choose(self.gate_logits(x), knob) if route is None else self.chosen_of(route)
+        y = torch.zeros_like(x) + self.b2
+        if spare:
+            x = torch.cat([torch.zeros_like(x[:1]), x])  # row 0 the spare, token i in row i + 1
+        zero = torch.zeros_like(self.order[:1])
+        for e in range(self.n):
+            ran = chosen[:, e]  # (M,)
+            idx = torch.nonzero(ran).reshape(-1)  # (m_e,)
+            if spare:
+                out = self.run_expert(x.index_select(0, torch.cat([zero, idx + 1])), e)  # (1 + m_e, d)
+                row = ran.long().cumsum(0) * ran  # (M,) each token's row of out; 0 (the spare) where it did not run
+                y = y + out.index_select(0, row) * ran[:, None].to(x.dtype)
+            else:
+                y = y.index_add(0, idx, self.run_expert(x.index_select(0, idx), e))
+        return y.reshape(shape), self.routes(chosen)
+
+    def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:
+        """(AdaptiveFFN.decide) a decision is one expert of one token: its distance from its boundary,
+        the expert's price or (K < E) the middle of the token's K-th and (K+1)-th best scores."""
+        scores = self.gate_logits(x.reshape(-1, self.d)).float()  # (M, E)
+        chosen = self.choose(scores, knob)
+        own = self.routes(chosen)
+        take = own if follow is None else torch.as_tensor(follow, dtype=torch.long).reshape(-1)
+        if take.shape != own.shape or bool((take < 0).any()):
+            take = own  # (a path that never reached this layer in the artifact: a branch mismatch elsewhere)
+        k, bound = int(knob[0]), knob[1:].float().expand_as(scores)
+        if k <= 0:
+            dist = torch.full_like(scores, float("inf"))
+        else:
+            if k < self.n:
+                top = scores.sort(-1, descending=True).values
+                bound = torch.maximum(bound, (top[:, k - 1:k] + top[:, k:k + 1]) / 2)
+            dist = (scores - bound).abs()
+        differ = self.chosen_of(take) != chosen
+        if bool(differ.any()):
+            return take, float(dist[differ].max()), True
+        return take, float(dist.min()) if dist.numel() else float("inf"), False
 
     def load_ffn_(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                   order: torch.Tensor | None = None, means: torch.Tensor | None = None) -> None:
@@ -259,5 +336,45 @@ def install_moe(model: nn.Module, config: MoeConfig) -> list[MoE]:
     return made
 
 
-# exports=False: the export's gathers and the routed drivers' expert lists are not built yet
-register(Transform("moe", MoeConfig, install_moe, after=("prune",), before=("quant",), exports=False))
+FORCE = 1e4  # a price this large closes an expert for every token (positive) or opens it (negative)
+
+
+def _experts_knob(model: nn.Module) -> torch.Tensor:
+    return torch.stack([m.knob_row() for m in moe_modules(model)])  # (A, 1 + E)
+
+
+def _expert_cases(model: nn.Module, full: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """No expert, every expert, each expert alone (on every token of every layer), the prices moved
+    around the model's own, and K at 1 and E / 2 with the model's own prices."""
+    e = full.shape[1] - 1
+    free = full.clone()
+    free[:, 0] = e
+
+    def priced(price):
+        row = free.clone()
+        row[:, 1:] = price
+        return row
+
+    cases = [("no expert", priced(FORCE)), ("every expert", priced(-FORCE))]
+    cases += [(f"expert {i} alone", priced(torch.where(torch.arange(e) == i, -FORCE, FORCE))) for i in range(e)]
+    for step in (-1.0, -0.3, 0.3, 1.0):
+        row = full.clone()
+        row[:, 1:] += step * (row[:, 1:].abs() < FORCE)  # (the forced prices stay forced)
+        cases.append((f"expert price {step:+g}", row))
+    for k in sorted({1, max(1, e // 2)} - {e}):
+        row = full.clone()
+        row[:, 0] = k
+        cases.append((f"experts K {k}", row))
+    return cases
+
+
+def _moe_plan(model: nn.Module) -> list[dict]:
+    found = [(i, m) for i, layer in enumerate(arch_for(model).layers(model), 1) if (m := adaptive_of(layer)) is not None]
+    return [{"layer": i, "experts": m.n, "mode": m.mode, "knob": "experts", "index": j} for j, (i, m) in enumerate(found)]
+
+
+EXPERT_KNOB = Knob("experts", "moes", own=_experts_knob, full=_experts_knob, cases=_expert_cases, plan=_moe_plan)
+
+# graph mode only: the routed drivers' per-expert token lists are not built yet
+register(Transform("moe", MoeConfig, install_moe, after=("prune",), before=("quant",), knob=EXPERT_KNOB,
+                   export_order=2, export_modes=("graph",)))

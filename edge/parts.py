@@ -61,8 +61,8 @@ class Transform:
     where its knob comes among the program's knob inputs (and its forcing cases among the checks);
     final: the model is not trained or changed by another transform after it (quantization);
     plan: the plan's entries it adds (e.g. the precision), a function of the model; tolerance:
-    (output tolerance, near-tie epsilon) of the checks against eager when it is installed; exports:
-    whether export lowers it (False: export refuses the model in one line)."""
+    (output tolerance, near-tie epsilon) of the checks against eager when it is installed; export_modes:
+    the export modes that lower it (export picks one of them, or refuses the model in one line)."""
 
     name: str
     config: type
@@ -74,7 +74,7 @@ class Transform:
     final: bool = False
     plan: Callable[[nn.Module], dict] | None = None
     tolerance: Callable[[nn.Module], tuple[float, float]] | None = None
-    exports: bool = True
+    export_modes: tuple[str, ...] = ("graph", "routed")
 
 
 TRANSFORMS: Registry[Transform] = Registry("transform")

@@ -38,7 +38,7 @@ def force_cases(graph: GraphModel) -> list[tuple[str, dict[str, torch.Tensor]]]:
 
 def margins(graph: GraphModel, args: list[torch.Tensor], knobs: list[torch.Tensor], follow: dict | None = None):
     """(outputs, [(decision, margin, followed)]) of eager `graph` on one case: every decision's distance
-    from its threshold (GraphModel._decide, _choose_k); with `follow` ({"exit_layer", "skipped", "ks"}
+    from its threshold (GraphModel._decide, _choose); with `follow` ({"exit_layer", "skipped", "ks"}
     as an artifact returned them) each decision takes that branch, and `followed` says where that
     went against eager's own choice."""
     graph.margins, graph.follow = [], follow

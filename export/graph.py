@@ -4,19 +4,22 @@
   exits    torch.cond(confidence >= threshold): the true branch returns the exit's output, the false
            branch holds the rest of the network (nested, so an exit really stops the work);
   routers  torch.cond(score >= threshold): run the attention (or the whole block) or pass h through;
-  ACMs     per learner, NonZero -> index_select -> learner -> index_add over the tokens that need it
-           (spare=True: each learner on one spare row besides, its output read back by index_select).
+  adaptive FFNs (edge.adaptive: an ACM, a sigma-MoE)  per unit (learner, expert), NonZero ->
+           index_select -> unit -> index_add over the tokens that need it (spare=True: each unit on
+           one spare row besides, its output read back by index_select).
 The knobs are graph INPUTS, not constants: `exit_thresholds` (one per exit), `skip_thresholds` (one per
-router) and `gate_bias` (one per ACM), each present only when the model has such gates. A driver
+router), `gate_bias` (one per ACM) or `experts` (one row per MoE), each present only when the model has
+such gates. A driver
 sets a budget level by feeding them, and `verify` forces every branch through them. Besides the output, the graph returns the branch it took:
-`exit_layer` (1,), `skipped` (L,) and, with ACMs, `ks` (A, T) learners run per token (-1: not reached).
+`exit_layer` (1,), `skipped` (L,) and, with adaptive FFNs, `ks` (A, T) each token's route (-1: not
+reached): an ACM's learners run, a MoE's experts as a bit mask (AdaptiveFFN.gathered).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from edge.acm import acm_of
+from edge.adaptive import adaptive_of
 from edge.arch import arch_for
 from edge.exits import exit_heads
 from edge.parts import knobs_of, parts
@@ -32,19 +35,19 @@ def _cond(pred: torch.Tensor, true_fn, false_fn, operands: tuple):
 
 
 class GraphModel(nn.Module):
-    """model (with any of exits, routers, ACMs) -> forward(*model_inputs, *knobs) for batch 1."""
+    """model (with any of exits, routers, adaptive FFNs) -> forward(*model_inputs, *knobs) for batch 1."""
 
     def __init__(self, model: nn.Module, spare: bool = False):
         super().__init__()
         self.model, self.arch = model.eval(), arch_for(model)
-        self.spare = spare  # the ACMs' form for a backend that takes no empty tensor (ACM.gathered)
+        self.spare = spare  # the gathers' form for a backend that takes no empty tensor (AdaptiveFFN.gathered)
         self.input_names = list(self.arch.inputs)
         self.layers = self.arch.layers(model)
         self.heads, self.routers = exit_heads(model), routers(model)
-        self.acms = [acm_of(layer) for layer in self.layers]
+        self.adaptives = [adaptive_of(layer) for layer in self.layers]
         self.exit_index = {a: e for e, a in enumerate(sorted(self.heads))}
         self.router_index = {i: r for r, i in enumerate(sorted(self.routers))}
-        self.acm_index = {i: a for a, i in enumerate(i for i, m in enumerate(self.acms, 1) if m is not None)}
+        self.adaptive_index = {i: a for a, i in enumerate(i for i, m in enumerate(self.adaptives, 1) if m is not None)}
         self.target = parts(model).config("skips").target if self.routers else "attention"
         # eager only (export.verify): `follow` = {"exit_layer", "skipped", "ks"} makes every decision take
         # that branch instead of its own; `margins`, a list, collects (decision, distance of its score
@@ -63,14 +66,14 @@ class GraphModel(nn.Module):
         return {k.name: k.own(self.model) for _, k in knobs_of(self.model)}
 
     def output_names(self) -> list[str]:
-        return ["output", "exit_layer", "skipped"] + (["ks"] if self.acm_index else [])
+        return ["output", "exit_layer", "skipped"] + (["ks"] if self.adaptive_index else [])
 
     def forward(self, *args: torch.Tensor):
         inputs = dict(zip(self.input_names, args))
         knobs = dict(zip(self.knobs(), args[len(self.input_names):]))
         h, ctx = self.arch.embed(self.model, inputs)  # (1, T, d)
         out = self._tail(1, h, ctx, knobs)
-        return out if self.acm_index else out[:3]
+        return out if self.adaptive_index else out[:3]
 
     # --- layer i onwards: (output (1, D), exit layer (1,), skipped (L-i+1,), ks (A_rest, T)) -------
     def _tail(self, i: int, h: torch.Tensor, ctx: dict, knobs: dict):
@@ -90,17 +93,17 @@ class GraphModel(nn.Module):
                 h = _cond(keep, lambda h: self.arch.attention(layer, h, ctx), lambda h: h.clone(), (h,))
                 h, k = self._ffn(i, h, ctx, knobs)
             else:  # the whole block
-                has_acm = self.acms[i - 1] is not None
+                has_adaptive = self.adaptives[i - 1] is not None
 
                 def run_block(h):
                     h, k = self._ffn(i, self.arch.attention(layer, h, ctx), ctx, knobs)
-                    return (h, k) if has_acm else (h,)
+                    return (h, k) if has_adaptive else (h,)
 
                 def pass_block(h):
-                    return (h.clone(), self._unrun(h, i, i + 1)[0]) if has_acm else (h.clone(),)
+                    return (h.clone(), self._unrun(h, i, i + 1)[0]) if has_adaptive else (h.clone(),)
 
                 res = _cond(keep, run_block, pass_block, (h,))
-                h, k = res[0], (res[1] if has_acm else None)
+                h, k = res[0], (res[1] if has_adaptive else None)
         head = self.heads.get(i)
         if head is None:
             out, layer_out, rest_skipped, rest_ks = self._tail(i + 1, h, ctx, knobs)
@@ -123,17 +126,18 @@ class GraphModel(nn.Module):
         return out, layer_out, torch.cat([skipped, rest_skipped]), ks
 
     def _ffn(self, i: int, h: torch.Tensor, ctx: dict, knobs: dict):
-        """(h after the layer's FFN, learners run per token (T,) or None without an ACM)."""
-        acm, layer = self.acms[i - 1], self.layers[i - 1]
-        if acm is None:
+        """(h after the layer's FFN, each token's route (T,) or None without an adaptive FFN)."""
+        m, layer = self.adaptives[i - 1], self.layers[i - 1]
+        if m is None:
             return self.arch.feed_forward(layer, h, ctx), None
         ran = []  # local to this call: a cond branch may not write state outside itself
-        a = self.acm_index[i]
+        a = self.adaptive_index[i]
+        knob = knobs[m.knob_name][a]
 
         def ffn(x):
-            forced = self._choose_k(f"acm {i}", acm, x, knobs["gate_bias"][a], a) if self._watching() else None
-            y, k = acm.gathered(x, knobs["gate_bias"][a], self.spare, forced)
-            ran.append(k)
+            route = self._choose(f"{type(m).__name__.lower()} {i}", m, x, knob, a) if self._watching() else None
+            y, r = m.gathered(x, knob, self.spare, route)
+            ran.append(r)
             return y
 
         return self.arch.feed_forward(layer, h, ctx, ffn), ran[0]
@@ -154,27 +158,15 @@ class GraphModel(nn.Module):
             self.margins.append((name, abs(float(score) - float(threshold)), take != own))
         return torch.tensor(take)
 
-    def _choose_k(self, name: str, acm, x: torch.Tensor, bias: torch.Tensor, a: int) -> torch.Tensor:
-        """The learners per token (M,): the gate's own choice, or the followed one. The margin noted:
-        where tokens follow another k, the largest lead of a token's own k's biased score over the
-        followed k's; else the smallest lead of a token's own k over its runner-up (0: an exact tie)."""
-        scores = acm.biased(acm.gate_logits(x.reshape(-1, acm.d)), bias)  # (M, N+1)
-        own = scores.argmax(-1)
-        take = own if self.follow is None else torch.as_tensor(self.follow["ks"][a], dtype=torch.long).reshape(-1)
-        if take.shape != own.shape or bool((take < 0).any()):
-            take = own  # (a path that never reached this layer in the artifact: a branch mismatch elsewhere)
+    def _choose(self, name: str, m, x: torch.Tensor, knob: torch.Tensor, a: int) -> torch.Tensor:
+        """The routes per token (M,): the gate's own, or the followed ones; the margin noted
+        (AdaptiveFFN.decide)."""
+        take, margin, followed = m.decide(x, knob, None if self.follow is None else self.follow["ks"][a])
         if self.margins is not None:
-            followed = take != own  # (M,)
-            if bool(followed.any()):  # the worst token followed against its own choice
-                gap = scores.gather(-1, own[:, None])[:, 0] - scores.gather(-1, take[:, None])[:, 0]
-                self.margins.append((name, float(gap[followed].max()), True))
-            else:  # the token nearest to choosing another k
-                top2 = scores.topk(min(2, scores.shape[-1]), -1).values
-                gap = top2[:, 0] - top2[:, -1] if top2.shape[-1] > 1 else torch.full_like(top2[:, 0], float("inf"))
-                self.margins.append((name, float(gap.min()), False))
+            self.margins.append((name, margin, followed))
         return take
 
     def _unrun(self, h: torch.Tensor, first: int, last: int | None = None) -> torch.Tensor:
-        """ks rows of -1 for the ACM layers first..last-1 (default: to the end) that did not run."""
-        rows = sum(1 for j in self.acm_index if j >= first and (last is None or j < last))
+        """ks rows of -1 for the adaptive layers first..last-1 (default: to the end) that did not run."""
+        rows = sum(1 for j in self.adaptive_index if j >= first and (last is None or j < last))
         return torch.full_like(h[0, :, 0], -1, dtype=torch.long)[None].expand(rows, -1).clone()

@@ -125,7 +125,7 @@ def budget_levels(model: nn.Module, original: nn.Module, calib: list[dict],
         apply_setting_(m, Setting(best["exit_threshold"], best["skip_threshold"], best["acm_budget"]), calib)
         knobs = GraphModel(m).knobs()
         levels.append({"name": f"budget {b:g}", "budget": b, "flops_frac": round(best["flops_frac"], 4),
-                       "calib_quality": round(best["quality"], 4), **{k: v.tolist() for k, v in knobs.items()}})
+                       "calib_quality": round(best["quality"], 4), **{k: v.reshape(-1).tolist() for k, v in knobs.items()}})
     return levels
 
 
@@ -137,7 +137,7 @@ def _check_levels(levels: list[dict], own: dict) -> list[dict]:
     for level in levels:
         if not all(np.isfinite(np.asarray(level.get(k, 0.0), dtype=float)).all() for k in own):
             raise EdgeError(f"budget level {level.get('name')!r} has a knob that is not finite")
-        bad = [k for k, v in own.items() if k not in level or torch.tensor(level[k]).shape != v.shape]
+        bad = [k for k, v in own.items() if k not in level or np.shape(level[k]) != (v.numel(),)]  # (flat, row-major)
         if not isinstance(level.get("name"), str) or bad:
             raise EdgeError(f"budget level {level.get('name')!r} must have a name and the knobs "
                             f"{', '.join(f'{k} {tuple(v.shape)}' for k, v in own.items())}; wrong: {', '.join(bad) or 'name'}")
@@ -188,16 +188,21 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     [2, 2, 1]
     """
     rt = RUNTIMES.get(runtime)
-    mode = mode or rt.mode
+    installed = [TRANSFORMS.get(n) for n in parts(model).names()]
+    lowered = [m for m in rt.modes if all(m in t.export_modes for t in installed)]  # the modes every transform takes
+    mode = mode or (rt.mode if rt.mode in lowered else next(iter(lowered), rt.mode))
     if mode not in MODES:
         raise EdgeError(f"unknown export mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode not in rt.modes:
         raise EdgeError(f"{runtime} takes the {' and '.join(rt.modes)} mode{'s' * (len(rt.modes) > 1)} only, not {mode}; "
                         f"export with mode {rt.modes[0]!r} (--mode {rt.modes[0]})")
-    not_yet = [n for n in parts(model).names() if not TRANSFORMS.get(n).exports]
+    not_yet = [t.name for t in installed if mode not in t.export_modes]
     if not_yet:
-        raise EdgeError(f"exporting a model with {', '.join(not_yet)} is not built yet; export the model before "
-                        f"{' and '.join(not_yet)}, or another transform of it")
+        takes = [m for m in MODES if all(m in t.export_modes for t in installed)]
+        where = [r for r in RUNTIMES.names() if set(takes) & set(RUNTIMES.get(r).modes)]
+        hint = (f"export it in the {' or '.join(lowered)} mode (--mode {lowered[0]})" if lowered else
+                f"export it to {' or '.join(where)}" if where else "export the model before them")
+        raise EdgeError(f"exporting a model with {', '.join(not_yet)} in the {mode} mode is not built yet; {hint}")
     precision = plan_entries(model).get("precision", "fp32")
     if precision not in precisions(runtime, mode):
         where = [f"{r} ({'/'.join(m for m in MODES if precision in precisions(r, m))} mode)"
@@ -209,7 +214,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
     graph = GraphModel(exportable(model), rt.spare_rows)
     args = _inputs(graph, example)
     own = graph.knobs()
-    levels = _check_levels(levels or [{"name": "exported", **{k: v.tolist() for k, v in own.items()}}], own)
+    levels = _check_levels(levels or [{"name": "exported", **{k: v.reshape(-1).tolist() for k, v in own.items()}}], own)
     arch = graph.arch
     n_tok = args[0].shape[1] if arch.seq_inputs else None
     max_tok = int(getattr(model.config, "max_position_embeddings", 512))
@@ -217,7 +222,7 @@ def to_runtime(model: nn.Module, runtime: str, out: str | Path, example: dict, o
         raise EdgeError(f"the example input has {n_tok} tokens; this model takes 2..{max_tok}")
     t0 = time.time()
     say(f"edge export: tracing {type(model).__name__} ({len(graph.layers)} layers, {len(graph.heads)} exits, "
-        f"{len(graph.routers)} routers, {len(graph.acm_index)} ACMs) for {runtime}, {mode} mode ...")
+        f"{len(graph.routers)} routers, {len(graph.adaptive_index)} adaptive FFNs) for {runtime}, {mode} mode ...")
     try:
         with torch.no_grad():
             eps, section = _trace(graph, mode, args, own, max_tok)

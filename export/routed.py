@@ -51,7 +51,7 @@ def pieces(g: GraphModel) -> list[Piece]:
     for i in range(1, len(g.layers) + 1):
         line += [Piece("router", i)] if i in g.routers else []
         line += [Piece("attention", i)]
-        line += [Piece("gate", i), Piece("finish", i)] if i in g.acm_index else [Piece("ffn", i)]
+        line += [Piece("gate", i), Piece("finish", i)] if i in g.adaptive_index else [Piece("ffn", i)]
         line += [Piece("exit", i)] if i in g.heads else []
     return line + [Piece("head")]
 
@@ -88,7 +88,7 @@ class Segment(nn.Module):
             elif p.kind == "ffn":
                 s["h"] = arch.feed_forward(layer, s["h"], ctx)
             elif p.kind == "gate":
-                acm, seen = g.acms[p.layer - 1], []
+                acm, seen = g.adaptives[p.layer - 1], []
                 arch.feed_forward(layer, s["h"], ctx, lambda x: seen.append(x) or x)  # the ACM's input
                 s["x"] = seen[0].reshape(-1, acm.d)  # (T, d)
                 s["k"] = acm.biased(acm.gate_logits(s["x"]), s["gate_bias"][0]).argmax(-1)  # (T,)
@@ -132,12 +132,12 @@ class Routed:
             p = line[q]
             d = {"kind": DECISION[p.kind], "layer": p.layer}
             if p.kind == "router":
-                after_ffn = where[Piece("finish" if p.layer in g.acm_index else "ffn", p.layer)] + 1
+                after_ffn = where[Piece("finish" if p.layer in g.adaptive_index else "ffn", p.layer)] + 1
                 d.update(router=g.router_index[p.layer], keep=q + 1,
                          skip=q + 2 if g.target == "attention" else after_ffn)
             elif p.kind == "gate":
-                acm = g.acms[p.layer - 1]
-                d.update(acm=g.acm_index[p.layer], next=q + 1, learners=f"learners{p.layer}", n=acm.n, top=acm.exact_top)
+                acm = g.adaptives[p.layer - 1]
+                d.update(acm=g.adaptive_index[p.layer], next=q + 1, learners=f"learners{p.layer}", n=acm.n, top=acm.exact_top)
             elif p.kind == "exit":
                 d.update(exit=g.exit_index[p.layer], next=q + 1)
             decisions[n] = d
@@ -152,11 +152,11 @@ class Routed:
             d = {k: (index[v] if k in ("keep", "skip", "next") else v) for k, v in decisions[n].items()}
             self.modules[name] = seg
             self.segments.append({"method": name, "inputs": seg.inputs, "outputs": seg.outputs, "then": d})
-        for i in sorted(g.acm_index):
-            self.modules[f"learners{i}"] = Learners([g.acms[i - 1].learner(j) for j in range(g.acms[i - 1].n)])
+        for i in sorted(g.adaptive_index):
+            self.modules[f"learners{i}"] = Learners([g.adaptives[i - 1].learner(j) for j in range(g.adaptives[i - 1].n)])
 
     def section(self) -> dict:
-        return {"segments": self.segments, "acms": len(self.graph.acm_index)}
+        return {"segments": self.segments, "acms": len(self.graph.adaptive_index)}
 
     def eager(self) -> Callable[[str, list[np.ndarray]], list[np.ndarray]]:
         """call(method, arrays) through the eager modules: the reference the programs are checked against."""

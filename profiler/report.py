@@ -16,11 +16,12 @@ def table(report: dict) -> str:
              f"{d.get('cpu', '?')}, {d.get('threads', '?')} thread(s), {d.get('runtime')} {d.get('runtime_version', '')}"
              f" ({d.get('runner', 'python')} runner)",
              *(["EMULATED: the outputs are checked; the timings are an emulator's, not latencies"] if report.get("emulated") else []),
-             "", f"{'level':<16}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'min':>9}{'max':>9}  {'exit':>4} {'skipped':<10}{'acm':>6}  budget"]
+             "", f"{'level':<16}{'p50 ms':>9}{'p90':>9}{'p99':>9}{'min':>9}{'max':>9}  {'exit':>4} {'skipped':<10}{'units':>6}  budget"]
     budget = report["budget"]
 
     def row(name, s, b, verdict=""):
-        acm = f"{b['acm_fraction']:.2f}" if "acm_fraction" in b else "-"
+        units = b.get("acm_fraction", b.get("moe_fraction"))  # (the share of learners or experts run)
+        acm = "-" if units is None else f"{units:.2f}"
         skipped = ",".join(map(str, b["skipped"])) or "-"
         return (f"{name[:15]:<16}{s['p50']:>9.2f}{s['p90']:>9.2f}{s['p99']:>9.2f}{s['min']:>9.2f}{s['max']:>9.2f}"
                 f"  {b['exit_layer']:>4} {skipped:<10}{acm:>6}  {verdict}")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import edge
+import export
 from edge.adaptive import TOP_BIAS
 from edge.flops import count_flops
 from edge.moe import MODES, MoE, MoeConfig, install_moe, moe_modules
@@ -161,12 +162,81 @@ def test_router_targets_are_each_experts_share_of_the_output():
         torch.testing.assert_close(shares[:, e], m.run_expert(x, e).pow(2).mean(-1) / y.pow(2).mean())
 
 
-def test_what_is_not_built_yet_is_one_clear_line(tmp_path):
-    arch, model, _, batch, _ = tiny_moe_model("bert", "bert", MoeConfig(experts=4))
-    import export
+GRAPH_RUNTIMES = [r for r in export.RUNTIMES.names() if "graph" in export.RUNTIMES.get(r).modes]
+ONE_PER_ADAPTER = [next(c for c in CASES if c[0] == name) for name in edge.ARCHS.names()]
 
-    with pytest.raises(edge.EdgeError, match="exporting a model with moe is not built yet"):
-        export.to_onnx(model, tmp_path / "m", batch, progress=False)
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("runtime", GRAPH_RUNTIMES)
+@pytest.mark.parametrize("name,mt", ONE_PER_ADAPTER)
+def test_moe_exports_with_its_routing_on_every_branch(tmp_path, name, mt, runtime, mode):
+    """In graph mode (the runtime's default mode when it has no other for a MoE), composed with exits and
+    skips: the per-expert gathers are in the program, and the checks force no expert, every expert, each
+    expert alone and the prices and K around the model's own, all equal to eager."""
+    rng = random.Random(f"{name}{runtime}{mode}")
+    e = rng.choice([2, 4])
+    arch, model, _, batch, moes = tiny_moe_model(name, mt, MoeConfig(experts=e, router_hidden=rng.choice([0, 8]), mode=mode))
+    for m in moes:
+        m.set_knob_(rng.uniform(-0.5, 0.5) if mode == "adaptive" else rng.randint(1, e - 1))
+    model = edge.add_exits(model, edge.ExitConfig(after=[1], steps=2, threshold=0.5), [batch], progress=False)
+    model = edge.add_skips(model, edge.SkipConfig(samples=2, threshold=0.5), [batch], progress=False)
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
+    assert a.plan["mode"] == "graph" and [f["experts"] for f in a.plan["control_flow"]["moes"]] == [e] * len(moes)
+    stats = export.RUNTIMES.get(runtime).stats(a.path, a.plan["methods"])
+    assert stats["branches"] > 0 and stats["gathers"] > 0
+    report = export.verify(a, model)
+    assert report["max_abs_diff"] <= 1e-4 and not report["branch_mismatches"]
+    assert {0, 2 ** e - 1} | {2 ** i for i in range(e)} <= set(report["k_seen"])  # none, all, each alone
+    cases = {c["case"] for c in a.plan["checks"]}
+    assert {"no expert", "every expert", *(f"expert {i} alone" for i in range(e))} <= cases
+
+
+def test_moe_artifact_on_the_native_runner(tmp_path):
+    """The C++ runner (profiler/runner) runs a MoE's graph program on every bundled case with eager's
+    outputs and routes, and reports the share of experts run."""
+    import subprocess
+
+    from device.measure import read_records
+    from profiler import native
+
+    arch, model, _, batch, moes = tiny_moe_model("bert", "bert", MoeConfig(experts=4, router_hidden=8))
+    a = export.to_executorch(model, tmp_path / "a", batch, progress=False)
+    done = subprocess.run([str(native.ensure()), str(a.path), "--runs", "1", "--branch-runs", "1", "--no-ops"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-500:]
+    branches = [r for r in read_records(done.stdout) if r["kind"] == "branch"]
+    assert len(branches) == len(a.plan["checks"]) and all(r["outputs_match"] for r in branches)
+    share = {r["case"]: r["branch"]["moe_fraction"] for r in branches}
+    assert share["no expert"] == 0.0 and share["every expert"] == 1.0 and share["expert 2 alone"] == 0.25
+
+
+def test_graph_routes_are_the_eager_forward():
+    """The export graph's gathers (both forms) give the skipping forward's output, and its routes are
+    the experts each token ran, at every setting of the knob."""
+    for mode in MODES:
+        arch, model, _, batch, moes = tiny_moe_model("bert", "bert", MoeConfig(experts=4, router_hidden=8, mode=mode))
+        x = torch.randn(2, 5, moes[0].d)
+        m = moes[0]
+        for value in ((-1e4, -0.5, 0.0, 0.5, 1e4) if mode == "adaptive" else range(5)):
+            m.set_knob_(value)
+            with torch.no_grad():
+                want = m(x)
+                for spare in (False, True):
+                    y, routes = m.gathered(x, m.knob_row(), spare)
+                    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+                    assert torch.equal(m.chosen_of(routes).sum(-1), m.last_k.reshape(-1))
+
+
+def test_moe_in_the_routed_mode_is_one_clear_line(tmp_path):
+    arch, model, _, batch, _ = tiny_moe_model("bert", "bert", MoeConfig(experts=4))
+    with pytest.raises(edge.EdgeError, match="moe in the routed mode is not built yet; export it in the graph mode"):
+        export.to_runtime(model, "onnx", tmp_path / "m", batch, progress=False, mode="routed")
+    with pytest.raises(edge.EdgeError, match="moe in the routed mode is not built yet; export it to "):
+        export.to_runtime(model, "litert", tmp_path / "m", batch, progress=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_int8_of_a_moe_is_one_clear_line():
+    arch, model, _, batch, _ = tiny_moe_model("bert", "bert", MoeConfig(experts=4))
     with pytest.raises(edge.EdgeError, match="int8 of a sigma-MoE model is not built yet"):
         edge.quantize(model, edge.QuantConfig("8da8w"))

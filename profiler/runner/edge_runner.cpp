@@ -509,8 +509,15 @@ struct Artifact {
   Values knobs(const Json& level) const {  // a budget level's knob values, shaped as the plan says
     Values k;
     for (const auto& spec : plan["knobs"].items) {
-      const auto& vals = level[spec["name"].str].items;
-      Array a = filled(ScalarType::Float, {static_cast<int32_t>(vals.size())}, 0);
+      const auto& vals = level[spec["name"].str].items;  // (row-major: a knob of several dimensions is flat)
+      std::vector<int32_t> shape;
+      size_t count = 1;
+      for (const auto& d : spec["shape"].items) {
+        shape.push_back(static_cast<int32_t>(d.integer()));
+        count *= static_cast<size_t>(d.integer());
+      }
+      if (count != vals.size()) throw Fault("budget level " + level["name"].str + ": knob " + spec["name"].str + " must have " + std::to_string(count) + " values");
+      Array a = filled(ScalarType::Float, shape, 0);
       for (size_t i = 0; i < vals.size(); ++i) a.as<float>()[i] = static_cast<float>(vals[i].num);
       k[spec["name"].str] = std::move(a);
     }
@@ -541,14 +548,17 @@ struct Artifact {
     for (size_t i = 0; i < sk->numel(); ++i)
       if (sk->as<bool>()[i]) o << (first ? "" : ", ") << i + 1, first = false;
     o << "]";
-    if (got.count("ks")) {
+    if (got.count("ks")) {  // units run per token over the layers reached: an ACM's k, a MoE's bit mask's bits
       const Array* ks = got.at("ks");
+      const bool moe = plan["control_flow"].has("moes") && !plan["control_flow"]["moes"].items.empty();
       double sum = 0;
       size_t n = 0;
-      for (size_t i = 0; i < ks->numel(); ++i)
-        if (ks->as<int64_t>()[i] >= 0) sum += ks->as<int64_t>()[i], ++n;
-      double learners = plan["control_flow"]["acms"][0]["learners"].num;
-      o << ", \"acm_fraction\": " << (n ? sum / n / learners : 0.0);
+      for (size_t i = 0; i < ks->numel(); ++i) {
+        const int64_t k = ks->as<int64_t>()[i];
+        if (k >= 0) sum += moe ? __builtin_popcountll(static_cast<unsigned long long>(k)) : k, ++n;
+      }
+      double units = moe ? plan["control_flow"]["moes"][0]["experts"].num : plan["control_flow"]["acms"][0]["learners"].num;
+      o << (moe ? ", \"moe_fraction\": " : ", \"acm_fraction\": ") << (n ? sum / n / units : 0.0);
     }
     o << "}";
     return o.str();
