@@ -102,8 +102,12 @@ def level_quality(artifact, inputs: list[list[np.ndarray]], threads: int = 1) ->
     a = artifact
     plan = a.plan
     run = a.runner(threads)
-    every_gate_open = {"exit_thresholds": 1.0, "skip_thresholds": 0.0, "gate_bias": -FORCE}  # (k = N everywhere)
+    every_gate_open = {"exit_thresholds": 1.0, "skip_thresholds": 0.0, "gate_bias": -FORCE,  # (k = N everywhere)
+                       "experts": -FORCE}  # (every expert priced in; its K set below)
     full_knobs = [np.full(s["shape"], every_gate_open[s["name"]], dtype=np.float32) for s in plan["knobs"]]
+    for s, k in zip(plan["knobs"], full_knobs):
+        if s["name"] == "experts":  # rows [K, price of each expert]: K = E
+            k[:, 0] = s["shape"][1] - 1
     full = np.concatenate([run(x + full_knobs)[0] for x in inputs])
     kind = plan["model"]["output_kind"]
     out = {}

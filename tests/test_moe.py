@@ -210,6 +210,21 @@ def test_moe_artifact_on_the_native_runner(tmp_path):
     assert share["no expert"] == 0.0 and share["every expert"] == 1.0 and share["expert 2 alone"] == 0.25
 
 
+def test_level_quality_reads_a_moe_artifact_against_every_expert_open(tmp_path):
+    from edge.moe import FORCE
+    from profiler.presets import level_quality
+
+    arch, model, _, batch, moes = tiny_moe_model("bert", "bert", MoeConfig(experts=4, router_hidden=8))
+    own = torch.stack([m.knob_row() for m in moes])
+    every, none = own.clone(), own.clone()
+    every[:, 1:], none[:, 1:] = -FORCE, FORCE
+    levels = [{"name": n, "experts": k.reshape(-1).tolist()} for n, k in (("own", own), ("every", every), ("none", none))]
+    a = export.to_onnx(model, tmp_path / "a", batch, progress=False, levels=levels)
+    inputs = [[batch[s["name"]][i:i + 1].numpy() for s in a.plan["inputs"]] for i in range(len(batch["input_ids"]))]
+    q = level_quality(a, inputs)
+    assert q["every"] == pytest.approx(1.0, abs=1e-5) and q["none"] < q["own"] <= q["every"]
+
+
 def test_graph_routes_are_the_eager_forward():
     """The export graph's gathers (both forms) give the skipping forward's output, and its routes are
     the experts each token ran, at every setting of the knob."""
