@@ -206,6 +206,21 @@ class ACM(AdaptiveFFN):
             self.register_parameter(name, None)
         self.top = None
 
+    def gate_module(self) -> nn.Module:
+        return self.gate
+
+    def unit(self, j: int) -> nn.Module:
+        return self.learner(j)
+
+    def set_units(self, units: list[nn.Module]) -> None:
+        self.set_learners(units)
+
+    def units_replaced(self) -> bool:
+        return self.learners is not None
+
+    def unit_widths(self) -> tuple[int, ...]:
+        return (self.d, self.h) + ((self.n * self.h,) if self.exact_top else ())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forced_k is not None and not self.dense:  # static: the gate is not needed
             self.last_k = torch.full(x.shape[:-1], self.forced_k, dtype=torch.long, device=x.device)

@@ -102,6 +102,26 @@ class AdaptiveFFN(nn.Module):
     def end_training(self) -> None:
         self.dense, self.last_gate = False, None
 
+    # --- units as modules (edge.quant) ------------------------------------------------------------
+    def gate_module(self) -> nn.Module:
+        """The module that scores the units (an ACM's gate, a MoE's router): a decision, not a unit."""
+        raise NotImplementedError
+
+    def unit(self, j: int) -> nn.Module:
+        """Unit j as a module of its own (up, down, act): the module installed, or copies of its weights."""
+        raise NotImplementedError
+
+    def set_units(self, units: list[nn.Module]) -> None:
+        """Replace the stacked unit weights by one module per unit (a quantized model's)."""
+        raise NotImplementedError
+
+    def units_replaced(self) -> bool:
+        raise NotImplementedError
+
+    def unit_widths(self) -> tuple[int, ...]:
+        """The input widths of the units' Linears (what an int4 group size must divide)."""
+        return (self.d, self.h)
+
     # --- export (export.graph.GraphModel) ---------------------------------------------------------
     # knob_name: the exported program's knob input that steers this kind (one row per layer of it);
     # a route per token (the graph's `ks` output): what the token ran, an int (an ACM: its learners;

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge.acm import ACTIVATIONS
+from edge.acm import ACTIVATIONS, Learner
 from edge.adaptive import AdaptiveFFN, adaptive_of, replace_ffns
 from edge.arch import arch_for
 from edge.config import Config, config, integer, one_of, real, setting
@@ -99,6 +99,9 @@ class MoE(AdaptiveFFN):
         self.last_k: torch.Tensor | None = None  # (...,) experts run per token in the last forward
         self.last_gate: torch.Tensor | None = None  # (..., E) straight-through gates of the last dense forward
         self.last_soft: torch.Tensor | None = None  # (..., E) their soft values (the regularizer's)
+        # the experts as modules, once a transform replaced the stacked weights (edge.quant: each expert's two
+        # Linears quantized; c stays); None: expert e is w1[e], b1[e], w2[e]
+        self.experts: nn.ModuleList | None = None
         nn.init.normal_(self.w1, std=1 / math.sqrt(d))
         nn.init.normal_(self.w2, std=1 / math.sqrt(ffn_hidden))
 
@@ -189,7 +192,34 @@ class MoE(AdaptiveFFN):
 
     def run_expert(self, x: torch.Tensor, e: int) -> torch.Tensor:
         """Expert e alone: (M, d) -> (M, d)."""
+        if self.experts is not None:
+            return self.experts[e](x) + self.c[e]
         return self.act(F.linear(x, self.w1[e], self.b1[e])) @ self.w2[e] + self.c[e]
+
+    def gate_module(self) -> nn.Module:
+        return self.router
+
+    def unit(self, e: int) -> nn.Module:
+        """Expert e without its output bias c[e] (kept here): the module installed, or two Linears with
+        copies of its weights."""
+        if self.experts is not None:
+            return self.experts[e]
+        up, down = nn.Linear(self.d, self.h), nn.Linear(self.h, self.d, bias=False)
+        with torch.no_grad():
+            up.weight.copy_(self.w1[e])
+            up.bias.copy_(self.b1[e])
+            down.weight.copy_(self.w2[e].t())
+        return Learner(up, down, self.act)
+
+    def set_units(self, units: list[nn.Module]) -> None:
+        if len(units) != self.n:
+            raise ValueError(f"a MoE of {self.n} experts takes {self.n} expert modules, got {len(units)}")
+        self.experts = nn.ModuleList(units)
+        for name in ("w1", "b1", "w2"):
+            self.register_parameter(name, None)
+
+    def units_replaced(self) -> bool:
+        return self.experts is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.forced is not None and not self.dense:  # static: the router is not needed
@@ -209,6 +239,9 @@ class MoE(AdaptiveFFN):
             hard = hard * (torch.rand_like(hard) >= self.expert_dropout)
         g = hard + soft - soft.detach()  # straight-through: forward is hard, gradient is soft's
         self.last_gate, self.last_soft, self.last_k = g, soft, hard.sum(-1).long()
+        if self.experts is not None:  # (a quantized model's modules: each expert on every token)
+            outs = torch.stack([m(x) for m in self.experts], -2)  # (..., E, d)
+            return (outs * g.unsqueeze(-1)).sum(-2) + g @ self.c + self.b2
         a = self.act(torch.einsum("...d,egd->...eg", x, self.w1) + self.b1)  # (..., E, G)
         return torch.einsum("...eg,egd->...d", a * g.unsqueeze(-1), self.w2) + g @ self.c + self.b2
 

@@ -14,10 +14,10 @@ dequantize_per_channel(_group) on the weight, then linear. torch.export keeps th
 XNNPACK partitioner takes the pattern as one dynamically quantized GEMM (qd8-f32-qc8w / qb4w), and the
 same ops run in eager are the reference every exported branch is checked against (export.verify).
 
-What is quantized (`cover`): "backbone" (every Linear of the transformer), "learners" (the ACM
-learners), "head" (the task head), "embeddings" (every Embedding table: int8 rows, one scale each; a
+What is quantized (`cover`): "backbone" (every Linear of the transformer), "learners" (the units of
+the adaptive FFNs: an ACM's learners, a MoE's experts), "head" (the task head), "embeddings" (every Embedding table: int8 rows, one scale each; a
 lookup has no activation to quantize, and MiniLM's word table is half its bytes); and, only when asked, the modules that take decisions: "gates" (the
-ACM gate MLPs), "exits" (the exit heads) and "skips" (the skip routers): a decision's score moved by
+ACM gate MLPs, the MoE routers), "exits" (the exit heads) and "skips" (the skip routers): a decision's score moved by
 quantization moves the branches taken, which the fp32 decision keeps where distillation put it.
 Norms, attention's score products and ViT's patch convolution stay fp32.
 
@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edge.adaptive import adaptive_ffns
 from edge.config import Config, config, integer, one_of, sequence_of, setting
 from edge.errors import EdgeError
 from edge.parts import ATTRIBUTE, Transform, attach, parts, register
@@ -181,7 +182,7 @@ def _covered(model: nn.Module, cover: tuple[str, ...]) -> tuple[list, list]:
     names (ACM learners apart) and, with "embeddings", every Embedding table."""
     from edge.acm import ACM
 
-    gates = {id(m) for a in model.modules() if isinstance(a, ACM) for m in a.gate.modules()}
+    gates = {id(m) for a in adaptive_ffns(model) for m in a.gate_module().modules()}
     tops = {id(m) for a in model.modules() if isinstance(a, ACM) and a.top is not None for m in a.top.modules()}
     linears, tables = [], []
     for path, parent in model.named_modules():
@@ -201,19 +202,18 @@ def _shell(linear: nn.Linear, config: QuantConfig) -> QLinear:
 
 
 def _convert(model: nn.Module, config: QuantConfig, weights: bool) -> None:
-    """Every covered Linear (and, with "learners", every ACM learner) replaced by a QLinear: the
-    quantized weights (weights=True) or an empty shell of the same shapes (edge.load fills it)."""
-    from edge.acm import acm_modules
-
+    """Every covered Linear (and, with "learners", every unit of an adaptive FFN: an ACM's learners, a
+    MoE's experts) replaced by a QLinear: the quantized weights (weights=True) or an empty shell of the
+    same shapes (edge.load fills it)."""
     if parts(model).has("quant"):
         raise EdgeError("this model is already quantized; quantize the fp32 model (once)")
     parts(model).refuse_final("quantization")
     found, tables = _covered(model, config.cover)
-    acms = acm_modules(model) if "learners" in config.cover else []
-    if not found and not tables and not any(a.learners is None for a in acms):
+    adaptives = adaptive_ffns(model) if "learners" in config.cover else []
+    if not found and not tables and all(a.units_replaced() for a in adaptives):
         raise EdgeError(f"this model has no Linear or Embedding in {', '.join(config.cover)} to quantize")
     if SCHEMES[config.scheme] == 4:
-        widths = [lin.in_features for _, _, lin in found] + [w for a in acms for w in (a.d, a.h) + ((a.n * a.h,) if a.exact_top else ())]
+        widths = [lin.in_features for _, _, lin in found] + [w for a in adaptives for w in a.unit_widths()]
         if not any(w % config.group_size == 0 for w in widths):
             raise EdgeError(f"group size {config.group_size} divides none of the input widths "
                             f"({', '.join(map(str, sorted(set(widths))))}); pick a divisor of one of them")
@@ -223,11 +223,11 @@ def _convert(model: nn.Module, config: QuantConfig, weights: bool) -> None:
         setattr(parent, name, make(lin))
     for parent, name, table in tables:
         setattr(parent, name, QEmbedding.of(table) if weights else QEmbedding(table.num_embeddings, table.embedding_dim))
-    for acm in acms:
-        if acm.learners is not None:
-            raise EdgeError("this model's ACM learners were already replaced; quantize the fp32 model")
-        learners = [acm.learner(j) for j in range(acm.n)]
-        acm.set_learners([type(le)(make(le.up), make(le.down), le.act) for le in learners])
+    for a in adaptives:
+        if a.units_replaced():
+            raise EdgeError(f"this model's {type(a).__name__} units were already replaced; quantize the fp32 model")
+        units = [a.unit(j) for j in range(a.n)]
+        a.set_units([type(u)(make(u.up), make(u.down), u.act) for u in units])
     attach(model).add("quant", config)
 
 
@@ -250,9 +250,6 @@ def quantize(model: nn.Module, config: QuantConfig | None = None) -> nn.Module:
     config = config or QuantConfig()
     if not isinstance(config, QuantConfig):
         raise EdgeError(f"quantize takes a QuantConfig, got {type(config).__name__}")
-    if parts(model).has("moe"):  # (its experts are stacked tensors and its routers would pass for backbone)
-        raise EdgeError("int8 of a sigma-MoE model is not built yet; quantize the original or pruned model, or an "
-                        "ACM model")
     out = copy.deepcopy(model)
     _convert(out, config, weights=True)
     return out.eval().requires_grad_(False)
@@ -280,5 +277,5 @@ def plan_entries(model: nn.Module) -> dict:
 # NEAR_TIE: a decision whose score lies this close to its threshold may go either way for the same reason.
 TOLERANCE, NEAR_TIE = 5e-2, 1e-2
 
-register(Transform("quant", QuantConfig, install_quant, after=("acm", "exits", "skips", "head"), final=True,
+register(Transform("quant", QuantConfig, install_quant, after=("acm", "moe", "exits", "skips", "head"), final=True,
                    plan=plan_entries, tolerance=lambda model: (TOLERANCE, NEAR_TIE)))
