@@ -145,7 +145,11 @@ class MoE(AdaptiveFFN):
         return [self.w1, self.b1, self.w2, self.c, self.b2], list(self.router.parameters())
 
     def expected_units(self) -> torch.Tensor:
-        return self.last_gate.float().sum(-1)
+        """Top-K runs K experts whatever its gates say: no budget gradient reaches its router (a pull towards
+        another count only reshuffles the experts nearest the K-th score; it undid the end-to-end phase:
+        0.877 -> 0.842 cos in 100 steps with it, -> 0.894 without, session 28)."""
+        g = self.last_gate.float()
+        return (g.detach() if self.mode == "topk" else g).sum(-1)
 
     def aux_loss(self) -> torch.Tensor | float:
         """The paper's entropy regularizer: minus the entropy of the batch's mean gate values

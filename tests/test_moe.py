@@ -83,6 +83,20 @@ def test_gradients_reach_experts_and_router(mode):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (m.w1, m.w2, *m.router.parameters()))
 
 
+def test_topk_takes_no_budget_gradient_into_its_router():
+    """The budget loss of phase 3 (expected units) moves an adaptive router, not a top-K one (its count is K)."""
+    for mode, moved in (("adaptive", True), ("topk", False)):
+        m = MoE(8, 16, MoeConfig(experts=4, router_hidden=0, mode=mode, expert_dropout=0.0), "gelu")
+        m.set_knob_(0.0 if mode == "adaptive" else 2)
+        m.dense = True
+        m(torch.randn(10, 8))
+        units = m.expected_units().sum()
+        assert units.requires_grad == moved, mode
+        if moved:
+            units.backward()
+            assert bool(m.router.weight.grad.abs().sum() > 0)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_balanced_groups_find_planted_groups_with_equal_sizes(seed):
     gen = torch.Generator().manual_seed(seed)
