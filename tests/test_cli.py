@@ -215,9 +215,12 @@ def test_moefy_then_eval_on_the_real_model(tmp_path):
     r = edge_cli("eval", out, "--limit", "64", "--calib-limit", "128", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["cos_mean"] == pytest.approx(report["cos_mean"], abs=1e-5)
-    assert_user_error(edge_cli("export", out, "--to", "onnx", "-o", tmp_path / "onnx", "--quiet"),
-                      "exporting a model with moe is not built yet")
-    assert not (tmp_path / "onnx").exists()
+    r = edge_cli("export", out, "--to", "onnx", "-o", tmp_path / "onnx", "--quiet")  # the graph mode, its default
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "onnx" / "plan.json").read_text())["mode"] == "graph"
+    assert_user_error(edge_cli("export", out, "--to", "onnx", "--mode", "routed", "-o", tmp_path / "routed", "--quiet"),
+                      "moe in the routed mode is not built yet")
+    assert not (tmp_path / "routed").exists()
 
 
 @pytest.mark.parametrize("args,needle", [
