@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge.adaptive import AdaptiveFFN, replace_ffns
+from edge.adaptive import AdaptiveFFN, gather_units, replace_ffns
 from edge.arch import arch_for
 from edge.config import Config, boolean, config, integer, one_of, real, setting
 from edge.errors import EdgeError
@@ -277,18 +277,7 @@ class ACM(AdaptiveFFN):
         x = x.reshape(-1, self.d)  # (M, d)
         if k is None:
             k = self.biased(self.gate_logits(x), gate_bias).argmax(-1)  # (M,)
-        y = torch.zeros_like(x)
-        if spare:
-            x = torch.cat([torch.zeros_like(x[:1]), x])  # (1 + M, d): row 0 the spare, token i in row i + 1
-        for j in range(self.n):
-            ran = self.ran(k, j)  # (M,)
-            idx = torch.nonzero(ran).reshape(-1)  # (m_j,)  reshape, not squeeze: ExecuTorch dim order
-            if spare:
-                out = self.run_learner(x.index_select(0, torch.cat([torch.zeros_like(k[:1]), idx + 1])), j)  # (1 + m_j, d)
-                row = ran.long().cumsum(0) * ran  # (M,) each token's row of out; 0 (the spare) where it did not run
-                y = y + out.index_select(0, row) * ran[:, None].to(x.dtype)
-            else:
-                y = y.index_add(0, idx, self.run_learner(x.index_select(0, idx), j))  # (m_j, d) added back
+        y = gather_units(x, torch.zeros_like(x), lambda j: self.ran(k, j), self.run_learner, self.n, spare)
         return y.reshape(shape), k
 
     def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:

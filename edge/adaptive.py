@@ -145,6 +145,27 @@ class AdaptiveFFN(nn.Module):
         raise NotImplementedError
 
 
+def gather_units(x: torch.Tensor, y: torch.Tensor, ran, run, n: int, spare: bool) -> torch.Tensor:
+    """y (M, d) plus each unit j < n run on the tokens ran(j) (M,) bool picks (NonZero -> index_select ->
+    run(rows, j) -> index_add): the gathered forms of an ACM and a MoE, one exportable graph.
+    spare: every unit also runs on one spare row of zeros, so it never runs on 0 rows (a backend that
+    takes no empty tensor), and each token reads its row of the output back (index_select, 0 for the
+    spare) times whether it ran. The same numbers either way."""
+    if spare:
+        x = torch.cat([torch.zeros_like(x[:1]), x])  # (1 + M, d): row 0 the spare, token i in row i + 1
+    for j in range(n):
+        mask = ran(j)  # (M,)
+        idx = torch.nonzero(mask).reshape(-1)  # (m_j,)  reshape, not squeeze: ExecuTorch dim order
+        if spare:
+            spare_row = mask[:1].long() * 0  # (1,) 0, made from a tensor (a constant breaks a cond branch)
+            out = run(x.index_select(0, torch.cat([spare_row, idx + 1])), j)  # (1 + m_j, d)
+            row = mask.long().cumsum(0) * mask  # (M,) each token's row of out; 0 (the spare) where it did not run
+            y = y + out.index_select(0, row) * mask[:, None].to(x.dtype)
+        else:
+            y = y.index_add(0, idx, run(x.index_select(0, idx), j))  # (m_j, d) added back
+    return y
+
+
 def bisect_bias(fraction: Callable[[float], float], budget: float, iters: int) -> float:
     """The smallest bias (as close as `iters` bisection steps get) with fraction(bias) <= budget,
     for a fraction that never grows with the bias. bias = sinh(t), t in [-4.1, 4.1]: fine steps near

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge.acm import ACTIVATIONS, Learner
-from edge.adaptive import AdaptiveFFN, adaptive_of, replace_ffns
+from edge.acm import ACTIVATIONS, FORCE, Learner  # (FORCE: a price this large closes an expert, or opens it)
+from edge.adaptive import AdaptiveFFN, adaptive_of, gather_units, replace_ffns
 from edge.arch import arch_for
 from edge.config import Config, config, integer, one_of, real, setting
 from edge.errors import EdgeError
@@ -286,19 +286,7 @@ class MoE(AdaptiveFFN):
         shape = x.shape
         x = x.reshape(-1, self.d)  # (M, d)
         chosen = self.choose(self.gate_logits(x), knob) if route is None else self.chosen_of(route)
-        y = torch.zeros_like(x) + self.b2
-        if spare:
-            x = torch.cat([torch.zeros_like(x[:1]), x])  # row 0 the spare, token i in row i + 1
-        zero = torch.zeros_like(self.order[:1])
-        for e in range(self.n):
-            ran = chosen[:, e]  # (M,)
-            idx = torch.nonzero(ran).reshape(-1)  # (m_e,)
-            if spare:
-                out = self.run_expert(x.index_select(0, torch.cat([zero, idx + 1])), e)  # (1 + m_e, d)
-                row = ran.long().cumsum(0) * ran  # (M,) each token's row of out; 0 (the spare) where it did not run
-                y = y + out.index_select(0, row) * ran[:, None].to(x.dtype)
-            else:
-                y = y.index_add(0, idx, self.run_expert(x.index_select(0, idx), e))
+        y = gather_units(x, torch.zeros_like(x) + self.b2, lambda e: chosen[:, e], self.run_expert, self.n, spare)
         return y.reshape(shape), self.routes(chosen)
 
     def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:
@@ -371,9 +359,6 @@ def install_moe(model: nn.Module, config: MoeConfig) -> list[MoE]:
     made = replace_ffns(model, make, "a MoE")
     attach(model).add("moe", config)
     return made
-
-
-FORCE = 1e4  # a price this large closes an expert for every token (positive) or opens it (negative)
 
 
 def _experts_knob(model: nn.Module) -> torch.Tensor:
