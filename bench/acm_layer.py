@@ -1,5 +1,5 @@
 """One ACM layer on ExecuTorch (XNNPACK, 1 thread), without the rest of the model: how the routed
-mode's "group" form (export.routed.Learners: one method holding all N learners, input j the tokens of
+mode's "group" form (export.routed.Units: one method holding all N learners, input j the tokens of
 learner j: one call per ACM) compares with the dense FFN, with one method per learner (one call each,
 the routed mode before plan version 3; the same weights; "method": the group's call alone, on inputs
 gathered beforehand, i.e. without the Python driver's numpy work)
@@ -37,7 +37,7 @@ import torch.nn as nn
 from device.executorch import load
 from export.executorch import dynamic_int8, lower
 from device.driver import run_learners
-from export.routed import Learners
+from export.routed import Units
 from export_speed import interleaved  # (bench/ is the script's directory)
 
 D, F, N, T = 384, 1536, 4, 128
@@ -84,7 +84,7 @@ def main():
     ms = [torch.export.Dim(f"m{j}", min=1, max=T) for j in range(N)]
     if args.int8:  # the fp32 dense FFN too, timed beside the rest: what int8 alone gives
         eps["dense_fp32"] = fp32(mods["dense"], (torch.randn(8, D),), ({0: m},))
-    eps["group"] = trace(Learners([mods[f"learner{j}"] for j in range(N)]), tuple(torch.randn(8 - j, D) for j in range(N)),
+    eps["group"] = trace(Units([mods[f"learner{j}"] for j in range(N)]), tuple(torch.randn(8 - j, D) for j in range(N)),
                          {"xs": tuple({0: d} for d in ms)})
     tmp = Path(tempfile.mkdtemp())
     runs = load(tmp, lower(eps, tmp, False), threads=1)

@@ -253,7 +253,9 @@ def _check_routed(section, methods: dict, knobs: dict, flow: dict, layers: int) 
            "routed must list the segments")
     segments = section["segments"]
     n = len(segments)
-    count = {"skip": ("router", "routers"), "acm": ("acm", "acms"), "exit": ("exit", "exits")}
+    count = {"skip": ("router", "routers"), "acm": ("acm", "acms"), "moe": ("moe", "moes"), "exit": ("exit", "exits")}
+    _check(section.get("acms") == len(flow["acms"]) + len(flow.get("moes", [])),
+           "routed.acms must count the adaptive FFNs (ACMs and MoEs)")
     for s, seg in enumerate(segments):
         _check(isinstance(seg, dict) and seg.get("method") in methods, f"segment {s}: its method must be one of methods")
         for key in ("inputs", "outputs"):
@@ -261,18 +263,21 @@ def _check_routed(section, methods: dict, knobs: dict, flow: dict, layers: int) 
             for v in seg[key]:
                 safe_name(v, f"segment {s}'s {key[:-1]}")
         then = seg.get("then")
-        _check(isinstance(then, dict) and then.get("kind") in ("end", "skip", "acm", "exit"), f"segment {s}: then.kind")
+        _check(isinstance(then, dict) and then.get("kind") in ("end", "skip", "acm", "moe", "exit"), f"segment {s}: then.kind")
         for key in ("next", "keep", "skip"):
             if key in then:
                 _check(_is_int(then[key]) and s < then[key] < n, f"segment {s}: then.{key} must be a later segment")
         if then["kind"] in count:
             field, flows = count[then["kind"]]
-            _check(_is_int(then.get(field)) and then[field] < len(flow[flows]), f"segment {s}: then.{field}")
+            _check(_is_int(then.get(field)) and then[field] < len(flow.get(flows, [])), f"segment {s}: then.{field}")
             _check(_is_int(then.get("layer", 1), 1) and then.get("layer", 1) <= layers, f"segment {s}: then.layer")
-            _check(all(k in then for k in {"skip": ("keep", "skip"), "acm": ("next",), "exit": ("next",)}[then["kind"]]),
+            _check(all(k in then for k in (("keep", "skip") if then["kind"] == "skip" else ("next",))),
                    f"segment {s}: then needs its next segments")
         if then["kind"] == "acm":
             _check(then.get("learners") in methods and _is_int(then.get("n"), 1), f"segment {s}: then.learners")
+        if then["kind"] == "moe":
+            _check(then.get("experts") in methods and then.get("n") == flow["moes"][then["moe"]]["experts"],
+                   f"segment {s}: then.experts")
 
 
 def load_artifact(path: str | Path) -> Artifact:

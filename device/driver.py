@@ -1,5 +1,6 @@
 """The plan driver of the routed mode: runs an artifact's segments and takes the decisions between
-them (skip an attention, the learners an ACM runs, leave at an exit) with numpy and nothing else, in
+them (skip an attention, the learners an ACM runs, the experts a MoE runs, leave at an exit) with numpy
+and nothing else, in
 a loop simple enough to port (profiler/runner/edge_runner.cpp and android_demo's Plan/Driver are its
 ports, checked against it on shared vectors). export.routed cuts a model into the segments it runs.
 
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-OUTPUTS = {"skip": ["score"], "acm": ["x", "k"], "exit": ["exit_output", "conf"], "end": ["output"]}
+OUTPUTS = {"skip": ["score"], "acm": ["x", "k"], "moe": ["x", "k"], "exit": ["exit_output", "conf"], "end": ["output"]}
+KNOB_ROWS = ("gate_bias", "experts")  # a gate's knob input: its layer's row, the decision's index under its kind
 
 
 def run_learners(x: np.ndarray, k: np.ndarray, method: str, n: int, call, top: bool = False) -> np.ndarray:
@@ -33,18 +35,33 @@ def run_learners(x: np.ndarray, k: np.ndarray, method: str, n: int, call, top: b
     return y
 
 
+def run_experts(x: np.ndarray, k: np.ndarray, method: str, n: int, call) -> np.ndarray:
+    """A MoE's experts' outputs summed on tokens x (T, d) whose routes k (T,) are bit masks: expert e runs
+    on the tokens with bit e set, in their order. One call of `method` (the n experts); an expert no
+    token needs gets one row to run on (a method's input has at least one), which is dropped; no call at
+    all when no token runs an expert."""
+    y = np.zeros_like(x)  # zero for the tokens that run no expert
+    rows = [np.flatnonzero((k >> e) & 1) for e in range(n)]
+    if any(len(r) for r in rows):
+        outs = call(method, [x[r] if len(r) else x[:1] for r in rows])
+        for r, out in zip(rows, outs):
+            y[r] += out[:len(r)]
+    return y
+
+
 def drive(section: dict, layers: int, call, inputs: dict[str, np.ndarray], knobs: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run a routed plan: `call(method, arrays) -> arrays` runs one method of the program. Returns
-    [output, exit_layer (1,), skipped (layers,), ks (A, T)] (ks only when the model has ACMs)."""
+    [output, exit_layer (1,), skipped (layers,), ks (A, T)] (ks only when the model has adaptive FFNs:
+    section["acms"] counts them, ACMs or MoEs)."""
     values = dict(inputs)
     segments = section["segments"]
     exit_layer, skipped, ks = layers, np.zeros(layers, dtype=np.bool_), None
     s = 0
     while True:
         seg, then = segments[s], segments[s]["then"]
-        feeds = [knobs["gate_bias"][then["acm"]:then["acm"] + 1] if n == "gate_bias" else values[n] for n in seg["inputs"]]
-        values.update(zip(seg["outputs"], call(seg["method"], feeds)))
         kind = then["kind"]
+        feeds = [knobs[n][then[kind]:then[kind] + 1] if n in KNOB_ROWS else values[n] for n in seg["inputs"]]
+        values.update(zip(seg["outputs"], call(seg["method"], feeds)))
         if kind == "end":
             output = values["output"]
             break
@@ -57,14 +74,18 @@ def drive(section: dict, layers: int, call, inputs: dict[str, np.ndarray], knobs
             keep = values["score"][0] >= knobs["skip_thresholds"][then["router"]]
             skipped[then["layer"] - 1] = not keep
             s = then["keep"] if keep else then["skip"]
-        else:  # "acm": learner j runs on the tokens that chose more than j learners, its output added
+        else:  # "acm": learner j runs on the tokens that chose more than j learners; "moe": expert e on
+            # the tokens with bit e; their outputs added
             x, k = values["x"], values["k"]
-            values["y"] = run_learners(x, k, then["learners"], then["n"], call, then["top"])[None]
+            if kind == "acm":
+                values["y"] = run_learners(x, k, then["learners"], then["n"], call, then["top"])[None]
+            else:
+                values["y"] = run_experts(x, k, then["experts"], then["n"], call)[None]
             if ks is None:
                 ks = np.full((section["acms"], len(k)), -1, dtype=np.int64)
-            ks[then["acm"]] = k
+            ks[then[kind]] = k
             s = then["next"]
     out = [output, np.array([exit_layer], dtype=np.int64), skipped]
-    if section["acms"] and ks is None:  # no ACM was reached: every row is -1
+    if section["acms"] and ks is None:  # no adaptive FFN was reached: every row is -1
         ks = np.full((section["acms"], values["h"].shape[1]), -1, dtype=np.int64)
     return out + [ks] if section["acms"] else out

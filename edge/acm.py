@@ -276,9 +276,24 @@ class ACM(AdaptiveFFN):
         shape = x.shape
         x = x.reshape(-1, self.d)  # (M, d)
         if k is None:
-            k = self.biased(self.gate_logits(x), gate_bias).argmax(-1)  # (M,)
+            k = self.route(x, gate_bias)
         y = gather_units(x, torch.zeros_like(x), lambda j: self.ran(k, j), self.run_learner, self.n, spare)
         return y.reshape(shape), k
+
+    def route(self, x: torch.Tensor, knob: torch.Tensor) -> torch.Tensor:
+        """(AdaptiveFFN.route) the learners each token runs (M,), at gate bias `knob`."""
+        return self.biased(self.gate_logits(x), knob).argmax(-1)
+
+    decision = "acm"  # (device.driver.run_learners: learner j runs on the tokens with k > j)
+
+    def routed_method(self, layer: int) -> str:
+        return f"learners{layer}"
+
+    def routed_then(self, layer: int) -> dict:
+        return {"learners": self.routed_method(layer), "n": self.n, "top": self.exact_top}
+
+    def routed_unit(self, j: int) -> nn.Module:
+        return self.learner(j)
 
     def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:
         """(AdaptiveFFN.decide) a k's margin: where tokens follow another k, the largest lead of a

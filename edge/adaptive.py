@@ -137,6 +137,33 @@ class AdaptiveFFN(nn.Module):
         Returns (y like x, route (M,))."""
         raise NotImplementedError
 
+    def route(self, x: torch.Tensor, knob: torch.Tensor) -> torch.Tensor:
+        """The routes (M,) of tokens x (M, d) under this layer's knob row: what `gathered` runs, and what
+        the routed mode's gate piece returns for the driver."""
+        raise NotImplementedError
+
+    # routed mode (export.routed): the gate piece returns x and the routes k; the plan's decision (kind
+    # `decision`, this layer's index under that key) names one method running every unit on its own
+    # gathered tokens, which the driver (device.driver) gathers by the kind's rule; the finish piece
+    # takes the sum of the units' outputs
+    decision: str = ""
+
+    def routed_method(self, layer: int) -> str:
+        """The name of the method running the units of this FFN (at `layer`, 1-based)."""
+        raise NotImplementedError
+
+    def routed_then(self, layer: int) -> dict:
+        """The decision's fields besides kind, layer, index and next (the method, the units, ...)."""
+        raise NotImplementedError
+
+    def routed_unit(self, j: int) -> nn.Module:
+        """Unit j as the routed mode runs it, (m_j, d) -> (m_j, d) its output on its tokens."""
+        return self.unit(j)
+
+    def routed_output(self, y: torch.Tensor) -> torch.Tensor:
+        """The layer's output, from y: the sum of each token's units' outputs (0 where none ran)."""
+        return y
+
     def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:
         """verify's view of this layer's routing on inputs x (M, d): (the routes (M,) to take: the gate's
         own, or `follow` (an artifact's) when given and of the right shape; the margin: where the

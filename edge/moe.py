@@ -289,6 +289,26 @@ class MoE(AdaptiveFFN):
         y = gather_units(x, torch.zeros_like(x) + self.b2, lambda e: chosen[:, e], self.run_expert, self.n, spare)
         return y.reshape(shape), self.routes(chosen)
 
+    def route(self, x: torch.Tensor, knob: torch.Tensor) -> torch.Tensor:
+        """(AdaptiveFFN.route) each token's experts (M,) as a bit mask, under the knob row [K, prices]."""
+        return self.routes(self.choose(self.gate_logits(x), knob))
+
+    decision = "moe"  # (device.driver.run_experts: expert e runs on the tokens whose route has bit e)
+
+    def routed_method(self, layer: int) -> str:
+        return f"experts{layer}"
+
+    def routed_then(self, layer: int) -> dict:
+        return {"experts": self.routed_method(layer), "n": self.n}
+
+    def routed_unit(self, e: int) -> nn.Module:
+        """Expert e with its output bias c[e] (every token that runs it gets it)."""
+        return Biased(self.unit(e), self.c[e].detach().clone())
+
+    def routed_output(self, y: torch.Tensor) -> torch.Tensor:
+        """b2: every token gets it, whichever experts it ran (none included)."""
+        return y + self.b2
+
     def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:
         """(AdaptiveFFN.decide) a decision is one expert of one token: its distance from its boundary,
         the expert's price or (K < E) the middle of the token's K-th and (K+1)-th best scores."""
@@ -327,6 +347,18 @@ class MoE(AdaptiveFFN):
             means = torch.zeros(e, d) if means is None else means
             self.c.copy_(-means)
             self.b2.copy_(b2 + means.sum(0))
+
+
+class Biased(nn.Module):
+    """module(x) + bias: an expert as the routed mode runs it."""
+
+    def __init__(self, module: nn.Module, bias: torch.Tensor):
+        super().__init__()
+        self.module = module
+        self.bias = nn.Parameter(bias, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x) + self.bias
 
 
 def moe_modules(model: nn.Module) -> list[MoE]:
@@ -397,6 +429,5 @@ def _moe_plan(model: nn.Module) -> list[dict]:
 
 EXPERT_KNOB = Knob("experts", "moes", own=_experts_knob, full=_experts_knob, cases=_expert_cases, plan=_moe_plan)
 
-# graph mode only: the routed drivers' per-expert token lists are not built yet
 register(Transform("moe", MoeConfig, install_moe, after=("prune",), before=("quant",), knob=EXPERT_KNOB,
-                   export_order=2, export_modes=("graph",)))
+                   export_order=2))

@@ -68,7 +68,7 @@ def without_unused_weights(ep: torch.export.ExportedProgram) -> torch.export.Exp
 
 def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, max_tok: int) -> tuple[dict, dict]:
     """({method: ExportedProgram}, the plan's extra section): the whole graph as "forward" (graph
-    mode) or one per segment and per ACM (its learners) plus {"routed": ...} (routed mode); the token dimension is
+    mode) or one per segment and per adaptive FFN (its units) plus {"routed": ...} (routed mode); the token dimension is
     dynamic in 2..max_tok for sequence models."""
     arch = graph.arch
     tokens = torch.export.Dim("tokens", min=2, max=max_tok) if arch.seq_inputs else None
@@ -79,15 +79,16 @@ def _trace(graph: GraphModel, mode: str, args: list[torch.Tensor], own: dict, ma
     routed = Routed(graph)
     h = arch.embed(graph.model, dict(zip(graph.input_names, args)))[0].contiguous()  # (a permuted h would
     # give the methods that dim order: ExecuTorch then fails on the driver's contiguous arrays)
-    example = {**dict(zip(graph.input_names, args)), "h": h, "y": torch.zeros_like(h), "gate_bias": torch.zeros(1)}
+    example = {**dict(zip(graph.input_names, args)), "h": h, "y": torch.zeros_like(h),
+               **{name: knob[:1] for name, knob in own.items()}}  # (a gate piece reads its layer's row)
     most = max_tok if tokens is not None else h.shape[1]
     eps = {}
     for name, module in routed.modules.items():
         if isinstance(module, Segment):
             inputs = [example[n] for n in module.inputs]
             dynamic = {"args": tuple({1: tokens} if n in seq else None for n in module.inputs)}
-        else:  # an ACM's learners, each on its own gathered tokens (rows_j, d)
-            n = len(module.learners)
+        else:  # an adaptive FFN's units, each on its own gathered tokens (rows_j, d)
+            n = len(module.units)
             inputs = [h[0].clone() for _ in range(n)]  # (one tensor passed n times would be traced as one input)
             dynamic = {"xs": tuple({0: torch.export.Dim(f"rows{j}", min=1, max=most)} for j in range(n))}
         eps[name] = without_unused_weights(torch.export.export(module, tuple(inputs), dynamic_shapes=dynamic))

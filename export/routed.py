@@ -5,14 +5,15 @@ then head. Four pieces end in a decision the driver takes:
   router  "skip": score >= skip_thresholds[r] runs the attention (or the block), else jumps past it;
   gate    "acm":  k per token; learner j runs on the tokens with k > j (gathered by the driver; with "top",
                   the ACM's exact top, a token with k = N runs the last piece, the original FFN, alone);
+          "moe":  k per token, its experts as a bit mask; expert e runs on the tokens with bit e set;
   exit    "exit": confidence >= exit_thresholds[e] returns the exit's output, else goes on;
   head    "end":  the output.
 A segment is every piece from a place the driver can jump to up to the next decision: one method of
 the program (no control flow inside, so XNNPACK takes all of it; tokens are a bounded dynamic size).
-The learners of an ACM are one method: input j is the (m_j, d) tokens learner j runs on (a prefix of
-the tokens sorted by k, most first; m_j in 1..max tokens, each its own dynamic size), output j what it
-adds to them. One call per ACM instead of one per learner: fewer calls a run, and fewer methods to
-lower (bench/acm_layer.py measures the forms).
+The units of an adaptive FFN are one method: input j is the (m_j, d) tokens unit j runs on (an ACM: a
+prefix of the tokens sorted by k, most first; a MoE: expert j's tokens in their order; m_j in 1..max
+tokens, each its own dynamic size), output j what it adds to them. One call per layer instead of one
+per unit: fewer calls a run, and fewer methods to lower (bench/acm_layer.py measures the forms).
 
 The plan's "routed" section lists the segments (method, inputs, outputs, decision); `drive` executes
 it with numpy and nothing else, in a loop simple enough to port to C++ and Java. It returns what the
@@ -31,7 +32,7 @@ import torch.nn as nn
 from device.driver import OUTPUTS
 from export.graph import GraphModel
 
-DECISION = {"router": "skip", "gate": "acm", "exit": "exit", "head": "end"}
+DECISION = {"router": "skip", "gate": "acm", "exit": "exit", "head": "end"}  # (a gate's: its FFN's `decision`)
 CHANGES_H = {"embed", "attention", "ffn", "finish"}
 READS_CTX = {"attention", "router", "exit", "head"}
 
@@ -70,7 +71,7 @@ class Segment(nn.Module):
         else:
             self.inputs = ["h"] + (["y"] if first.kind == "finish" else [])
             self.inputs += list(arch.ctx_inputs) if self.reads_ctx else []
-        self.inputs += ["gate_bias"] if last.kind == "gate" else []
+        self.inputs += [g.adaptives[last.layer - 1].knob_name] if last.kind == "gate" else []
         changes = any(p.kind in CHANGES_H for p in self.run) and last.kind != "head"
         self.outputs = (["h"] if changes else []) + OUTPUTS[DECISION[last.kind]]
 
@@ -88,12 +89,13 @@ class Segment(nn.Module):
             elif p.kind == "ffn":
                 s["h"] = arch.feed_forward(layer, s["h"], ctx)
             elif p.kind == "gate":
-                acm, seen = g.adaptives[p.layer - 1], []
-                arch.feed_forward(layer, s["h"], ctx, lambda x: seen.append(x) or x)  # the ACM's input
-                s["x"] = seen[0].reshape(-1, acm.d)  # (T, d)
-                s["k"] = acm.biased(acm.gate_logits(s["x"]), s["gate_bias"][0]).argmax(-1)  # (T,)
+                m, seen = g.adaptives[p.layer - 1], []
+                arch.feed_forward(layer, s["h"], ctx, lambda x: seen.append(x) or x)  # the adaptive FFN's input
+                s["x"] = seen[0].reshape(-1, m.d)  # (T, d)
+                s["k"] = m.route(s["x"], s[m.knob_name][0])  # (T,) its row of the knob
             elif p.kind == "finish":
-                s["h"] = arch.feed_forward(layer, s["h"], ctx, lambda x: s["y"].reshape(x.shape))
+                m = g.adaptives[p.layer - 1]
+                s["h"] = arch.feed_forward(layer, s["h"], ctx, lambda x: m.routed_output(s["y"].reshape(x.shape)))
             elif p.kind == "exit":
                 y, conf = g.heads[p.layer](arch.pool(s["h"], ctx))
                 s["exit_output"], s["conf"] = y, conf.reshape(1)
@@ -102,16 +104,16 @@ class Segment(nn.Module):
         return tuple(s[o] for o in self.outputs)
 
 
-class Learners(nn.Module):
-    """Every learner of an ACM as one method: forward(x_0, .., x_{N-1}) -> (learner j on x_j for each j),
-    each x_j (m_j, d) with a size of its own."""
+class Units(nn.Module):
+    """Every unit of an adaptive FFN (an ACM's learners, a MoE's experts) as one method:
+    forward(x_0, .., x_{N-1}) -> (unit j on x_j for each j), each x_j (m_j, d) with a size of its own."""
 
-    def __init__(self, learners: list[nn.Module]):
+    def __init__(self, units: list[nn.Module]):
         super().__init__()
-        self.learners = nn.ModuleList(learners)
+        self.units = nn.ModuleList(units)
 
     def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(learner(x) for learner, x in zip(self.learners, xs))
+        return tuple(unit(x) for unit, x in zip(self.units, xs))
 
 
 class Routed:
@@ -136,8 +138,8 @@ class Routed:
                 d.update(router=g.router_index[p.layer], keep=q + 1,
                          skip=q + 2 if g.target == "attention" else after_ffn)
             elif p.kind == "gate":
-                acm = g.adaptives[p.layer - 1]
-                d.update(acm=g.adaptive_index[p.layer], next=q + 1, learners=f"learners{p.layer}", n=acm.n, top=acm.exact_top)
+                m = g.adaptives[p.layer - 1]
+                d.update(kind=m.decision, **{m.decision: g.adaptive_index[p.layer]}, next=q + 1, **m.routed_then(p.layer))
             elif p.kind == "exit":
                 d.update(exit=g.exit_index[p.layer], next=q + 1)
             decisions[n] = d
@@ -153,7 +155,8 @@ class Routed:
             self.modules[name] = seg
             self.segments.append({"method": name, "inputs": seg.inputs, "outputs": seg.outputs, "then": d})
         for i in sorted(g.adaptive_index):
-            self.modules[f"learners{i}"] = Learners([g.adaptives[i - 1].learner(j) for j in range(g.adaptives[i - 1].n)])
+            m = g.adaptives[i - 1]
+            self.modules[m.routed_method(i)] = Units([m.routed_unit(j) for j in range(m.n)])
 
     def section(self) -> dict:
         return {"segments": self.segments, "acms": len(self.graph.adaptive_index)}

@@ -218,9 +218,10 @@ def test_moefy_then_eval_on_the_real_model(tmp_path):
     r = edge_cli("export", out, "--to", "onnx", "-o", tmp_path / "onnx", "--quiet")  # the graph mode, its default
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "onnx" / "plan.json").read_text())["mode"] == "graph"
-    assert_user_error(edge_cli("export", out, "--to", "onnx", "--mode", "routed", "-o", tmp_path / "routed", "--quiet"),
-                      "moe in the routed mode is not built yet")
-    assert not (tmp_path / "routed").exists()
+    r = edge_cli("export", out, "--to", "onnx", "--mode", "routed", "-o", tmp_path / "routed", "--quiet")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "routed" / "plan.json").read_text())
+    assert plan["mode"] == "routed" and sum(s["then"]["kind"] == "moe" for s in plan["routed"]["segments"]) == 6
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -176,28 +176,32 @@ def test_router_targets_are_each_experts_share_of_the_output():
         torch.testing.assert_close(shares[:, e], m.run_expert(x, e).pow(2).mean(-1) / y.pow(2).mean())
 
 
-GRAPH_RUNTIMES = [r for r in export.RUNTIMES.names() if "graph" in export.RUNTIMES.get(r).modes]
+RUNTIME_MODES = [(r, m) for r in export.RUNTIMES.names() for m in export.RUNTIMES.get(r).modes]
 ONE_PER_ADAPTER = [next(c for c in CASES if c[0] == name) for name in edge.ARCHS.names()]
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("runtime", GRAPH_RUNTIMES)
+@pytest.mark.parametrize("runtime,export_mode", RUNTIME_MODES)
 @pytest.mark.parametrize("name,mt", ONE_PER_ADAPTER)
-def test_moe_exports_with_its_routing_on_every_branch(tmp_path, name, mt, runtime, mode):
-    """In graph mode (the runtime's default mode when it has no other for a MoE), composed with exits and
-    skips: the per-expert gathers are in the program, and the checks force no expert, every expert, each
-    expert alone and the prices and K around the model's own, all equal to eager."""
-    rng = random.Random(f"{name}{runtime}{mode}")
-    e = rng.choice([2, 4])
+def test_moe_exports_with_its_routing_on_every_branch(tmp_path, name, mt, runtime, export_mode):
+    """In every mode of every runtime, composed with exits and skips, the routing kept (graph: the
+    per-expert gathers are in the program; routed: the driver gathers each expert's tokens for its
+    method): the checks force no expert, every expert, each expert alone and the prices and K around the
+    model's own, all equal to eager. The MoE's own mode (adaptive or top-K) drawn per case."""
+    rng = random.Random(f"{name}{runtime}{export_mode}")
+    e, mode = rng.choice([2, 4]), rng.choice(MODES)
     arch, model, _, batch, moes = tiny_moe_model(name, mt, MoeConfig(experts=e, router_hidden=rng.choice([0, 8]), mode=mode))
     for m in moes:
         m.set_knob_(rng.uniform(-0.5, 0.5) if mode == "adaptive" else rng.randint(1, e - 1))
     model = edge.add_exits(model, edge.ExitConfig(after=[1], steps=2, threshold=0.5), [batch], progress=False)
     model = edge.add_skips(model, edge.SkipConfig(samples=2, threshold=0.5), [batch], progress=False)
-    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False)
-    assert a.plan["mode"] == "graph" and [f["experts"] for f in a.plan["control_flow"]["moes"]] == [e] * len(moes)
-    stats = export.RUNTIMES.get(runtime).stats(a.path, a.plan["methods"])
-    assert stats["branches"] > 0 and stats["gathers"] > 0
+    a = export.to_runtime(model, runtime, tmp_path / "a", batch, progress=False, mode=export_mode)
+    assert a.plan["mode"] == export_mode and [f["experts"] for f in a.plan["control_flow"]["moes"]] == [e] * len(moes)
+    if export_mode == "graph":
+        stats = export.RUNTIMES.get(runtime).stats(a.path, a.plan["methods"])
+        assert stats["branches"] > 0 and stats["gathers"] > 0
+    else:  # one experts method per MoE, one input and output per expert
+        decisions = [s["then"] for s in a.plan["routed"]["segments"] if s["then"]["kind"] == "moe"]
+        assert sorted({d["moe"] for d in decisions}) == list(range(len(moes))) and all(d["n"] == e for d in decisions)
     report = export.verify(a, model)
     assert report["max_abs_diff"] <= 1e-4 and not report["branch_mismatches"]
     assert {0, 2 ** e - 1} | {2 ** i for i in range(e)} <= set(report["k_seen"])  # none, all, each alone
@@ -254,15 +258,6 @@ def test_graph_routes_are_the_eager_forward():
                     y, routes = m.gathered(x, m.knob_row(), spare)
                     torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
                     assert torch.equal(m.chosen_of(routes).sum(-1), m.last_k.reshape(-1))
-
-
-def test_moe_in_the_routed_mode_is_one_clear_line(tmp_path):
-    arch, model, _, batch, _ = tiny_moe_model("bert", "bert", MoeConfig(experts=4))
-    with pytest.raises(edge.EdgeError, match="moe in the routed mode is not built yet; export it in the graph mode"):
-        export.to_runtime(model, "onnx", tmp_path / "m", batch, progress=False, mode="routed")
-    with pytest.raises(edge.EdgeError, match="moe in the routed mode is not built yet; export it to "):
-        export.to_runtime(model, "litert", tmp_path / "m", batch, progress=False)
-    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.parametrize("runtime,mode", [("onnx", m) for m in MODES] + [("executorch", "adaptive")])
