@@ -36,14 +36,22 @@ GATES = {  # gate type -> what the tiny model carries
     "skip-block": dict(skips="block", acm=True),
     "acm": dict(acm=True),
     "head-exits": dict(head=True, exits=True),  # an embedding model made a classifier: classifier exits
+    "moe": dict(moe=True, exits=True),  # sigma-MoE layers (a bit mask of experts per token) and an exit
 }
 ALL_GATES = dict(exits=True, skips="attention", acm=True)  # the model of test_every_architecture_exports_with_all_gates
 
 
-def adaptive(case, exits=False, skips=None, acm=False, head=False, threshold=0.5):
+def adaptive(case, exits=False, skips=None, acm=False, head=False, threshold=0.5, moe=False):
     name, mt = case
     if acm:  # True, or an AcmConfig
         arch, model, batch, _ = tiny_acm_model(name, mt, *([acm] if isinstance(acm, edge.AcmConfig) else []))
+    elif moe:  # True (4 experts, adaptive), or a MoeConfig
+        from tests.test_moe import tiny_moe_model
+
+        config = moe if isinstance(moe, edge.MoeConfig) else edge.MoeConfig(experts=4, router_hidden=8)
+        arch, model, _, batch, moes = tiny_moe_model(name, mt, config)
+        for m in moes:  # a price in the middle of the router's scores: tokens open some experts, not all
+            m.set_knob_(0.0 if config.mode == "adaptive" else config.experts // 2)
     else:
         arch = edge.ARCHS.get(name)
         model, batch = arch.tiny(mt)
@@ -82,7 +90,8 @@ def test_routed_driver_is_the_graph(case, gate):
     g = GraphModel(model)
     routed, args = Routed(g), _inputs(g, batch)
     methods = {s["method"] for s in routed.section()["segments"]}
-    assert methods | {s["then"]["learners"] for s in routed.segments if s["then"]["kind"] == "acm"} == set(routed.modules)
+    units = {s["then"].get("learners") or s["then"].get("experts") for s in routed.segments if s["then"]["kind"] in ("acm", "moe")}
+    assert methods | units == set(routed.modules)
     for name, knobs in export.force_cases(g):
         with torch.no_grad():
             want = [t.numpy() for t in g(*args, *knobs.values())]
@@ -208,14 +217,15 @@ def test_every_gate_type_exports(runtime, mode, gate, tmp_path):
     assert a.plan["model"]["output_kind"] == ("logits" if gates.get("head") else "embedding")
     if mode == "graph":  # the control flow is kept in the program, not unrolled
         assert (stats["branches"] > 0) == bool(gates.get("exits") or gates.get("skips"))
-        assert (stats["gathers"] > 0) == bool(gates.get("acm"))
+        assert (stats["gathers"] > 0) == bool(gates.get("acm") or gates.get("moe"))
     else:  # the driver decides: the methods are plain, a segment between gates and the learners of each ACM
         assert stats["branches"] == stats["gathers"] == 0
         segments = a.plan["routed"]["segments"]
         assert {s["then"]["kind"] for s in segments} >= {"end"} | ({"exit"} if gates.get("exits") else set()) | (
-            {"skip"} if gates.get("skips") else set()) | ({"acm"} if gates.get("acm") else set())
+            {"skip"} if gates.get("skips") else set()) | ({"acm"} if gates.get("acm") else set()) | (
+            {"moe"} if gates.get("moe") else set())
         assert set(a.plan["methods"]) == {s["method"] for s in segments} | {
-            s["then"]["learners"] for s in segments if s["then"]["kind"] == "acm"}
+            s["then"].get("learners") or s["then"].get("experts") for s in segments if s["then"]["kind"] in ("acm", "moe")}
     if runtime in ("executorch", "litert"):  # XNNPACK takes what it can: in the routed mode, a part of every method
         assert stats["delegates"] >= (len(a.plan["methods"]) if mode == "routed" else 1)
 
