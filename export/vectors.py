@@ -1,6 +1,6 @@
 """Shared test vectors for the plan drivers written in other languages (the Android demo's Java
 interpreter; the native runner can read them too): for every branch-forcing case of a model, its plan
-(routed mode), the inputs and knobs, every method call the Python driver (device.driver.drive) made,
+(routed mode), the inputs and knobs (flat, as a budget level's: the plan's knobs give their shapes), every method call the Python driver (device.driver.drive) made,
 with the arrays it passed and got back, and the final outputs. Another driver replays the recorded
 method outputs: it must make the same calls with the same arrays and return the same outputs, so the
 decisions and the ACM token routing are checked without any runtime.
@@ -49,11 +49,13 @@ def trace(model: nn.Module, example: dict, name: str = "model") -> list[dict]:
             calls.append({"method": method, "inputs": [tensor(a) for a in arrays], "outputs": [tensor(o) for o in got]})
             return got
 
-        knobs = {k: np.asarray(v, dtype=np.float32) for k, v in knobs.items()}  # (the plan's knobs are float32)
+        shapes = {spec["name"]: spec["shape"] for spec in plan["knobs"]}  # (float32, shaped as the plan says)
+        knobs = {k: np.asarray(v, dtype=np.float32).reshape(shapes[k]) for k, v in knobs.items()}
         with torch.no_grad():
             result = drive(plan["routed"], plan["model"]["layers"], call, inputs, knobs)
         return {"name": f"{name}: {case}", "case": case, "plan": plan,
-                "inputs": {n: tensor(a) for n, a in inputs.items()}, "knobs": {k: v.tolist() for k, v in knobs.items()},
+                "inputs": {n: tensor(a) for n, a in inputs.items()},
+                "knobs": {k: v.reshape(-1).tolist() for k, v in knobs.items()},  # (flat, row-major: the plan's shape)
                 "calls": calls, "expected": dict(zip(plan["outputs"], map(tensor, result)))}
 
     out = [vector(case, knobs) for case, knobs in force_cases(graph)]

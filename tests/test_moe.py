@@ -209,16 +209,19 @@ def test_moe_exports_with_its_routing_on_every_branch(tmp_path, name, mt, runtim
     assert {"no expert", "every expert", *(f"expert {i} alone" for i in range(e))} <= cases
 
 
-def test_moe_artifact_on_the_native_runner(tmp_path):
-    """The C++ runner (profiler/runner) runs a MoE's graph program on every bundled case with eager's
-    outputs and routes, and reports the share of experts run."""
+@pytest.mark.parametrize("export_mode", export.RUNTIMES.get("executorch").modes)
+def test_moe_artifact_on_the_native_runner(tmp_path, export_mode):
+    """The C++ runner (profiler/runner) runs a MoE's program (graph: the gathers in it; routed: its own
+    driver gathers each expert's tokens) on every bundled case with eager's outputs and routes, and
+    reports the share of experts run."""
     import subprocess
 
     from device.measure import read_records
     from profiler import native
 
     arch, model, _, batch, moes = tiny_moe_model("bert", "bert", MoeConfig(experts=4, router_hidden=8))
-    a = export.to_executorch(model, tmp_path / "a", batch, progress=False)
+    a = export.to_executorch(model, tmp_path / "a", batch, progress=False, mode=export_mode)
+    assert a.plan["mode"] == export_mode
     done = subprocess.run([str(native.ensure()), str(a.path), "--runs", "1", "--branch-runs", "1", "--no-ops"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-500:]

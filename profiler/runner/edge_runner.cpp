@@ -359,12 +359,31 @@ const typename Map::mapped_type& get(const Map& v, const std::string& name) {
   return it->second;
 }
 
-// What the driver writes between method calls (the tokens gathered for the learners, and y per ACM), kept
+// Knob values (a budget level's, a test vector's: flat lists, row-major), shaped as the plan's knobs say
+Values shaped_knobs(const Json& plan, const Json& values, const std::string& where) {
+  Values k;
+  for (const auto& spec : plan["knobs"].items) {
+    const auto& vals = values[spec["name"].str].items;
+    std::vector<int32_t> shape;
+    size_t count = 1;
+    for (const auto& d : spec["shape"].items) {
+      shape.push_back(static_cast<int32_t>(d.integer()));
+      count *= static_cast<size_t>(d.integer());
+    }
+    if (count != vals.size()) throw Fault(where + ": knob " + spec["name"].str + " must have " + std::to_string(count) + " values");
+    Array a = filled(ScalarType::Float, shape, 0);
+    for (size_t i = 0; i < vals.size(); ++i) a.as<float>()[i] = static_cast<float>(vals[i].num);
+    k[spec["name"].str] = std::move(a);
+  }
+  return k;
+}
+
+// What the driver writes between method calls (the tokens gathered for the units, and y per adaptive FFN), kept
 // from run to run: a fresh 200 KB buffer each call is a fresh mapping whose pages fault in on every run
 // (MiniLM routed, 6 ACMs: 0.5 ms a run at k = 0 and 1.6 ms at half the learners, ~6 % of the dense model)
 struct Scratch {
   std::vector<float> xs;
-  std::vector<Array> ys;  // one per ACM: its view stays valid while the next method reads it
+  std::vector<Array> ys;  // one per ACM or MoE: its view stays valid while the next method reads it
 };
 
 // The routed plan, as export/routed.py's drive runs it: returns [output, exit_layer, skipped, (ks)].
@@ -387,8 +406,13 @@ std::vector<Array> drive(Methods& program, const Json& section, int layers, cons
     const Json& then = seg["then"];
     std::vector<View> feeds;
     for (const auto& name : seg["inputs"].items) {
-      if (name.str == "gate_bias") {  // this ACM's entry of the knob, as a (1,) tensor
-        feeds.push_back({get(knobs, "gate_bias").as<float>() + then["acm"].integer(), {1}, ScalarType::Float});
+      if (name.str == "gate_bias" || name.str == "experts") {  // this gate's row of its knob: an ACM's bias (1,),
+        const Array& knob = get(knobs, name.str);               // a MoE's [K, prices] (1, 1 + E)
+        const int32_t width = knob.shape.size() > 1 ? knob.shape[1] : 1;
+        const long row = then[then["kind"].str].integer();
+        if (row < 0 || static_cast<size_t>(row + 1) * width > knob.numel()) throw Fault("plan.json's " + name.str + " row is out of range; export the model again");
+        std::vector<int32_t> shape = knob.shape.size() > 1 ? std::vector<int32_t>{1, width} : std::vector<int32_t>{1};
+        feeds.push_back({knob.as<float>() + row * width, shape, ScalarType::Float});
       } else {
         feeds.push_back(get(values, name.str));
       }
@@ -422,6 +446,7 @@ std::vector<Array> drive(Methods& program, const Json& section, int layers, cons
       for (size_t j = 0; j < counts.size(); ++j)
         counts[j] = static_cast<int>(std::count_if(kk, kk + T, [&](int64_t v) { return v > static_cast<int64_t>(j); }));
       const long a = then["acm"].integer();
+      if (a < 0 || a >= acms) throw Fault("plan.json's acm decision names no ACM of the routed section; export the model again");
       Array& y = scratch.ys[a];
       if (y.shape != std::vector<int32_t>{1, T, H}) y = filled(ScalarType::Float, {1, T, H}, 0);
       const int n = static_cast<int>(counts.size());
@@ -468,6 +493,54 @@ std::vector<Array> drive(Methods& program, const Json& section, int layers, cons
       if (ks.data.empty()) ks = filled(ScalarType::Long, {static_cast<int32_t>(acms), T}, -1);
       std::memcpy(ks.as<int64_t>() + a * T, kk, T * 8);
       s = then["next"].integer();
+    } else if (kind == "moe") {  // expert e runs on the tokens whose bit mask k has bit e, in their order
+      const View& x = get(values, "x");  // (T, H)
+      const View& k = get(values, "k");  // (T,)
+      const int T = x.shape[0], H = x.shape[1];
+      const int64_t* kk = k.as<int64_t>();
+      const int n = static_cast<int>(then["n"].integer());
+      if (n < 1 || n > 62) throw Fault("plan.json's moe decision has n outside 1..62; export the model again");
+      std::vector<std::vector<int>> rows(n);
+      for (int t = 0; t < T; ++t)
+        for (int e = 0; e < n; ++e)
+          if ((kk[t] >> e) & 1) rows[e].push_back(t);
+      const long a = then["moe"].integer();
+      if (a < 0 || a >= acms) throw Fault("plan.json's moe decision names no MoE of the routed section; export the model again");
+      Array& y = scratch.ys[a];
+      if (y.shape != std::vector<int32_t>{1, T, H}) y = filled(ScalarType::Float, {1, T, H}, 0);
+      float* yy = y.as<float>();
+      std::fill(yy, yy + static_cast<size_t>(T) * H, 0.0f);  // zero for the tokens that run no expert
+      size_t total = 0;
+      for (const auto& r : rows) total += std::max<size_t>(r.size(), 1);
+      if (std::any_of(rows.begin(), rows.end(), [](const std::vector<int>& r) { return !r.empty(); })) {
+        scratch.xs.resize(total * H);  // expert e's tokens, one block each (an expert no token needs: row 0, dropped)
+        float* xs = scratch.xs.data();
+        std::vector<View> inputs;
+        size_t at = 0;
+        for (int e = 0; e < n; ++e) {
+          const int m = static_cast<int>(rows[e].size());
+          for (int r = 0; r < std::max(m, 1); ++r)
+            std::memcpy(xs + (at + r) * H, x.as<float>() + static_cast<size_t>(m ? rows[e][r] : 0) * H, H * 4);
+          inputs.push_back({xs + at * H, {std::max(m, 1), H}, ScalarType::Float});
+          at += std::max(m, 1);
+        }
+        const std::string& method = then["experts"].str;
+        std::vector<View> got = program.call(method, inputs);
+        if (got.size() != rows.size()) throw Fault("method " + method + " returned a different number of outputs than the MoE has experts");
+        for (int e = 0; e < n; ++e) {
+          if (got[e].shape.size() != 2 || got[e].shape[0] < static_cast<int32_t>(rows[e].size()) || got[e].shape[1] != H)
+            throw Fault("method " + method + " returned the wrong shape for expert " + std::to_string(e));
+          const float* g = got[e].as<float>();
+          for (size_t r = 0; r < rows[e].size(); ++r) {
+            float* row = yy + static_cast<size_t>(rows[e][r]) * H;
+            for (int i = 0; i < H; ++i) row[i] += g[r * H + i];
+          }
+        }
+      }
+      values["y"] = view(y);
+      if (ks.data.empty()) ks = filled(ScalarType::Long, {static_cast<int32_t>(acms), T}, -1);
+      std::memcpy(ks.as<int64_t>() + a * T, kk, T * 8);
+      s = then["next"].integer();
     } else {
       throw Fault("plan.json has a decision of unknown kind \"" + kind + "\"; this runner is older than the plan");
     }
@@ -506,23 +579,7 @@ struct Artifact {
     return it->second;
   }
 
-  Values knobs(const Json& level) const {  // a budget level's knob values, shaped as the plan says
-    Values k;
-    for (const auto& spec : plan["knobs"].items) {
-      const auto& vals = level[spec["name"].str].items;  // (row-major: a knob of several dimensions is flat)
-      std::vector<int32_t> shape;
-      size_t count = 1;
-      for (const auto& d : spec["shape"].items) {
-        shape.push_back(static_cast<int32_t>(d.integer()));
-        count *= static_cast<size_t>(d.integer());
-      }
-      if (count != vals.size()) throw Fault("budget level " + level["name"].str + ": knob " + spec["name"].str + " must have " + std::to_string(count) + " values");
-      Array a = filled(ScalarType::Float, shape, 0);
-      for (size_t i = 0; i < vals.size(); ++i) a.as<float>()[i] = static_cast<float>(vals[i].num);
-      k[spec["name"].str] = std::move(a);
-    }
-    return k;
-  }
+  Values knobs(const Json& level) const { return shaped_knobs(plan, level, "budget level " + level["name"].str); }
 
   std::vector<Array> run(const Values& knobs) {
     if (plan["mode"].str == "graph") {
@@ -727,13 +784,9 @@ int replay(const std::string& dir) {
       check_header(plan, name + ": its plan");
       if (plan["mode"].str != "routed") throw Fault(name + ": a vector's plan is in the routed mode");
       const int layers = static_cast<int>(plan["model"]["layers"].integer());
-      Values inputs, knobs;
+      Values inputs;
       for (const auto& [n, t] : v["inputs"].fields) inputs[n] = tensor_of(t, name);
-      for (const auto& [n, values] : v["knobs"].fields) {  // (lists of float32 values, as the plan's knobs)
-        Array a = filled(ScalarType::Float, {static_cast<int32_t>(values.items.size())}, 0);
-        for (size_t i = 0; i < values.items.size(); ++i) a.as<float>()[i] = static_cast<float>(values.items[i].num);
-        knobs[n] = std::move(a);
-      }
+      Values knobs = shaped_knobs(plan, v["knobs"], name);
       Replay program(v["calls"], name);
       Scratch scratch;
       std::vector<Array> out = drive(program, plan["routed"], layers, inputs, knobs, scratch);
