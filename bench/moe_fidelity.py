@@ -143,8 +143,9 @@ def main() -> None:
     test_b, teacher_out, probe, y, share = held_out(model, tok, passages, args.test_limit)
     acc_teacher = probe.accuracy(teacher_out, y)
     print(f"original: probe accuracy {acc_teacher:.4f}; FFNs are {share:.3f} of the model FLOPs", flush=True)
-    distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps,
-                                 e2e_steps=args.e2e_steps).resolved()
+    distill = edge.DistillConfig(repr_steps=args.repr_steps, gate_steps=args.gate_steps,  # (resolved per method:
+                                 e2e_steps=args.e2e_steps)  # the end-to-end steps of acmize's and moefy's defaults)
+    precision = distill.resolved().precision
     rows, timed = [], {}
 
     def record(method, budget, m, seconds):
@@ -158,6 +159,14 @@ def main() -> None:
         if budget == args.export_budget and method != "static":
             timed[method] = m
 
+    exported = {}
+
+    def export_timed():  # as soon as the export budget's models are there (its figures then survive a cut run)
+        if timed and not exported:
+            with tempfile.TemporaryDirectory() as tmp:
+                exported.update(export_ratios(timed, model, text_example(tok, passages.split("test").texts, args.tokens),
+                                              args.runs, Path(tmp)))
+
     if args.load:
         for budget in args.budgets:
             for method in [m for m in METHODS if m in args.methods]:
@@ -165,16 +174,12 @@ def main() -> None:
                 if method == "static":
                     set_static_(m, calib, budget)
                 record(method, budget, m, None)
+            export_timed()
     else:
-        convert_all(args, model, train, calib, distill, record)
-
-    exported = {}
-    if timed:
-        with tempfile.TemporaryDirectory() as tmp:
-            exported = export_ratios(timed, model, text_example(tok, passages.split("test").texts, args.tokens),
-                                     args.runs, Path(tmp))
+        convert_all(args, model, train, calib, distill, record, export_timed)
+    export_timed()
     print(f"{'budget':>6} {'method':>13} {'achieved':>8} {'cos':>7} {'cos_p5':>7} {'acc':>7} {'seconds':>7}"
-          f"   (original acc {acc_teacher:.4f}; trained in {distill.precision})")
+          f"   (original acc {acc_teacher:.4f}; trained in {precision})")
     for r in rows:
         secs = "" if r["convert_seconds"] is None else f"{r['convert_seconds']:.0f}"
         print(f"{r['budget']:>6} {r['method']:>13} {r['achieved']:>8.3f} {r['cos_mean']:>7.4f} {r['cos_p5']:>7.4f} "
@@ -189,14 +194,15 @@ def main() -> None:
                       "achieved": [r["achieved"] for r in rows], "cos_mean": [r["cos_mean"] for r in rows],
                       "cos_p5": [r["cos_p5"] for r in rows], "acc": [r["acc"] for r in rows],
                       "acc_teacher": acc_teacher, "convert_seconds": [r["convert_seconds"] for r in rows],
-                      "experts": args.experts, "precision": distill.precision,
+                      "experts": args.experts, "precision": precision,
                       **{k: col(k) for k in ("ffn_ratio_executorch", "model_ratio_executorch", "ffn_ratio_onnx",
                                              "model_ratio_onnx", "mode_executorch", "mode_onnx")},
                       "cpu": machine()["cpu"]}))
 
 
-def convert_all(args, model, train, calib, distill, record) -> None:
-    """Every method at every budget: the budget-independent phases once, then edge.retarget per budget."""
+def convert_all(args, model, train, calib, distill, record, after_budget) -> None:
+    """Every method at every budget: the budget-independent phases once, then edge.retarget per budget
+    (after_budget() after each)."""
     first = replace(distill, e2e_steps=0)
     bases, base_seconds = {}, {}
     if "acm" in args.methods:
@@ -227,6 +233,7 @@ def convert_all(args, model, train, calib, distill, record) -> None:
             static = copy.deepcopy(adaptive)
             set_static_(static, calib, budget)
             record("static", budget, static, None)
+        after_budget()
 
 
 if __name__ == "__main__":

@@ -91,6 +91,10 @@ class AdaptiveFFN(nn.Module):
         """Whether budget 1.0 runs the original FFN itself, frozen (nothing to train there)."""
         return False
 
+    # whether its conversion trains the units before the end-to-end phase (an ACM's learners); False: they
+    # start trained (a MoE's experts are the FFN's own neurons), and the end-to-end phase gets that time
+    phase1: bool = True
+
     def expected_units(self) -> torch.Tensor:
         """(...,) differentiable units run per token in the last dense forward."""
         raise NotImplementedError

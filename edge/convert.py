@@ -65,17 +65,20 @@ KNOB_CALIB_BATCHES = 2  # on the first calibration batches
 class Precision:
     """The training passes' matrix products in `dtype` (None: fp32; the weights, the optimizer state and
     the losses stay fp32), and the default steps of phases 1 and 3 at it: what converting MiniLM affords
-    in 15 minutes on 2 cores."""
+    in 15 minutes on 2 cores. e2e_alone_steps: the end-to-end phase's default in a conversion without
+    phase 1 (moefy: its experts are the FFN's own neurons), which spends phase 1's time there too."""
 
     dtype: torch.dtype | None
     repr_steps: int
     e2e_steps: int
+    e2e_alone_steps: int
 
 
 PRECISIONS: Registry[Precision] = Registry("precision")
-PRECISIONS.register("fp32")(Precision(None, 250, 200))
-# as good per step, in half the time where the CPU has it (bench/results/acm_phase1.txt): twice the steps
-PRECISIONS.register("bf16")(Precision(torch.bfloat16, 500, 400))
+PRECISIONS.register("fp32")(Precision(None, 250, 200, 375))
+# as good per step, in half the time where the CPU has it (bench/results/acm_phase1.txt): twice the steps.
+# (Intel Xeon, 2 cores: a phase-1 step 0.93 s, an end-to-end step 1.0 s; moefy's routers and setup ~60 s)
+PRECISIONS.register("bf16")(Precision(torch.bfloat16, 500, 400, 750))
 
 
 def _autocast(cfg: "DistillConfig"):
@@ -115,24 +118,29 @@ class DistillConfig(Config):
     # a PRECISIONS name, or "auto": bf16 where this CPU has it natively (bf16_is_fast)
     precision: str = setting(one_of("auto", *PRECISIONS.names()), "auto")
 
-    def resolved(self) -> "DistillConfig":
-        """This config as it runs on this machine: precision "auto" and default steps made explicit."""
+    def resolved(self, phase1: bool = True) -> "DistillConfig":
+        """This config as it runs on this machine: precision "auto" and default steps made explicit.
+        phase1=False: for a conversion without phase 1 (AdaptiveFFN.phase1), whose end-to-end phase
+        takes that time too (Precision.e2e_alone_steps)."""
         name = self.precision if self.precision != "auto" else "bf16" if bf16_is_fast() else "fp32"
         p = PRECISIONS.get(name)
+        e2e = p.e2e_steps if phase1 else p.e2e_alone_steps
         return replace(self, precision=name, repr_steps=p.repr_steps if self.repr_steps is None else self.repr_steps,
-                       e2e_steps=p.e2e_steps if self.e2e_steps is None else self.e2e_steps)
+                       e2e_steps=e2e if self.e2e_steps is None else self.e2e_steps)
 
 
 
-def start_conversion(model: nn.Module, data: list[dict], distill: DistillConfig, what: str, install):
+def start_conversion(model: nn.Module, data: list[dict], distill: DistillConfig, what: str, install,
+                     phase1: bool = True):
     """The common start of acmize and moefy: refuse what cannot be converted, seed, and return
-    (arch, resolved distill, rng, frozen teacher, its FFNs, the student copy, the installed modules)."""
+    (arch, resolved distill (phase1: DistillConfig.resolved), rng, frozen teacher, its FFNs, the student
+    copy, the installed modules)."""
     parts(model).refuse_final(what)
     refuse_adaptive(model, what)
     if not data:
         raise EdgeError(f"{what} needs at least one batch of training data")
     arch = arch_for(model)
-    distill = distill.resolved()
+    distill = distill.resolved(phase1)
     torch.manual_seed(distill.seed)
     rng = random.Random(distill.seed)
     teacher = model.eval().requires_grad_(False)
@@ -183,8 +191,9 @@ def retarget(acm_model: nn.Module, model: nn.Module, budget: float, data: list[d
     if not data:
         raise EdgeError("retarget needs at least one batch of training data")
     student = copy.deepcopy(acm_model)
+    phase1 = all(m.phase1 for m in adaptive_ffns(student))  # (the steps moefy / acmize at this budget take)
     return _retarget_(student, model.eval().requires_grad_(False), budget, data, calib or data[:8],
-                      distill.resolved(), progress)
+                      distill.resolved(phase1), progress)
 
 
 def _retarget_(student, teacher, budget, data, calib, distill: DistillConfig, progress,

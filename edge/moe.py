@@ -106,6 +106,7 @@ class MoE(AdaptiveFFN):
         nn.init.normal_(self.w2, std=1 / math.sqrt(ffn_hidden))
 
     knob_name = "experts"  # (export: one row [K, price of each expert] per MoE, edge.moe.EXPERT_KNOB)
+    phase1 = False  # (its experts are the FFN's neurons: moefy's end-to-end phase takes phase 1's time)
 
     # --- AdaptiveFFN ------------------------------------------------------------------------------
     def gate_flops(self) -> int:

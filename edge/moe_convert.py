@@ -33,8 +33,9 @@ def moefy(model: nn.Module, config: MoeConfig, data: list[dict], calib: list[dic
           distill: DistillConfig = DistillConfig(), progress: bool = True) -> nn.Module:
     """Return a sigma-MoE copy of `model`, distilled on `data` (a list of input batches); the
     knob calibrated to config.budget on `calib` (default: the first 8 batches of data). The steps:
-    distill.gate_steps of router distillation, distill.e2e_steps end-to-end (repr_steps is acmize's:
-    the experts start as the FFN's own neurons, nothing to distil there).
+    distill.gate_steps of router distillation, distill.e2e_steps end-to-end (by default the precision's
+    e2e_alone_steps: repr_steps is acmize's, and the experts start as the FFN's own neurons, nothing to
+    distil there, so the end-to-end phase takes that time).
 
     >>> import edge
     >>> model, batch = edge.ARCHS.get("bert").tiny("bert")
@@ -43,7 +44,7 @@ def moefy(model: nn.Module, config: MoeConfig, data: list[dict], calib: list[dic
     >>> len(edge.moe.moe_modules(moe))
     2
     """
-    s = start_conversion(model, data, distill, "moefy", lambda m: install_moe(m, config))
+    s = start_conversion(model, data, distill, "moefy", lambda m: install_moe(m, config), phase1=MoE.phase1)
     arch, distill, rng, teacher, ffns, student, moes = s
     first = data[: max(1, min(4, len(data)))]
     orders = [balanced_groups(c, m.n, distill.seed) for m, c in zip(moes, _contributions(teacher, arch, ffns, first))]

@@ -169,6 +169,8 @@ def test_every_precision_trains_fp32_weights(precision):
     default = edge.DistillConfig(precision=precision).resolved()  # the precision's own step counts
     own = PRECISIONS.get(default.precision)
     assert (default.repr_steps, default.e2e_steps) == (own.repr_steps, own.e2e_steps)
+    alone = edge.DistillConfig(precision=precision).resolved(phase1=False)  # moefy's: phase 1's time goes to phase 3
+    assert alone.e2e_steps == own.e2e_alone_steps > own.e2e_steps and alone.resolved().e2e_steps == alone.e2e_steps
     cfg = edge.AcmConfig(budget=0.6, learners=2, gate_hidden=4)
     acm = edge.acmize(model, cfg, [batch], distill=distill, progress=False)
     untrained = edge.acmize(model, cfg, [batch], progress=False,
