@@ -20,7 +20,7 @@ MODES = ("graph", "routed")  # the in-graph mode and the routed one (export.lowe
 @dataclass(frozen=True)
 class Runtime:
     """A program is one or more named methods (the in-graph mode has one, "forward"; the routed mode
-    one per segment and per ACM: its learners).
+    one per segment and per adaptive FFN: its learners or experts).
     name: what `--to` says;
     mode: "graph" or "routed", the default (measured: bench/results/export_speed.txt);
     load(directory, {method: file}, threads=None, device="cpu") -> {method: run}, run(list of np arrays)

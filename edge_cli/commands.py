@@ -88,20 +88,21 @@ def _summary(report: dict) -> str:
 def cmd_acmize(args) -> dict:
     config = edge.AcmConfig(budget=args.budget, learners=args.learners, gate_hidden=args.gate_hidden, init=args.init,
                             exact_top=args.exact_top)
-    return _convert(args, "acmize", edge.fit_acms, config, "phases 1-3")
+    return _convert(args, "acmize", edge.fit_acms, config, "phases 1-3", edge.ACM.phase1)
 
 
 def cmd_moefy(args) -> dict:
     config = edge.MoeConfig(budget=args.budget, experts=args.experts, mode=args.mode, router_hidden=args.router_hidden,
                             expert_dropout=args.expert_dropout, balance=args.balance)
-    return _convert(args, "moefy", edge.fit_moe, config, "phases 1-2")
+    return _convert(args, "moefy", edge.fit_moe, config, "phases 1-2", edge.MoE.phase1)
 
 
-def _convert(args, verb: str, fit, config, phases: str) -> dict:
-    """`edge acmize` / `edge moefy`: convert on the text's train split, evaluate on its test split, save."""
+def _convert(args, verb: str, fit, config, phases: str, phase1: bool) -> dict:
+    """`edge acmize` / `edge moefy`: convert on the text's train split, evaluate on its test split, save
+    (phase1: whether the conversion has acmize's phase 1, DistillConfig.resolved)."""
     distill = edge.DistillConfig(repr_steps=getattr(args, "repr_steps", None), gate_steps=args.gate_steps,
                                  e2e_steps=args.e2e_steps, tune_backbone=args.tune_backbone, knob=args.knob,
-                                 precision=args.precision).resolved()
+                                 precision=args.precision).resolved(phase1)
     out = _check_output(args.output, args.overwrite)
     passages = edge.read_passages(args.text)
     src = edge.load_model(args.model)
@@ -385,7 +386,8 @@ def _add_convert_args(p, output_default=None, gate="phase 2 steps"):
     p.add_argument("--gate-steps", type=int, default=edge.DistillConfig.gate_steps, help=gate)
     p.add_argument("--e2e-steps", type=int, default=edge.DistillConfig.e2e_steps,
                    help="end-to-end steps (the last phase; default: the precision's, "
-                   + ", ".join(f"{c.e2e_steps} at {n}" for n, c in precisions.items()) + ")")
+                   + ", ".join(f"{c.e2e_steps} at {n}" for n, c in precisions.items()) + "; moefy, which has no "
+                   "learners to train first: " + ", ".join(f"{c.e2e_alone_steps} at {n}" for n, c in precisions.items()) + ")")
     p.add_argument("--precision", choices=["auto", *precisions.names()], default=edge.DistillConfig.precision,
                    help="of the training passes' matrix products (auto: bf16 where this CPU has it natively)")
     p.add_argument("--knob", type=number, nargs="*", default=list(edge.DistillConfig.knob), metavar="B",

@@ -24,14 +24,14 @@ from export.runtime import precisions
 def to_onnx(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True,
             mode: str | None = None, levels: list[dict] | None = None, tokenizer=None) -> Artifact:
     """Export to ONNX (ONNX Runtime). graph (the default): exits and skips as If, ACM routing as NonZero/Gather/
-    ScatterND in one model; routed: one model per segment and per ACM (its learners), run by the plan's driver."""
+    ScatterND in one model; routed: one model per segment and per adaptive FFN (its learners or experts), run by the plan's driver."""
     return to_runtime(model, "onnx", out, example, overwrite, progress, mode, levels, tokenizer)
 
 
 def to_executorch(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False,
                   progress: bool = True, mode: str | None = None, levels: list[dict] | None = None,
                   tokenizer=None) -> Artifact:
-    """Export to ExecuTorch (.pte). routed (the default): one XNNPACK-delegated method per segment and per ACM (its learners), run
+    """Export to ExecuTorch (.pte). routed (the default): one XNNPACK-delegated method per segment and per adaptive FFN (its units), run
     by the plan's driver; graph: one method, exits and skips as cond, ACM routing as gathers, the branches' work on
     XNNPACK too."""
     return to_runtime(model, "executorch", out, example, overwrite, progress, mode, levels, tokenizer)
@@ -39,8 +39,8 @@ def to_executorch(model: nn.Module, out: str | Path, example: dict, overwrite: b
 
 def to_litert(model: nn.Module, out: str | Path, example: dict, overwrite: bool = False, progress: bool = True,
               mode: str | None = None, levels: list[dict] | None = None, tokenizer=None) -> Artifact:
-    """Export to LiteRT (.tflite, the `litert` extra). routed only: one signature per segment and per ACM (its
-    learners) in one model.tflite, run by the plan's driver; a sequence model takes the example's token count."""
+    """Export to LiteRT (.tflite, the `litert` extra). routed only: one signature per segment and per adaptive FFN (its
+    units) in one model.tflite, run by the plan's driver; a sequence model takes the example's token count."""
     return to_runtime(model, "litert", out, example, overwrite, progress, mode, levels, tokenizer)
 
 
