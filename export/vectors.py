@@ -38,7 +38,7 @@ def trace(model: nn.Module, example: dict, name: str = "model") -> list[dict]:
     eager = routed.eager()
     methods = {m: "model.pte" for m in routed.modules}
     plan = plan_of(graph, model, "executorch", "routed", methods, args, {"routed": routed.section()},
-                   [{"name": "own", **{k: v.tolist() for k, v in graph.knobs().items()}}])
+                   [{"name": "own", **{k: v.reshape(-1).tolist() for k, v in graph.knobs().items()}}])
     inputs = {n: a.numpy() for n, a in zip(graph.input_names, args)}
 
     def vector(case: str, knobs: dict) -> dict:

@@ -1,6 +1,6 @@
 """android_demo, what can be checked here (no Android SDK, no phone): the platform-free plan
 interpreter compiled with javac and replayed against the Python driver on shared vectors (every
-branch: exits taken, skips on and off, ACM k = 0..N, thresholds at equality), malformed plans failing
+branch: exits taken, skips on and off, ACM k = 0..N, MoE bit masks, thresholds at equality), malformed plans failing
 in one line, the Java artifact reader and WordPiece tokenizer on what `edge export` writes, and the
 app's manifest and resources linked by aapt against Debian's android-framework-res."""
 import re
@@ -44,8 +44,10 @@ def test_java_interpreter_matches_python_on_shared_vectors(classes, shared_vecto
     got = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", done.stdout)}
     assert got["vectors"] == len(vs) >= 50 and got["exits_taken"] > 0 and got["skipping"] > 0 and got["malformed"] >= 8
     assert "k_seen=[0, 1, 2, 3, 4]" in done.stdout  # every k of the 2-learner ACMs and of the 4-learner ones
+    assert got["moe_vectors"] > 0 and got["moe_masks"] >= 6  # the MoE's replayed: masks 0, 1, 2, 4, 8, 15 at least (forced)
     assert {v["case"] for v in vs} >= {"full", "skip all", "exit after 1", "gate bias -10000", "gate bias +10000"}
     assert any(c["method"].startswith("learner") for v in vs for c in v["calls"])
+    assert any(c["method"].startswith("experts") for v in vs for c in v["calls"])
     assert any("threshold at its score" in v["case"] for v in vs)
 
 

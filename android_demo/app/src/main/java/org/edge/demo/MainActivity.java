@@ -104,10 +104,12 @@ public final class MainActivity extends Activity {
             double budget = Double.parseDouble(budgetText);
             s.append(String.format(Locale.ROOT, " against %.1f ms: %s", budget, ms <= budget ? "PASS" : "FAIL"));
         }
-        s.append(String.format(Locale.ROOT, "%nexit after layer %d of %d; skipped layers %s; learners run %.0f %%%n",
-                r.exitLayer, artifact.plan.layers, skippedLayers(r.skipped), 100 * r.acmFraction(artifact.plan.learners)));
+        boolean moe = artifact.plan.experts > 0;
+        s.append(String.format(Locale.ROOT, "%nexit after layer %d of %d; skipped layers %s; %s run %.0f %%%n",
+                r.exitLayer, artifact.plan.layers, skippedLayers(r.skipped), moe ? "experts" : "learners",
+                100 * (moe ? r.moeFraction(artifact.plan.experts) : r.acmFraction(artifact.plan.learners))));
         if (r.ks != null) {
-            for (int a = 0; a < r.ks.length; a++) s.append("ACM ").append(a + 1).append(" learners per token: ").append(java.util.Arrays.toString(r.ks[a])).append('\n');
+            for (int a = 0; a < r.ks.length; a++) s.append(moe ? "MoE " : "ACM ").append(a + 1).append(moe ? " experts per token (bit masks): " : " learners per token: ").append(java.util.Arrays.toString(r.ks[a])).append('\n');
         }
         result.setText(s.toString());
     }

@@ -72,7 +72,8 @@ public final class Benchmark {
             first = false;
         }
         s.append("]");
-        if (r.ks != null) s.append(", \"acm_fraction\": ").append(r.acmFraction(plan.learners));
+        if (r.ks != null && plan.experts > 0) s.append(", \"moe_fraction\": ").append(r.moeFraction(plan.experts));
+        else if (r.ks != null) s.append(", \"acm_fraction\": ").append(r.acmFraction(plan.learners));
         return s.append("}").toString();
     }
 

@@ -6,10 +6,10 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 
-/** Runs a plan: the routed mode as export/routed.py's drive does (each segment one method call, the
+/** Runs a plan: the routed mode as device/driver.py's drive does (each segment one method call, the
  * decision after it taken here from the segment's scores and the knobs; ACM learner j on the tokens
- * that chose more than j learners, sorted once so that each learner takes a prefix), or the graph
- * mode's single "forward". The program's methods are called through {@link Methods}: ExecuTorch's
+ * that chose more than j learners, sorted once so that each learner takes a prefix; MoE expert e on
+ * the tokens whose bit mask has bit e), or the graph mode's single "forward". The program's methods are called through {@link Methods}: ExecuTorch's
  * Module in the app, recorded outputs in the tests. */
 public final class Driver {
     /** One method of the program on host tensors. */
@@ -22,7 +22,7 @@ public final class Driver {
         public final Tensor output;
         public final int exitLayer;
         public final boolean[] skipped; // per layer
-        public final long[][] ks; // per ACM layer, per token: learners run (-1: layer not reached); null without ACMs
+        public final long[][] ks; // per ACM or MoE layer, per token: learners run, or experts as a bit mask (-1: layer not reached); null without either
 
         Result(Tensor output, int exitLayer, boolean[] skipped, long[][] ks) {
             this.output = output;
@@ -47,6 +47,13 @@ public final class Driver {
             if (ks != null) for (long[] row : ks) for (long k : row) if (k >= 0) { sum += k; n++; }
             return n == 0 || learners == 0 ? 0.0 : (double) sum / n / learners;
         }
+
+        /** The share of experts run over the tokens of the layers reached (0 without MoEs). */
+        public double moeFraction(int experts) {
+            long sum = 0, n = 0;
+            if (ks != null) for (long[] row : ks) for (long k : row) if (k >= 0) { sum += Long.bitCount(k); n++; }
+            return n == 0 || experts == 0 ? 0.0 : (double) sum / n / experts;
+        }
     }
 
     private Driver() {}
@@ -63,7 +70,7 @@ public final class Driver {
     private static Result graph(Plan plan, Methods methods, Map<String, Tensor> inputs, Map<String, float[]> knobs) {
         List<Tensor> args = new ArrayList<>();
         for (String name : plan.inputs) args.add(inputs.get(name));
-        for (Map.Entry<String, Integer> k : plan.knobs.entrySet()) args.add(Tensor.of(knobs.get(k.getKey()), k.getValue()));
+        for (String k : plan.knobs.keySet()) args.add(Tensor.of(knobs.get(k), plan.knobShapes.get(k)));
         Tensor[] out = call(methods, "forward", args.toArray(new Tensor[0]), plan.outputs.size());
         boolean[] skipped = out[2].b;
         long[][] ks = null;
@@ -88,7 +95,7 @@ public final class Driver {
             Tensor[] feeds = new Tensor[seg.inputs.size()];
             for (int i = 0; i < feeds.length; i++) {
                 String name = seg.inputs.get(i);
-                feeds[i] = name.equals("gate_bias") ? Tensor.of(new float[] {knobs.get("gate_bias")[then.acm]}, 1) : get(values, name);
+                feeds[i] = Plan.KNOB_ROWS.contains(name) ? row(plan, knobs, name, then.adaptive()) : get(values, name);
             }
             Tensor[] out = call(methods, seg.method, feeds, seg.outputs.size());
             for (int i = 0; i < out.length; i++) values.put(seg.outputs.get(i), out[i]);
@@ -107,51 +114,100 @@ public final class Driver {
                 boolean keep = get(values, "score").f[0] >= knobs.get("skip_thresholds")[then.router];
                 skipped[then.layer - 1] = !keep;
                 s = keep ? then.keep : then.skip;
-            } else { // "acm": piece j runs on the tokens that chose more than j learners (top: k = n runs the last alone)
+            } else { // "acm": piece j runs on the tokens that chose more than j learners; "moe": expert e on the
+                // tokens with bit e; their outputs added
                 Tensor x = get(values, "x"), k = get(values, "k"); // (T, H), (T,)
                 int t = (int) x.shape[0], h = (int) x.shape[1];
-                Integer[] order = new Integer[t];
-                for (int i = 0; i < t; i++) order[i] = i;
-                final long[] kk = k.l;
-                Arrays.sort(order, (a, b) -> Long.compare(kk[b], kk[a])); // most learners first; stable
-                int[] counts = new int[then.n]; // tokens per piece: a span of the sorted tokens
-                for (int j = 0; j < then.n; j++) for (long v : kk) if (v > j) counts[j]++;
-                // piece j takes rows [start_j, counts[j]); with the exact top the first counts[n-1] tokens run the last piece alone
-                int first = then.top ? counts[then.n - 1] : 0;
-                float[] xs = new float[t * h], ys = new float[t * h];
-                if (counts[0] > 0) { // one call for all pieces; one no token needs gets 1 row, dropped
-                    for (int r = 0; r < t; r++) System.arraycopy(x.f, order[r] * h, xs, r * h, h);
-                    Tensor[] prefixes = new Tensor[then.n];
-                    int[] start = new int[then.n];
-                    for (int j = 0; j < then.n; j++) {
-                        start[j] = j < then.n - 1 ? first : 0;
-                        int rows = counts[j] - start[j], from = rows > 0 ? start[j] : 0;
-                        prefixes[j] = Tensor.of(Arrays.copyOfRange(xs, from * h, (from + Math.max(rows, 1)) * h), Math.max(rows, 1), h);
-                    }
-                    Tensor[] got = call(methods, then.learners, prefixes, then.n);
-                    for (int j = 0; j < then.n; j++) {
-                        float[] g = got[j].f;
-                        int rows = counts[j] - start[j];
-                        if (g == null || g.length != Math.max(rows, 1) * h) throw new PlanException("learners " + then.learners + " returned the wrong shape");
-                        for (int i = 0; i < Math.max(rows, 0) * h; i++) ys[start[j] * h + i] += g[i];
-                    }
-                }
-                float[] y = new float[t * h];
-                for (int r = 0; r < t; r++) System.arraycopy(ys, r * h, y, order[r] * h, h);
+                if (k.l == null || k.l.length != t) throw new PlanException("method " + seg.method + " returned k of the wrong shape " + k);
+                float[] y = then.kind.equals("acm") ? learners(methods, then, x, k.l) : experts(methods, then, x, k.l);
                 values.put("y", Tensor.of(y, 1, t, h));
                 if (ks == null) {
                     ks = new long[plan.acms][t];
                     for (long[] row : ks) Arrays.fill(row, -1);
                 }
-                ks[then.acm] = kk.clone();
+                ks[then.adaptive()] = k.l.clone();
                 s = then.next;
             }
         }
-        if (plan.acms > 0 && ks == null) { // no ACM was reached: every row is -1
+        if (plan.acms > 0 && ks == null) { // no ACM or MoE was reached: every row is -1
             ks = new long[plan.acms][(int) get(values, "h").shape[1]];
             for (long[] row : ks) Arrays.fill(row, -1);
         }
         return new Result(output, exitLayer, skipped, plan.acms > 0 ? ks : null);
+    }
+
+    /** An ACM's output (device/driver.py run_learners): piece j runs on the tokens with k > j (top: k = n
+     * runs the last alone), one call on spans of the tokens sorted by k, most first. */
+    private static float[] learners(Methods methods, Plan.Then then, Tensor x, long[] kk) {
+        int t = (int) x.shape[0], h = (int) x.shape[1];
+        Integer[] order = new Integer[t];
+        for (int i = 0; i < t; i++) order[i] = i;
+        Arrays.sort(order, (a, b) -> Long.compare(kk[b], kk[a])); // most learners first; stable
+        int[] counts = new int[then.n]; // tokens per piece: a span of the sorted tokens
+        for (int j = 0; j < then.n; j++) for (long v : kk) if (v > j) counts[j]++;
+        // piece j takes rows [start_j, counts[j]); with the exact top the first counts[n-1] tokens run the last piece alone
+        int first = then.top ? counts[then.n - 1] : 0;
+        float[] xs = new float[t * h], ys = new float[t * h];
+        if (counts[0] > 0) { // one call for all pieces; one no token needs gets 1 row, dropped
+            for (int r = 0; r < t; r++) System.arraycopy(x.f, order[r] * h, xs, r * h, h);
+            Tensor[] prefixes = new Tensor[then.n];
+            int[] start = new int[then.n];
+            for (int j = 0; j < then.n; j++) {
+                start[j] = j < then.n - 1 ? first : 0;
+                int rows = counts[j] - start[j], from = rows > 0 ? start[j] : 0;
+                prefixes[j] = Tensor.of(Arrays.copyOfRange(xs, from * h, (from + Math.max(rows, 1)) * h), Math.max(rows, 1), h);
+            }
+            Tensor[] got = call(methods, then.learners, prefixes, then.n);
+            for (int j = 0; j < then.n; j++) {
+                float[] g = got[j].f;
+                int rows = counts[j] - start[j];
+                if (g == null || g.length != Math.max(rows, 1) * h) throw new PlanException("learners " + then.learners + " returned the wrong shape");
+                for (int i = 0; i < Math.max(rows, 0) * h; i++) ys[start[j] * h + i] += g[i];
+            }
+        }
+        float[] y = new float[t * h];
+        for (int r = 0; r < t; r++) System.arraycopy(ys, r * h, y, order[r] * h, h);
+        return y;
+    }
+
+    /** A MoE's experts' outputs summed (device/driver.py run_experts): expert e runs on the tokens whose
+     * route has bit e, in their order; one call, an expert no token needs gets the first row (an input
+     * has at least one), dropped; no call when no token runs an expert. */
+    private static float[] experts(Methods methods, Plan.Then then, Tensor x, long[] k) {
+        int t = (int) x.shape[0], h = (int) x.shape[1];
+        float[] y = new float[t * h]; // zero for the tokens that run no expert
+        int[][] rows = new int[then.n][];
+        boolean any = false;
+        for (int e = 0; e < then.n; e++) {
+            int m = 0;
+            for (long v : k) if ((v >> e & 1) != 0) m++;
+            rows[e] = new int[m];
+            for (int i = 0, r = 0; i < t; i++) if ((k[i] >> e & 1) != 0) rows[e][r++] = i;
+            any |= m > 0;
+        }
+        if (!any) return y;
+        Tensor[] ins = new Tensor[then.n];
+        for (int e = 0; e < then.n; e++) {
+            int m = Math.max(rows[e].length, 1);
+            float[] xs = new float[m * h];
+            for (int r = 0; r < m; r++) System.arraycopy(x.f, (rows[e].length > 0 ? rows[e][r] : 0) * h, xs, r * h, h);
+            ins[e] = Tensor.of(xs, m, h);
+        }
+        Tensor[] got = call(methods, then.experts, ins, then.n);
+        for (int e = 0; e < then.n; e++) {
+            float[] g = got[e].f;
+            if (g == null || g.length != Math.max(rows[e].length, 1) * h) throw new PlanException("experts " + then.experts + " returned the wrong shape");
+            for (int r = 0; r < rows[e].length; r++) for (int i = 0; i < h; i++) y[rows[e][r] * h + i] += g[r * h + i];
+        }
+        return y;
+    }
+
+    /** Row `index` of a knob of shape (A, ...) as a tensor of shape (1, ...): a gate's own row. */
+    private static Tensor row(Plan plan, Map<String, float[]> knobs, String name, int index) {
+        long[] shape = plan.knobShapes.get(name).clone();
+        int width = knobs.get(name).length / (int) shape[0];
+        shape[0] = 1;
+        return Tensor.of(Arrays.copyOfRange(knobs.get(name), index * width, (index + 1) * width), shape);
     }
 
     private static Tensor[] call(Methods methods, String method, Tensor[] inputs, int outputs) {

@@ -16,14 +16,20 @@ public final class Plan {
     /** device/plan.schema.json's "version" const, where the plan format is defined (tests/test_plan_schema.py checks that they agree). */
     public static final int VERSION = 4;
 
-    /** What follows a segment: kind "end", "exit", "skip" or "acm", and where to go next. */
+    /** The knobs a gate reads one row of (device/driver.py KNOB_ROWS): the row of its ACM or MoE. */
+    public static final List<String> KNOB_ROWS = Collections.unmodifiableList(Arrays.asList("gate_bias", "experts"));
+    /** The most experts a MoE may have: a token's experts are the bits of an int64 (device/plan.schema.json). */
+    public static final int MAX_EXPERTS = 62;
+
+    /** What follows a segment: kind "end", "exit", "skip", "acm" or "moe", and where to go next. */
     public static final class Then {
         public final String kind;
-        public final int layer, next, keep, skip, exit, router, acm, n;
+        public final int layer, next, keep, skip, exit, router, acm, moe, n;
         public final String learners; // "acm": the method of the ACM's n learners (null otherwise)
+        public final String experts; // "moe": the method of the MoE's n experts (null otherwise)
         public final boolean top; // "acm": the last piece is the original FFN, run alone by the tokens with k = n
 
-        Then(String kind, int layer, int next, int keep, int skip, int exit, int router, int acm, String learners, int n, boolean top) {
+        Then(String kind, int layer, int next, int keep, int skip, int exit, int router, int acm, int moe, String learners, String experts, int n, boolean top) {
             this.kind = kind;
             this.layer = layer;
             this.next = next;
@@ -32,9 +38,16 @@ public final class Plan {
             this.exit = exit;
             this.router = router;
             this.acm = acm;
+            this.moe = moe;
             this.learners = learners;
+            this.experts = experts;
             this.n = n;
             this.top = top;
+        }
+
+        /** "acm", "moe": the index of the adaptive FFN, its row of ks and of its knob (-1 otherwise). */
+        public int adaptive() {
+            return kind.equals("acm") ? acm : moe;
         }
     }
 
@@ -66,14 +79,16 @@ public final class Plan {
     public final String runtime, mode, modelType;
     /** "fp32", or the weights' quantization ("8da8w", "8da4w"): informational, the program computes it. */
     public final String precision;
-    public final int layers, acms, learners;
+    public final int layers, acms, learners, experts; // learners per ACM, experts per MoE (0 without)
     public final List<String> inputs, outputs;
     public final Map<String, Integer> knobs; // name -> length
+    public final Map<String, long[]> knobShapes; // name -> shape (row-major: a gate's row is a slice)
     public final Map<String, String> methods; // method -> program file
     public final List<Segment> segments; // (empty in the graph mode)
     public final List<Level> levels;
     public final List<String> checks; // the branch-forcing cases bundled in checks.safetensors
     public final double tolerance;
+    private final int moes; // (control_flow: a moe decision's index is below it)
 
     private Plan(Map<String, Object> p) {
         runtime = str(p, "runtime", "plan");
@@ -87,13 +102,25 @@ public final class Plan {
         outputs = strings(list(p, "outputs", "plan"), "outputs");
         if (!outputs.containsAll(Arrays.asList("output", "exit_layer", "skipped"))) throw bad("outputs must name output, exit_layer and skipped");
         Map<String, Integer> k = new LinkedHashMap<>();
+        Map<String, long[]> shapes = new LinkedHashMap<>();
         for (Object o : list(p, "knobs", "plan")) {
             Map<String, Object> spec = asObj(o, "knobs");
+            String name = str(spec, "name", "knob");
             List<Object> shape = list(spec, "shape", "knob");
-            if (shape.size() != 1) throw bad("knob " + str(spec, "name", "knob") + " must have one dimension");
-            k.put(str(spec, "name", "knob"), (int) num(shape.get(0), "knob shape"));
+            if (shape.isEmpty()) throw bad("knob " + name + " has no dimensions");
+            long[] dims = new long[shape.size()];
+            int length = 1;
+            for (int i = 0; i < dims.length; i++) {
+                double d = num(shape.get(i), "knob shape");
+                if (d != Math.rint(d) || d < 1) throw bad("knob " + name + " has a size " + d + "; sizes are integers >= 1");
+                dims[i] = (long) d;
+                length *= (int) d;
+            }
+            k.put(name, length);
+            shapes.put(name, dims);
         }
         knobs = Collections.unmodifiableMap(k);
+        knobShapes = Collections.unmodifiableMap(shapes);
         Map<String, String> m = new LinkedHashMap<>();
         for (Map.Entry<String, Object> e : obj(p, "methods", "plan").entrySet()) m.put(e.getKey(), asStr(e.getValue(), "methods"));
         if (m.isEmpty()) throw bad("methods is empty");
@@ -120,6 +147,14 @@ public final class Plan {
         Object cf = p.get("control_flow");
         List<Object> acmList = cf instanceof Map ? list(asObj(cf, "control_flow"), "acms", "control_flow") : Collections.emptyList();
         learners = acmList.isEmpty() ? 0 : count(asObj(acmList.get(0), "acms"), "learners", "acm", 1);
+        List<Object> moeList = cf instanceof Map && asObj(cf, "control_flow").containsKey("moes") // (none before sigma-MoE)
+                ? list(asObj(cf, "control_flow"), "moes", "control_flow") : Collections.emptyList();
+        experts = moeList.isEmpty() ? 0 : count(asObj(moeList.get(0), "moes"), "experts", "moe", 1);
+        for (Object o : moeList) {
+            int e = count(asObj(o, "moes"), "experts", "moe", 1);
+            if (e != experts || e > MAX_EXPERTS) throw bad("every MoE must have the same number of experts, at most " + MAX_EXPERTS + "; got " + e + " and " + experts);
+        }
+        moes = moeList.size();
         if (mode.equals("graph")) {
             segments = Collections.emptyList();
             acms = acmList.size();
@@ -165,18 +200,21 @@ public final class Plan {
         switch (kind) {
             case "end":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, null, 0, false));
+                        new Then(kind, layer, -1, -1, -1, -1, -1, -1, -1, null, null, 0, false));
             case "exit":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, null, 0, false));
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, count(t, "exit", where, 0), -1, -1, -1, null, null, 0, false));
             case "skip":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, null, 0, false));
+                        new Then(kind, layer, -1, count(t, "keep", where, 0), count(t, "skip", where, 0), -1, count(t, "router", where, 0), -1, -1, null, null, 0, false));
             case "acm":
                 return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
-                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, count(t, "acm", where, 0), str(t, "learners", where), count(t, "n", where, 1), bool(t, "top", where)));
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, count(t, "acm", where, 0), -1, str(t, "learners", where), null, count(t, "n", where, 1), bool(t, "top", where)));
+            case "moe":
+                return new Segment(str(s, "method", where), strings(list(s, "inputs", where), where), strings(list(s, "outputs", where), where),
+                        new Then(kind, layer, count(t, "next", where, 0), -1, -1, -1, -1, -1, count(t, "moe", where, 0), null, str(t, "experts", where), count(t, "n", where, 1), false));
             default:
-                throw bad(where + " ends in a decision of unknown kind \"" + kind + "\" (end, exit, skip, acm); the app is older than the plan");
+                throw bad(where + " ends in a decision of unknown kind \"" + kind + "\" (end, exit, skip, acm, moe); the app is older than the plan");
         }
     }
 
@@ -186,10 +224,19 @@ public final class Plan {
             if (target >= segments.size()) throw bad(where + " jumps to segment " + target + ", but there are " + segments.size());
         if (!methods.containsKey(s.method)) throw bad(where + " calls method " + s.method + ", which the program does not have");
         if (s.then.learners != null && !methods.containsKey(s.then.learners)) throw bad(where + " calls learners " + s.then.learners + ", which the program does not have");
+        if (s.then.experts != null && !methods.containsKey(s.then.experts)) throw bad(where + " calls experts " + s.then.experts + ", which the program does not have");
         if (s.then.kind.equals("exit") && s.then.exit >= knobs.getOrDefault("exit_thresholds", 0)) throw bad(where + " reads exit threshold " + s.then.exit + ", which the knobs lack");
         if (s.then.kind.equals("skip") && s.then.router >= knobs.getOrDefault("skip_thresholds", 0)) throw bad(where + " reads skip threshold " + s.then.router + ", which the knobs lack");
         if (s.then.kind.equals("acm") && s.then.acm >= acms) throw bad(where + " routes ACM " + s.then.acm + ", but the plan has " + acms);
+        if (s.then.kind.equals("moe") && (s.then.moe >= moes || s.then.moe >= acms)) throw bad(where + " routes MoE " + s.then.moe + ", but the plan has " + Math.min(moes, acms));
+        if (s.then.kind.equals("moe") && s.then.n != experts) throw bad(where + " runs " + s.then.n + " experts, the plan's MoEs have " + experts);
         if (s.then.kind.equals("skip") && (s.then.layer < 1 || s.then.layer > layers)) throw bad(where + " skips layer " + s.then.layer + " of " + layers);
+        if (s.then.kind.equals("moe") && (s.then.layer < 1 || s.then.layer > layers)) throw bad(where + " routes the MoE of layer " + s.then.layer + " of " + layers);
+        for (String in : s.inputs) {
+            if (!KNOB_ROWS.contains(in)) continue;
+            if (s.then.adaptive() < 0) throw bad(where + " reads knob " + in + " but ends in no ACM or MoE");
+            if (!knobShapes.containsKey(in) || s.then.adaptive() >= knobShapes.get(in)[0]) throw bad(where + " reads row " + s.then.adaptive() + " of knob " + in + ", which the knobs lack");
+        }
     }
 
     // ---- typed access with one-line errors ------------------------------------------------------------

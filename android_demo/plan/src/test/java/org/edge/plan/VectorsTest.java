@@ -121,6 +121,16 @@ public final class VectorsTest {
         return (List<Object>) at(p, "routed").get("segments");
     }
 
+    /** The then of the plan's first moe decision. */
+    @SuppressWarnings("unchecked")
+    static Map<String, Object> moeThen(Map<String, Object> p) {
+        for (Object seg : segments(p)) {
+            Map<String, Object> then = at((Map<String, Object>) seg, "then");
+            if ("moe".equals(then.get("kind"))) return then;
+        }
+        throw new AssertionError("the plan has no moe decision");
+    }
+
     static Map<String, Tensor> inputsFor(Plan plan) {
         Map<String, Tensor> in = new LinkedHashMap<>();
         for (String name : plan.inputs) in.put(name, Tensor.of(new long[] {1, 2}, 1, 2));
@@ -133,9 +143,9 @@ public final class VectorsTest {
         try (Stream<Path> s = Files.list(Paths.get(args[0]))) {
             files = s.filter(f -> f.getFileName().toString().endsWith(".json")).sorted().collect(Collectors.toList());
         }
-        int exits = 0, skips = 0, calls = 0;
-        TreeSet<Long> kSeen = new TreeSet<>();
-        Object anyPlan = null;
+        int exits = 0, skips = 0, calls = 0, moes = 0;
+        TreeSet<Long> kSeen = new TreeSet<>(), masksSeen = new TreeSet<>(); // ACM learners run; MoE experts as bit masks
+        Object anyPlan = null, moePlan = null;
         for (Path f : files) {
             Map<String, Object> v = (Map<String, Object>) Json.parse(new String(Files.readAllBytes(f), java.nio.charset.StandardCharsets.UTF_8));
             String name = (String) v.get("name");
@@ -145,7 +155,7 @@ public final class VectorsTest {
             for (Map.Entry<String, Object> e : ((Map<String, Object>) v.get("inputs")).entrySet()) inputs.put(e.getKey(), tensor(e.getValue()));
             Map<String, float[]> knobs = new LinkedHashMap<>();
             for (Map.Entry<String, Object> e : ((Map<String, Object>) v.get("knobs")).entrySet()) {
-                List<Object> l = (List<Object>) e.getValue();
+                List<Object> l = (List<Object>) e.getValue(); // (flat, row-major: the plan's knobs give the shapes)
                 float[] a = new float[l.size()];
                 for (int i = 0; i < a.length; i++) a[i] = ((Double) l.get(i)).floatValue();
                 knobs.put(e.getKey(), a);
@@ -162,9 +172,14 @@ public final class VectorsTest {
             calls += recorded.size();
             if (r.exitLayer < plan.layers) exits++;
             for (boolean b : r.skipped) if (b) { skips++; break; }
-            if (r.ks != null) for (long[] row : r.ks) for (long k : row) if (k >= 0) kSeen.add(k);
+            if (r.ks != null) for (long[] row : r.ks) for (long k : row) if (k >= 0) (plan.experts > 0 ? masksSeen : kSeen).add(k);
+            if (plan.experts > 0) {
+                moes++;
+                moePlan = v.get("plan");
+            }
         }
         check(anyPlan != null, "no vectors in " + args[0]);
+        check(moePlan != null, "no MoE among the vectors in " + args[0]);
         // malformed plans: one line that says what is wrong
         final Object good = anyPlan;
         malformed(good, p -> p.put("version", Plan.VERSION + 1.0), "this app reads version " + Plan.VERSION);
@@ -178,6 +193,9 @@ public final class VectorsTest {
         malformed(good, p -> ((Map<String, Object>) segments(p).get(0)).put("method", "nowhere"), "method nowhere, which the program does not have");
         malformed(good, p -> p.put("mode", "magic"), "mode is \"magic\"");
         malformed(good, p -> at(p, "model").put("layers", -1.0), "model.layers must be an integer >= 1");
+        final Object moe = moePlan;
+        malformed(moe, p -> moeThen(p).put("n", 63.0), "runs 63 experts, the plan's MoEs have");
+        malformed(moe, p -> moeThen(p).remove("experts"), "has no \"experts\"");
         try {
             Plan.parse("{\"format\": \"edge-plan\", ");
             throw new AssertionError("truncated JSON was accepted");
@@ -191,6 +209,7 @@ public final class VectorsTest {
         } catch (PlanException e) {
             check(e.getMessage().contains("do not belong together"), e.getMessage());
         }
-        System.out.println("OK vectors=" + files.size() + " calls=" + calls + " exits_taken=" + exits + " skipping=" + skips + " k_seen=" + kSeen + " malformed=10");
+        System.out.println("OK vectors=" + files.size() + " calls=" + calls + " exits_taken=" + exits + " skipping=" + skips + " k_seen=" + kSeen
+                + " moe_vectors=" + moes + " moe_masks=" + masksSeen.size() + " malformed=12");
     }
 }
