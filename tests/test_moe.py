@@ -263,11 +263,29 @@ def test_graph_routes_are_the_eager_forward():
                     assert torch.equal(m.chosen_of(routes).sum(-1), m.last_k.reshape(-1))
 
 
+def test_prune_then_moefy_exits_int8_export_routed(tmp_path):
+    """Composes: a pruned model's FFNs (narrower, each layer its own width) become MoEs, an exit and int8
+    on top; the routed export checked on every branch against the live model."""
+    from edge.parts import parts
+
+    model, batch = edge.ARCHS.get("bert").tiny("bert")
+    pruned = edge.prune(model, edge.PruneConfig(flops=0.6, multiple=8), [batch], progress=False)
+    moe = edge.moefy(pruned, MoeConfig(budget=0.6, experts=4, router_hidden=8), [batch], distill=FEW, progress=False)
+    assert [m.n * m.h for m in moe_modules(moe)] == list(parts(pruned).config("prune").ffn_widths)
+    q = edge.quantize(edge.add_exits(moe, edge.ExitConfig(after=[1], steps=1), [batch], progress=False),
+                      edge.QuantConfig())
+    assert set(parts(q).names()) == {"prune", "moe", "exits", "quant"}
+    a = export.to_runtime(q, "onnx", tmp_path / "a", batch, progress=False, mode="routed")
+    report = export.verify(a, q)
+    assert report["max_abs_diff"] <= a.plan["tolerance"] and not report["branch_mismatches"]
+    assert {0, 15} | {1, 2, 4, 8} <= set(report["k_seen"])
+
+
 @pytest.mark.parametrize("runtime,mode", [("onnx", m) for m in MODES] + [("executorch", "adaptive")])
 def test_int8_moe_saves_loads_and_exports_with_its_routing(tmp_path, runtime, mode):
     """8da8w of a MoE: each expert's two Linears quantized (its output bias and the router stay fp32),
-    close to the fp32 model, saved and loaded bit-exact, exported in graph mode and checked on every
-    branch against the same quantization in eager."""
+    close to the fp32 model, saved and loaded bit-exact, exported in the runtime's default mode and
+    checked on every branch against the same quantization in eager."""
     arch, model, _, batch, moes = tiny_moe_model("bert", "bert", MoeConfig(experts=4, router_hidden=8, mode=mode))
     for m in moes:
         m.set_knob_(0.0 if mode == "adaptive" else 2)
@@ -283,6 +301,6 @@ def test_int8_moe_saves_loads_and_exports_with_its_routing(tmp_path, runtime, mo
     with torch.no_grad():
         torch.testing.assert_close(arch.output(back, batch), got, atol=0, rtol=0)
     a = export.to_runtime(back, runtime, tmp_path / "a", batch, progress=False)
-    assert a.plan["precision"] == "8da8w" and a.plan["mode"] == "graph"
+    assert a.plan["precision"] == "8da8w" and a.plan["mode"] == export.RUNTIMES.get(runtime).mode  # (its default)
     report = export.verify(a, back)
     assert not report["branch_mismatches"] and {0, 15} <= set(report["k_seen"])

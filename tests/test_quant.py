@@ -161,12 +161,12 @@ def _weight_bytes(a) -> int:
     return total
 
 
-QUANT_EXPORTS = [(r, g, m, s) for r in export.RUNTIMES.names() for g in ("acm", "exits", "skip-block", "head-exits")
+QUANT_EXPORTS = [(r, g, m, s) for r in export.RUNTIMES.names() for g in ("acm", "moe", "exits", "skip-block", "head-exits")
                  for m in export.MODES for s in SCHEMES if s in export.precisions(r, m) and m in export.RUNTIMES.get(r).modes
                  and (s == "8da8w" or g == "acm")]
 
 
-DECISION_WEIGHTS = ("gate", "exits", "skips")  # in the names of the weights of an ACM gate, an exit head, a router
+DECISION_WEIGHTS = ("gate", "router", "exits", "skips")  # the weights of an ACM gate, a MoE router, an exit head, a skip router
 
 
 def _gemms_left_in_float(a) -> set[str]:
