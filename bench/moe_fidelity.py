@@ -15,8 +15,8 @@ counts both. cos is the sentence embedding's cosine to the original's (mean, 5th
 FFN FLOP fraction measured on the test split.
 
 Exported (at --export-budget, 0.5; moe-topk, moe-adaptive and acm; the static baseline is not exported:
-in the program its router would run): each model in its runtime's default mode for it (ExecuTorch: ACM
-routed, a MoE graph, its only mode yet; ONNX Runtime: graph), 128 tokens, 1 thread, timed at its own
+in the program its router would run): each model in its runtime's default mode (ExecuTorch: routed,
+and a MoE in the graph mode too, the *_graph keys; ONNX Runtime: graph), 128 tokens, 1 thread, timed at its own
 setting and with no unit run (its knob closed: no learner, no expert) beside the dense original in one
 run (export_speed's forms): ffn_ratio = (own - closed) / (dense - closed), model_ratio = own / dense.
 ExecuTorch through the native runner (one process, the artifacts' budget levels in turn), ONNX Runtime
@@ -87,7 +87,9 @@ def closed(name: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def export_ratios(models: dict, original, example: dict, runs: int, tmp: Path) -> dict:
-    """{method: {ffn_ratio_<rt>, model_ratio_<rt>, mode_<rt>}} for executorch (native runner) and onnx."""
+    """{method: {ffn_ratio_<rt>, model_ratio_<rt>, mode_<rt>}} for executorch (native runner) and onnx, each
+    model in the runtime's default mode for it; a MoE on ExecuTorch in the graph mode too (<key>_graph:
+    the measurement behind its default)."""
     got = {method: {} for method in models}
     x = [example[n].numpy() for n in ("input_ids", "attention_mask")]
     for rt in ("executorch", "onnx"):
@@ -95,12 +97,14 @@ def export_ratios(models: dict, original, example: dict, runs: int, tmp: Path) -
         arts = {}
         for method, m in models.items():
             own = GraphModel(m).knobs()
-            levels = [{"name": f"{method}:{case}", **{k: (v if case == "own" else closed(k, v)).reshape(-1).tolist()
-                                                      for k, v in own.items()}} for case in ("own", "closed")]
-            t = time.time()
-            arts[method] = export.to_runtime(m, rt, tmp / f"{method}-{rt}", example, progress=False, levels=levels)
-            print(f"{rt}: {method} exported ({arts[method].plan['mode']} mode) and checked on "
-                  f"{len(arts[method].plan['checks'])} cases in {time.time() - t:.0f} s", flush=True)
+            for mode in [None] + (["graph"] if rt == "executorch" and method.startswith("moe") else []):
+                key = method if mode is None else f"{method}_{mode}"
+                levels = [{"name": f"{key}:{case}", **{k: (v if case == "own" else closed(k, v)).reshape(-1).tolist()
+                                                       for k, v in own.items()}} for case in ("own", "closed")]
+                t = time.time()
+                arts[key] = export.to_runtime(m, rt, tmp / f"{key}-{rt}", example, progress=False, levels=levels, mode=mode)
+                print(f"{rt}: {method} exported ({arts[key].plan['mode']} mode) and checked on "
+                      f"{len(arts[key].plan['checks'])} cases in {time.time() - t:.0f} s", flush=True)
         if rt == "executorch":
             ms = native_medians({"dense": dense.path}, [a.path for a in arts.values()], runs)
         else:
@@ -111,10 +115,13 @@ def export_ratios(models: dict, original, example: dict, runs: int, tmp: Path) -
                     cases[level["name"]] = (lambda r=run, v=knob_arrays(a.plan, level): r(x + v))
             ms = interleaved(cases, runs)
         print(f"{rt} ms: " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()), flush=True)
-        for method, a in arts.items():
-            own, shut = ms[f"{method}:own"], ms[f"{method}:closed"]
-            got[method].update({f"ffn_ratio_{rt}": round((own - shut) / (ms["dense"] - shut), 4),
-                                f"model_ratio_{rt}": round(own / ms["dense"], 4), f"mode_{rt}": a.plan["mode"]})
+        for key, a in arts.items():
+            own, shut = ms[f"{key}:own"], ms[f"{key}:closed"]
+            method, extra = (key, "") if key in models else (key.rsplit("_", 1)[0], "_" + key.rsplit("_", 1)[1])
+            got[method].update({f"ffn_ratio_{rt}{extra}": round((own - shut) / (ms["dense"] - shut), 4),
+                                f"model_ratio_{rt}{extra}": round(own / ms["dense"], 4)})
+            if not extra:
+                got[method][f"mode_{rt}"] = a.plan["mode"]
     return got
 
 
@@ -196,7 +203,8 @@ def main() -> None:
                       "acc_teacher": acc_teacher, "convert_seconds": [r["convert_seconds"] for r in rows],
                       "experts": args.experts, "precision": precision,
                       **{k: col(k) for k in ("ffn_ratio_executorch", "model_ratio_executorch", "ffn_ratio_onnx",
-                                             "model_ratio_onnx", "mode_executorch", "mode_onnx")},
+                                             "model_ratio_onnx", "mode_executorch", "mode_onnx",
+                                             "ffn_ratio_executorch_graph", "model_ratio_executorch_graph")},
                       "cpu": machine()["cpu"]}))
 
 
