@@ -292,9 +292,6 @@ class ACM(AdaptiveFFN):
     def routed_then(self, layer: int) -> dict:
         return {"learners": self.routed_method(layer), "n": self.n, "top": self.exact_top}
 
-    def routed_unit(self, j: int) -> nn.Module:
-        return self.learner(j)
-
     def decide(self, x: torch.Tensor, knob: torch.Tensor, follow=None) -> tuple[torch.Tensor, float, bool]:
         """(AdaptiveFFN.decide) a k's margin: where tokens follow another k, the largest lead of a
         token's own k's biased score over the followed k's; else the smallest lead of a token's own k
