@@ -130,6 +130,22 @@ class QLinear(nn.Module):
         x = qd.dequantize_per_token(xq, scale, zero, -128, 127, torch.int8, x.dtype)
         return F.linear(x, self.weight(), self.bias)
 
+    @staticmethod
+    def traced(gm: torch.fx.GraphModule) -> list[tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node]]:
+        """Every QLinear of 8-bit weights as torch.export traces `forward` in `gm` (not in its cond branches):
+        (its linear node, its float input, its weight's dequantize_per_channel node): what a lowering that
+        has an integer GEMM of its own rewrites (export.onnx, export.litert)."""
+        qd, found = _ops(), []
+        for node in gm.graph.nodes:
+            if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+                continue
+            x, w = node.args[0], node.args[1]
+            if (getattr(x, "target", None) is qd.dequantize_per_token.default
+                    and getattr(x.args[0], "target", None) is qd.quantize_per_token.default
+                    and getattr(w, "target", None) is qd.dequantize_per_channel.default and w.args[4:6] == (-128, 127)):
+                found.append((node, x.args[0].args[0], w))
+        return found
+
     def flops(self) -> int:
         return 2 * self.in_features * self.out_features
 

@@ -33,19 +33,12 @@ PRECISIONS["litert"] = {"fp32": ("routed",), "8da8w": ("routed",)}
 
 
 def _as_float_linears(module: torch.fx.GraphModule) -> int:
-    """Every QLinear of 8-bit weights traced in `module` (choose_qparams_per_token_asymmetric ->
-    quantize_per_token -> dequantize_per_token -> linear, with dequantize_per_channel of its int8
-    weight) becomes a plain linear of its dequantized weight (a constant); returns how many."""
+    """Every QLinear of 8-bit weights traced in `module` (QLinear.traced) becomes a plain linear of its
+    dequantized weight (a constant); returns how many."""
     qd = torch.ops.quantized_decomposed
     count = 0
-    for node in list(module.graph.nodes):
-        if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
-            continue
-        x, w = node.args[0], node.args[1]
-        if not (getattr(x, "target", None) is qd.dequantize_per_token.default
-                and getattr(w, "target", None) is qd.dequantize_per_channel.default and w.args[4:6] == (-128, 127)
-                and getattr(x.args[0], "target", None) is qd.quantize_per_token.default
-                and all(a.op == "get_attr" for a in w.args[:3])):
+    for node, x, w in QLinear.traced(module):
+        if not all(a.op == "get_attr" for a in w.args[:3]):
             continue
         tensors = [_attr(module, a.target) for a in w.args[:3]]
         name = f"_edge_dequantized_{count}"
@@ -53,7 +46,7 @@ def _as_float_linears(module: torch.fx.GraphModule) -> int:
         with module.graph.inserting_before(node):
             weight = module.graph.get_attr(name)
         node.replace_input_with(w, weight)
-        node.replace_input_with(x, x.args[0].args[0])  # (the activations' quantization: the runtime's)
+        node.replace_input_with(node.args[0], x)  # (the activations' quantization: the runtime's)
         count += 1
     if count:
         module.graph.eliminate_dead_code()

@@ -68,32 +68,23 @@ def linear_8da8w_op():
 
 
 def quantized_linears_as_one_op(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """Every QLinear of 8-bit weights in `ep` (and in its cond branches), traced as
-    choose_qparams_per_token_asymmetric -> quantize_per_token -> dequantize_per_token -> linear with
-    dequantize_per_channel of its int8 weight, becomes one edge_onnx.linear_8da8w node."""
-    qd, target = torch.ops.quantized_decomposed, linear_8da8w_op()
+    """Every QLinear of 8-bit weights in `ep` (and in its cond branches; QLinear.traced) becomes one
+    edge_onnx.linear_8da8w node."""
+    from edge.quant import QLinear
+
+    target = linear_8da8w_op()
     pending = [ep.graph_module]
     while pending:
         gm = pending.pop()
         pending += [m for m in gm.children() if isinstance(m, torch.fx.GraphModule)]
-        changed = False
-        for node in list(gm.graph.nodes):
-            if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
-                continue
-            x, w, bias = (list(node.args) + [None])[:3]
-            if not (getattr(x, "target", None) is qd.dequantize_per_token.default
-                    and getattr(w, "target", None) is qd.dequantize_per_channel.default and w.args[4:6] == (-128, 127)):
-                continue
-            quantized = x.args[0]
-            if getattr(quantized, "target", None) is not qd.quantize_per_token.default:
-                continue
+        found = QLinear.traced(gm)
+        for node, x, w in found:
             with gm.graph.inserting_before(node):
-                fused = gm.graph.call_function(target, (quantized.args[0], w.args[0], w.args[1], bias))
+                fused = gm.graph.call_function(target, (x, w.args[0], w.args[1], (list(node.args) + [None])[2]))
             fused.meta = dict(node.meta)
             node.replace_all_uses_with(fused)
             gm.graph.erase_node(node)
-            changed = True
-        if changed:
+        if found:
             gm.graph.eliminate_dead_code()
             gm.recompile()
     return ep
