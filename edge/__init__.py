@@ -34,6 +34,8 @@ _PUBLIC = {
     "MoE": "edge.moe", "MoeConfig": "edge.moe", "moefy": "edge.moe_convert",
     "PruneConfig": "edge.pruning", "prune": "edge.pruning",
     "QLinear": "edge.quant", "QuantConfig": "edge.quant", "quantize": "edge.quant",
+    "coalesce": "edge.multilevel", "decoalesce": "edge.multilevel", "interpolate_": "edge.multilevel",
+    "VCycleConfig": "edge.vcycle",
     # the steps on text and model directories (edge.fit, edge.pretrained, edge.data), the registries' names
     # and the console helpers that the `edge` command (edge_cli) calls
     "INITS": "edge.acm", "PRECISIONS": "edge.convert", "SKIP_TARGETS": "edge.skips",

@@ -82,6 +82,12 @@ class Arch:
     inputs: tuple[str, ...] = ()  # the batch keys the model reads, in export order
     seq_inputs: tuple[str, ...] = ()  # those whose dim 1 is the token dimension (dynamic on export)
     ctx_inputs: tuple[str, ...] = ()  # those the context is made from (the routed export feeds them on)
+    # the config's fields of the hidden size, the head count, the FFN width and the layer count (edge.multilevel
+    # builds a smaller model of the same family from them); `also_hidden`: fields that are the hidden size too
+    # where they equal it (ELECTRA's embedding_size)
+    size_fields: tuple[str, str, str, str] = ("hidden_size", "num_attention_heads", "intermediate_size",
+                                              "num_hidden_layers")
+    also_hidden: tuple[str, ...] = ()
 
     def layers(self, model: nn.Module) -> list[nn.Module]:
         raise NotImplementedError
@@ -256,6 +262,7 @@ class BertFamily(Arch):
     model_types = ("bert", "roberta", "electra")
     inputs = seq_inputs = ("input_ids", "attention_mask")
     ctx_inputs = ("attention_mask",)
+    also_hidden = ("embedding_size",)
 
     def layers(self, model):
         return list(model.base_model.encoder.layer)
@@ -407,6 +414,7 @@ class WhisperEncoderFamily(Arch):
     name = "whisper"
     model_types = ("whisper",)
     inputs = ("input_features",)
+    size_fields = ("d_model", "encoder_attention_heads", "encoder_ffn_dim", "encoder_layers")
 
     def layers(self, model):
         return list(getattr(model, "encoder", model).layers)
