@@ -189,6 +189,27 @@ def cmd_prune(args) -> None:
     _save(model, src, args, f"pruned to {args.flops:g} of the FLOPs")
 
 
+def cmd_train(args) -> dict:
+    """`edge train TASK`: one of edge's from-scratch training jobs, plainly or through a V-cycle."""
+    from edge.tasks import task
+    from edge.vcycle import VCycleConfig, epochs_steps, train
+
+    config = VCycleConfig(levels=args.levels, width=args.width, depth=args.depth, alpha=args.alpha,
+                          steps=tuple(args.steps or ()), lr_scale=tuple(args.lr_scale or ()))
+    job = task(args.task)
+    out = _check_output(args.output, args.overwrite)
+    run = train(job, config, total_steps=epochs_steps(job, args.epochs), seed=args.seed, state_dir=args.state,
+                evaluate_every=args.every, progress=not args.quiet)
+    report = {"task": job.name, "config": config.to_dict(), "epochs": args.epochs, "seed": args.seed,
+              "train_seconds": run.seconds, job.metric: run.history[-1]["metric"], "history": run.history}
+    with edge.files.atomic_dir(out, overwrite=args.overwrite) as tmp:
+        job.save(run.model, tmp)
+        (tmp / "train.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"trained {job.name} in {run.seconds:.0f} s ({config.phases} phase{'s' * (config.phases > 1)}): "
+          f"{job.metric} {report[job.metric]:.4f}; wrote {out}/ (model.safetensors, config.json, train.json)")
+    return report
+
+
 def cmd_set_budget(args) -> None:
     _check_output(args.output, args.overwrite)
     passages = edge.read_passages(args.text)
@@ -544,6 +565,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--refit-sequences", type=int, default=c.refit_sequences,
                    help=f"calibration passages the refit solves on (default {c.refit_sequences})")
     p.add_argument("--text", help=DATA)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    from edge.tasks import task_names
+    from edge.vcycle import VCycleConfig
+
+    c = VCycleConfig
+    p = verb(sub, "train", cmd_train, "train one of edge's models from scratch (the Fashion-MNIST ViT, a small BERT "
+                                      "masked-language model on Austen), through a multi-level V-cycle by default "
+                                      "(--levels 1: plain training)")
+    p.add_argument("task", choices=task_names())
+    p.add_argument("--output", "-o", required=True, help="the directory to write the trained model to")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier output directory")
+    p.add_argument("--epochs", type=number, default=5.0, help="epochs' worth of steps in all phases together (default 5)")
+    p.add_argument("--levels", type=int, default=c.levels, help=f"levels of the V-cycle; 1 = plain training (default {c.levels})")
+    p.add_argument("--width", type=int, default=c.width, help=f"width factor of each coalescing (default {c.width})")
+    p.add_argument("--depth", type=int, default=c.depth, help=f"depth factor of each coalescing (default {c.depth})")
+    p.add_argument("--alpha", type=number, default=c.alpha, help=f"interpolation weight (default {c.alpha:g})")
+    p.add_argument("--steps", type=number, nargs="+", help="each phase's share of the steps (2 levels - 1 numbers)")
+    p.add_argument("--lr-scale", type=number, nargs="+", help="each level's learning rate as a multiple of the task's")
+    p.add_argument("--state", help="a directory for each finished phase; a run with the same settings resumes from it")
+    p.add_argument("--every", type=count(0), default=0, help="evaluate every N steps of the last phase (default: at the end)")
+    p.add_argument("--seed", type=count(0), default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = verb(sub, "set-budget", cmd_set_budget, "the one budget knob: choose the exit threshold, router threshold and "
