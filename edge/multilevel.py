@@ -159,10 +159,15 @@ def _build(model: nn.Module, cfg) -> nn.Module:
     return small.train(model.training)
 
 
-def _norm_name(model: nn.Module, norm: nn.Module | None) -> str | None:
-    if norm is None:
-        return None
-    return next(n for n, m in model.named_modules() if m is norm)
+def _pairing(large: nn.Module, small: nn.Module, width: int):
+    """What both directions need: the large model's roles, each model's parameter -> layer map and layer
+    prefixes, and the names of the parameters scaled for a tied decoder (its LayerNorm's)."""
+    large_layer, large_prefixes = _layer_of(large)
+    small_layer, small_prefixes = _layer_of(small)
+    norm = _tied_norm(large, _sizes(large)[0]) if width > 1 else None
+    own = {id(p) for p in norm.parameters()} if norm is not None else set()
+    scaled = {n for n, p in large.named_parameters() if id(p) in own}
+    return roles(large), large_layer, large_prefixes, small_layer, small_prefixes, scaled
 
 
 @torch.no_grad()
@@ -179,11 +184,7 @@ def coalesce(model: nn.Module, width: int = 2, depth: int = 2) -> nn.Module:
     check_factors(model, width, depth)
     small = _build(model, _small_config(model, width, depth))
     large_params = dict(model.named_parameters())
-    r = roles(model)
-    large_layer, large_prefixes = _layer_of(model)
-    small_layer, small_prefixes = _layer_of(small)
-    d = _sizes(model)[0]
-    norm = _norm_name(model, _tied_norm(model, d)) if width > 1 else None
+    r, _, large_prefixes, small_layer, small_prefixes, scaled = _pairing(model, small, width)
     for name, p in small.named_parameters():
         if name in small_layer:
             i, rest = small_layer[name], name[len(small_prefixes[small_layer[name]]):]
@@ -194,7 +195,7 @@ def coalesce(model: nn.Module, width: int = 2, depth: int = 2) -> nn.Module:
         if missing:
             raise EdgeError(f"cannot coalesce {type(model).__name__}: no parameter {missing[0]} to merge into {name}")
         merged = torch.stack([_width_map(large_params[s], r[s], width, down=True) for s in sources]).mean(0)
-        if norm is not None and name.startswith(norm + ".") and name.count(".") == norm.count(".") + 1:
+        if name in scaled:
             merged = merged * width  # the tied decoder reads w copies summed: see the module's docstring
         if merged.shape != p.shape:
             raise EdgeError(f"cannot coalesce {type(model).__name__}: {name} merges to {tuple(merged.shape)}, "
@@ -216,11 +217,7 @@ def decoalesced(small: nn.Module, large: nn.Module, width: int = 2, depth: int =
         raise EdgeError(f"the smaller model ({type(small).__name__}, sizes {got}) is not this model coalesced by "
                         f"width {width} and depth {depth} ({type(large).__name__}, sizes {want})")
     small_params = dict(small.named_parameters())
-    r = roles(large)
-    large_layer, large_prefixes = _layer_of(large)
-    _, small_prefixes = _layer_of(small)
-    d = _sizes(large)[0]
-    norm = _norm_name(large, _tied_norm(large, d)) if width > 1 else None
+    r, large_layer, large_prefixes, _, small_prefixes, scaled = _pairing(large, small, width)
     out = {}
     for name, p in large.named_parameters():
         source = name
@@ -228,7 +225,7 @@ def decoalesced(small: nn.Module, large: nn.Module, width: int = 2, depth: int =
             j = large_layer[name]
             source = small_prefixes[j // depth] + name[len(large_prefixes[j]):]
         t = _width_map(small_params[source], r[name], width, down=False)
-        if norm is not None and name.startswith(norm + ".") and name.count(".") == norm.count(".") + 1:
+        if name in scaled:
             t = t / width
         out[name] = t.to(p.dtype)
     return out

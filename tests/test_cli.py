@@ -292,6 +292,7 @@ def test_choices_come_from_the_registries():
         ("profile", "runner"): list(profiler.RUNNERS),
         ("preset choose", "runner"): list(profiler.RUNNERS),
         ("runner", "arch"): list(profiler.RUNNER_PLATFORMS),
+        ("train", "task"): __import__("edge.tasks").tasks.task_names(),
     }
     found, target_helps = {}, []
     for path, p in _verbs(parser()):
