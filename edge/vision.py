@@ -84,7 +84,7 @@ class FashionVit(Task):
 TASKS.register(FashionVit.name)(FashionVit())
 
 # how the cached ViT is trained: the V-cycle, which bench/multilevel.py measured reaching the plain run's
-# accuracy sooner (86.82 % at 215 s against 86.74 % at 276 s, ending at 86.93 %; README, bench/results/multilevel.txt)
+# accuracy sooner (86.82 % at 186 s against 86.74 % at 254 s, ending at 86.93 %; README, bench/results/multilevel.txt)
 DEFAULT_TRAINING = VCycleConfig()
 
 
