@@ -27,7 +27,7 @@ import torch
 
 from device.measure import machine
 from edge.tasks import task
-from edge.vcycle import VCycleConfig, epochs_steps, train
+from edge.vcycle import VCycleConfig, epochs_steps, first_reaching, train
 
 EPOCHS = {"fashion-vit": 5.0, "austen-mlm": 2.5}
 EVERY = {"fashion-vit": 50, "austen-mlm": 20}  # evaluations of the V-cycle's last phase: about 28 and 13
@@ -86,8 +86,7 @@ def main() -> None:
             print(f"{name} baseline: {job.metric} {base_final:.4f} after {steps} steps, {base_s:.1f} s training",
                   flush=True)
         v = _in_own_process(name, vc, steps, args.seed, args.every or EVERY[name])
-        reach = next((r["seconds"] for r in v["history"] if (r["metric"] >= base_final if job.higher_is_better
-                                                              else r["metric"] <= base_final)), None)
+        reach = first_reaching(v["history"], base_final, job.higher_is_better)
         print(f"{name} V-cycle {vc.to_dict()}: {job.metric} {v['history'][-1]['metric']:.4f}, {v['seconds']:.1f} s "
               f"training; reaches the baseline's at {reach} s", flush=True)
         for row in v["history"]:

@@ -115,13 +115,14 @@ class Run:
     history: list[dict] = field(default_factory=list)  # {phase, level, step, seconds, metric}
     seconds: float = 0.0  # training wall-clock, evaluations excluded
 
-    def first_reaching(self, target: float, higher_is_better: bool) -> float | None:
-        """The training seconds at the first evaluation as good as target, or None."""
-        for row in self.history:
-            m = row["metric"]
-            if m is not None and (m >= target if higher_is_better else m <= target):
-                return row["seconds"]
-        return None
+
+def first_reaching(history: list[dict], target: float, higher_is_better: bool) -> float | None:
+    """The training seconds at a run's first evaluation (a Run.history row) as good as target, or None."""
+    for row in history:
+        m = row["metric"]
+        if m is not None and (m >= target if higher_is_better else m <= target):
+            return row["seconds"]
+    return None
 
 
 def _schedule(opt, peak: float, steps: int, warmup: float, floor: float, last: bool):
